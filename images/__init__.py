@@ -1,0 +1,1 @@
+"""FreeBSD image catalogue: download, checksum, cache and preparation of guest images."""
