@@ -1,0 +1,207 @@
+"""Turn whatever file a user has into the raw dump payload bytes.
+
+A FreeBSD dump reaches a host in several containers: a `vmcore.N` written by savecore (payload only),
+the same compressed (`.gz`, `.zst`), a raw dump device / disk image with a kerneldumpheader leader and
+trailer around the payload, an EKCD-encrypted payload, or a textdump. `open_payload` detects which,
+undoes the container (decompress, decrypt, slice) and hands back one read-only buffer, so the format
+parsers (`reader.formats`) never care where the bytes came from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reader.errors import FormatError, ReaderError
+
+ELF_MAGIC = b"\x7fELF"
+MINIDUMP_MAGIC = b"minidump"
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+USTAR_MAGIC = b"ustar"
+USTAR_MAGIC_OFFSET = 257
+
+
+def _sniff_head(path: Path, size: int = 512) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(size)
+    except OSError as e:
+        raise ReaderError(f"cannot open: {e.strerror}", path=path) from e
+
+
+def detect(path: str | os.PathLike[str]) -> str:
+    """Name the container of *path* without decoding it.
+
+    Returns one of "elf", "minidump", "gzip", "zstd", "textdump-tar", "device", "encrypted",
+    "unknown". The order matters: a disk image whose first bytes happen to be a payload magic
+    would still be a disk image, but savecore output and vmcores always start with their magic and
+    a dump device's first 64 KiB are never written by the kernel, so the head decides first.
+    """
+    p = Path(path)
+    head = _sniff_head(p)
+    if head.startswith(ELF_MAGIC):
+        return "elf"
+    if head.startswith(MINIDUMP_MAGIC):
+        return "minidump"
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(ZSTD_MAGIC):
+        return "zstd"
+    if head[USTAR_MAGIC_OFFSET : USTAR_MAGIC_OFFSET + 5] == USTAR_MAGIC:
+        return "textdump-tar"
+    from reader import device  # local: device imports this module's Payload
+
+    if device.has_dump_trailer(p):
+        return "device"
+    if _encrypted_key_for(p) is not None:
+        return "encrypted"
+    return "unknown"
+
+
+def _encrypted_key_for(path: Path) -> Path | None:
+    """savecore names an encrypted payload `vmcore_encrypted.N` and its key blob `key.N`."""
+    name = path.name
+    for suffix in ("", ".gz", ".zst"):
+        stem = name[: len(name) - len(suffix)] if suffix and name.endswith(suffix) else name
+        if stem.startswith("vmcore_encrypted."):
+            n = stem[len("vmcore_encrypted.") :]
+            key = path.with_name(f"key.{n}")
+            if key.exists():
+                return key
+    return None
+
+
+@dataclass
+class Payload:
+    """The uncompressed, decrypted payload of a dump, whatever container it came in.
+
+    `buffer` is read-only (an mmap or a memoryview slice of one). `path` is the file the user gave;
+    `header` the decoded kerneldumpheader when the container had one (device image), else None.
+    `container` says what was undone ("plain", "gzip", "zstd", "device", "encrypted", and
+    combinations such as "device+zstd"), `source_offset` where the payload starts in `path`.
+    """
+
+    path: Path
+    buffer: Any
+    header: dict[str, Any] | None = None
+    container: str = "plain"
+    source_offset: int = 0
+    _closers: list[Any] = field(default_factory=list, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.buffer)
+
+    def close(self) -> None:
+        """Release the mapping(s). Views handed out from `buffer` must be released first."""
+        buf, self.buffer = self.buffer, memoryview(b"")
+        if isinstance(buf, memoryview):
+            buf.release()
+        for closer in reversed(self._closers):
+            closer()
+        self._closers.clear()
+
+    def __enter__(self) -> Payload:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def map_file(path: Path, offset: int = 0, length: int | None = None) -> tuple[memoryview, list[Any]]:
+    """Map `length` bytes of *path* from `offset` read-only; return a view and its closers.
+
+    mmap offsets must be multiples of the allocation granularity, so the mapping starts at the
+    granule below `offset` and the view is sliced; the payload on a dump device begins at
+    `mediasize - blocksize - dumpextent`, which is only sector-aligned.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise ReaderError(f"cannot open: {e.strerror}", path=path) from e
+    try:
+        size = os.fstat(fd).st_size
+        if length is None:
+            length = size - offset
+        if offset < 0 or length < 0 or offset + length > size:
+            raise ReaderError(
+                f"range [{offset:#x}, {offset + length:#x}) lies outside the file of {size:#x} bytes",
+                path=path,
+                offset=offset,
+            )
+        if length == 0:
+            raise FormatError("empty payload", path=path, offset=offset, expected="a non-empty dump")
+        base = offset - offset % mmap.ALLOCATIONGRANULARITY
+        m = mmap.mmap(fd, length + (offset - base), access=mmap.ACCESS_READ, offset=base)
+    finally:
+        os.close(fd)
+    view = memoryview(m)[offset - base : offset - base + length]
+
+    def _close() -> None:
+        view.release()
+        # A caller may still hold a view derived from the buffer; the mapping is then freed when
+        # that view is garbage collected. Never fail a close() over it.
+        with contextlib.suppress(BufferError):
+            m.close()
+
+    return view, [_close]
+
+
+def _coerce_private_key(private_key: Any) -> Any:
+    if private_key is None:
+        return None
+    from reader import ekcd
+
+    return ekcd.load_private_key(private_key)
+
+
+def open_payload(path: str | os.PathLike[str], *, private_key: Any = None) -> Payload:
+    """Open any dump container at *path* and return its payload (see module docstring).
+
+    `private_key` (PEM path, PEM bytes or a `cryptography` RSA private key) decrypts EKCD dumps.
+    Raises `ReaderError` (or a subclass) naming the file, offset and field for anything it cannot
+    read; a textdump is refused with a hint to unpack it instead.
+    """
+    p = Path(path)
+    kind = detect(p)
+    if kind in ("elf", "minidump"):
+        view, closers = map_file(p)
+        return Payload(path=p, buffer=view, header=None, container="plain", _closers=closers)
+    if kind in ("gzip", "zstd"):
+        from reader import compression
+
+        return compression.open_compressed(p, kind)
+    if kind == "device":
+        from reader import device
+
+        return device.open_device_payload(p, private_key=_coerce_private_key(private_key))
+    if kind == "encrypted":
+        from reader import ekcd
+
+        key = _encrypted_key_for(p)
+        assert key is not None
+        return ekcd.open_encrypted_file(p, key, private_key=_coerce_private_key(private_key))
+    if kind == "textdump-tar":
+        raise FormatError(
+            "this is a textdump archive (ustar: ddb.txt, msgbuf.txt, panic.txt, ...), not a memory dump; "
+            "read it with `tar xf` or `reader.textdump.open_textdump()`",
+            path=p,
+            offset=USTAR_MAGIC_OFFSET,
+            field="ustar magic",
+            expected="a vmcore (\\x7fELF or 'minidump'), a .gz/.zst vmcore or a dump device image",
+        )
+    head = _sniff_head(p, 16)
+    raise FormatError(
+        f"not a FreeBSD kernel dump: starts with {head.hex(' ')!s}"
+        if head
+        else "not a FreeBSD kernel dump: the file is empty",
+        path=p,
+        offset=0,
+        field="magic",
+        expected="\\x7fELF, 'minidump', gzip 1f 8b, zstd 28 b5 2f fd, or a kerneldumpheader "
+        "in the last 512-byte block of a dump device",
+    )
