@@ -1,0 +1,483 @@
+"""A serial console driven with pexpect: every byte kept, one deadline per phase, failures always armed.
+
+Why it is built this way:
+
+- A background thread drains the console continuously. A console nobody reads can stall a guest in the
+  middle of a dump (QEMU stops taking bytes from a full UART), and bytes that arrive while nobody waits
+  must still reach the transcript.
+- Every byte goes to the transcript file from the first one on (flushed per chunk, so it survives a
+  SIGKILL of the test process); a bounded tail is kept in memory for error messages.
+- `expect` searches for the caller's patterns *and* every armed failure pattern (kernel panic, fatal
+  trap...). Whichever appears first in the console wins, so a panic printed while waiting for a login
+  prompt ends the wait at once with `ConsoleFailure` and the evidence, instead of a timeout minutes later.
+- `run` wraps a shell command in unique markers whose echoed form differs from their output
+  (``"__FBH""B_x__"``), so the terminal's echo of the command line can never match.
+
+Works over any pexpect spawn object: `pexpect.fdpexpect.fdspawn` on a QEMU pty (`Console.open_pty`),
+`pexpect.spawn` of a local shell (the unit tests), or a replay double that implements `read_nonblocking`.
+"""
+
+from __future__ import annotations
+
+import codecs
+import itertools
+import os
+import re
+import secrets
+import threading
+import time
+import tty
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import pexpect
+from pexpect import fdpexpect
+
+from harness.deadline import Deadline, as_deadline
+
+Regex = str | re.Pattern[str]
+
+#: characters of console output kept in memory for `tail()` and error messages
+TAIL_KEEP = 256 * 1024
+#: characters shown in an error message
+ERROR_TAIL = 3000
+#: unconsumed output kept for matching; older text is dropped (it is still in the transcript)
+PENDING_KEEP = 4 * 1024 * 1024
+
+_counter = itertools.count(1)
+
+
+class ConsoleError(Exception):
+    """Base of console errors: says which phase, what was expected, and what the console showed."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        phase: str,
+        expectation: str,
+        tail: str,
+        transcript: Path | None = None,
+    ) -> None:
+        self.message = message
+        self.phase = phase
+        self.expectation = expectation
+        self.tail = tail
+        self.transcript = transcript
+        shown = tail[-ERROR_TAIL:]
+        lines = [
+            message,
+            f"  phase: {phase}",
+            f"  expecting: {expectation}",
+        ]
+        if transcript is not None:
+            lines.append(f"  full transcript: {transcript}")
+        lines.append(f"  console tail (last {len(shown)} chars):")
+        lines.extend("    | " + line for line in shown.splitlines() or [""])
+        super().__init__("\n".join(lines))
+
+
+class ConsoleTimeout(ConsoleError):
+    """The phase deadline passed before any expected pattern appeared."""
+
+    def __init__(self, message: str, *, deadline: Deadline, **kw: Any) -> None:
+        self.deadline = deadline
+        super().__init__(message, **kw)
+
+
+class ConsoleFailure(ConsoleError):
+    """An armed failure pattern (e.g. ``panic:``) appeared while waiting for something else."""
+
+    def __init__(self, message: str, *, name: str, pattern: str, matched: str, before: str, **kw: Any):
+        self.name = name
+        self.pattern = pattern
+        self.matched = matched
+        self.before = before
+        super().__init__(message, **kw)
+
+
+class ConsoleClosed(ConsoleError):
+    """The console reached end of file (guest gone, pty closed) before the expectation was met."""
+
+
+class CommandFailed(Exception):
+    """A shell command run with `Console.run(..., check=True)` exited non-zero."""
+
+    def __init__(self, result: CommandResult, tail: str) -> None:
+        self.result = result
+        self.tail = tail
+        super().__init__(
+            f"command {result.command!r} exited with status {result.status}\n"
+            f"  output:\n" + "\n".join("    | " + ln for ln in result.output.splitlines() or [""])
+        )
+
+
+@dataclass(frozen=True)
+class ConsoleMatch:
+    """One successful wait: which pattern (`name`), its `match`, the text `before` it, and all the
+    `text` consumed by the wait (``before`` + the matched text)."""
+
+    name: str
+    match: re.Match[str]
+    before: str
+    text: str
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """Output (with ``\\r\\n`` normalised to ``\\n``) and exit status of one shell command."""
+
+    command: str
+    output: str
+    status: int
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 0
+
+
+def _compile(pattern: Regex) -> re.Pattern[str]:
+    if isinstance(pattern, re.Pattern):
+        if not isinstance(pattern.pattern, str):
+            raise TypeError(f"console patterns are text regexes, got a bytes pattern {pattern.pattern!r}")
+        return pattern
+    if isinstance(pattern, str):
+        return re.compile(pattern)
+    raise TypeError(f"console pattern must be str or re.Pattern, got {type(pattern).__name__}")
+
+
+def _describe(patterns: Mapping[str, re.Pattern[str]]) -> str:
+    return ", ".join(f"{name}={rx.pattern!r}" for name, rx in patterns.items()) or "(nothing)"
+
+
+class Console:
+    """pexpect over one console (see module docstring).
+
+    `spawn` is any pexpect spawn object; bytes or text mode both work (bytes are decoded as UTF-8 with
+    replacement for matching, and written unchanged to the transcript). `transcript` is a path (opened
+    for appending: never truncates an existing file) or a binary file object. `newline` is what
+    `sendline` appends: a carriage return, which is what a terminal sends on Enter.
+    """
+
+    def __init__(
+        self,
+        spawn: pexpect.spawnbase.SpawnBase,
+        *,
+        transcript: str | os.PathLike[str] | IO[bytes] | None = None,
+        newline: str = "\r",
+        name: str = "console",
+    ) -> None:
+        self.spawn = spawn
+        self.newline = newline
+        self.name = name
+        self._own_transcript = False
+        self._transcript: IO[bytes] | None
+        self.transcript_path: Path | None = None
+        if transcript is None:
+            self._transcript = None
+        elif isinstance(transcript, str | os.PathLike):
+            self.transcript_path = Path(transcript)
+            self._transcript = open(self.transcript_path, "ab")  # noqa: SIM115 - closed in close()
+            self._own_transcript = True
+        else:
+            self._transcript = transcript
+            tname = getattr(transcript, "name", None)
+            self.transcript_path = Path(tname) if isinstance(tname, str) else None
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._cond = threading.Condition()
+        self._pending = ""
+        self._tail = ""
+        self._failures: dict[str, re.Pattern[str]] = {}
+        self._closed_reason: str | None = None
+        self._stop = threading.Event()
+        self.bytes_seen = 0
+        self.first_byte_at: float | None = None
+        self.last_byte_at: float | None = None
+        self.dropped_chars = 0
+        self._reader = threading.Thread(target=self._drain, name=f"{name}-drain", daemon=True)
+        self._reader.start()
+
+    # ---------------------------------------------------------------- construction helpers
+    @classmethod
+    def open_pty(
+        cls,
+        path: str | os.PathLike[str],
+        transcript: str | os.PathLike[str] | IO[bytes] | None,
+        **kwargs: Any,
+    ) -> Console:
+        """Open a pty (e.g. QEMU's serial ``/dev/pts/N``) in raw mode and drive it.
+
+        Raw mode matters: with the default line discipline the host side would echo the guest's own
+        output back into the guest and translate line endings.
+        """
+        fd = os.open(os.fspath(path), os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            tty.setraw(fd)
+            spawn = fdpexpect.fdspawn(fd, use_poll=True)
+        except BaseException:
+            os.close(fd)
+            raise
+        kwargs.setdefault("name", f"console:{os.fspath(path)}")
+        return cls(spawn, transcript=transcript, **kwargs)
+
+    # ---------------------------------------------------------------- background drain
+    def _drain(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.spawn.read_nonblocking(65536, timeout=0.1)
+            except pexpect.TIMEOUT:
+                continue
+            except pexpect.EOF:
+                self._mark_closed("end of file on the console")
+                return
+            except (OSError, ValueError) as exc:
+                self._mark_closed(f"console read failed: {exc}")
+                return
+            if data:
+                self._feed(data)
+
+    def _feed(self, data: bytes | str) -> None:
+        if isinstance(data, bytes):
+            raw = data
+            text = self._decoder.decode(data)
+        else:
+            text = data
+            raw = data.encode("utf-8", errors="replace")
+        now = time.monotonic()
+        if self._transcript is not None:
+            try:
+                self._transcript.write(raw)
+                self._transcript.flush()
+            except (OSError, ValueError):
+                pass  # a full disk must not stop the drain; the in-memory tail still has the bytes
+        with self._cond:
+            if self.first_byte_at is None:
+                self.first_byte_at = now
+            self.last_byte_at = now
+            self.bytes_seen += len(raw)
+            self._pending += text
+            if len(self._pending) > PENDING_KEEP:
+                cut = len(self._pending) - PENDING_KEEP
+                self._pending = self._pending[cut:]
+                self.dropped_chars += cut
+            self._tail += text
+            if len(self._tail) > 2 * TAIL_KEEP:
+                self._tail = self._tail[-TAIL_KEEP:]
+            self._cond.notify_all()
+
+    def _mark_closed(self, reason: str) -> None:
+        with self._cond:
+            if self._closed_reason is None:
+                self._closed_reason = reason
+            self._cond.notify_all()
+
+    # ---------------------------------------------------------------- state
+    @property
+    def closed(self) -> bool:
+        return self._closed_reason is not None
+
+    @property
+    def closed_reason(self) -> str | None:
+        return self._closed_reason
+
+    def tail(self, n: int = ERROR_TAIL) -> str:
+        """The last `n` characters the console printed (bounded; the transcript has everything)."""
+        with self._cond:
+            return self._tail[-n:] if n > 0 else ""
+
+    def pending(self) -> str:
+        """Text received but not yet consumed by a wait."""
+        with self._cond:
+            return self._pending
+
+    def discard_pending(self) -> str:
+        """Forget unconsumed text (it stays in the transcript and tail); returns what was dropped."""
+        with self._cond:
+            text, self._pending = self._pending, ""
+            return text
+
+    # ---------------------------------------------------------------- failure patterns
+    def arm_failure(self, name: str, regex: Regex) -> None:
+        """From now on, `regex` appearing on the console ends any wait with `ConsoleFailure`."""
+        with self._cond:
+            self._failures[name] = _compile(regex)
+
+    def disarm(self, name: str) -> None:
+        with self._cond:
+            self._failures.pop(name, None)
+
+    @property
+    def armed(self) -> dict[str, str]:
+        with self._cond:
+            return {n: rx.pattern for n, rx in self._failures.items()}
+
+    @contextmanager
+    def suspended(self, *names: str) -> Iterator[None]:
+        """Disarm failure patterns for a block (e.g. while deliberately panicking), then re-arm them."""
+        with self._cond:
+            saved = {n: self._failures.pop(n) for n in names if n in self._failures}
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._failures.update(saved)
+
+    # ---------------------------------------------------------------- waiting
+    def expect(self, patterns: Mapping[str, Regex], deadline: Deadline | float) -> ConsoleMatch:
+        """Wait until one of `patterns` (name -> regex) appears, or fail with evidence.
+
+        The earliest match in the unconsumed text wins; on a tie the caller's pattern beats an armed
+        failure pattern. A failure raises `ConsoleFailure` (the text up to and including the failure
+        is consumed, so the caller may go on waiting, e.g. for the debugger prompt after a panic).
+        """
+        wanted = {name: _compile(rx) for name, rx in patterns.items()}
+        dl = as_deadline(deadline, "expect")
+        with self._cond:
+            while True:
+                failures = dict(self._failures)
+                best: tuple[int, int, str, re.Match[str]] | None = None
+                for rank, group in ((0, wanted), (1, failures)):
+                    for name, rx in group.items():
+                        m = rx.search(self._pending)
+                        if m is None:
+                            continue
+                        key = (m.start(), rank)
+                        if best is None or key < best[:2]:
+                            best = (m.start(), rank, name, m)
+                if best is not None:
+                    _, rank, name, m = best
+                    before = self._pending[: m.start()]
+                    text = self._pending[: m.end()]
+                    self._pending = self._pending[m.end() :]
+                    if rank == 0:
+                        return ConsoleMatch(name=name, match=m, before=before, text=text)
+                    raise ConsoleFailure(
+                        f"{self.name}: failure pattern {name!r} appeared: {m.group(0)!r}",
+                        name=name,
+                        pattern=failures[name].pattern,
+                        matched=m.group(0),
+                        before=before,
+                        **self._evidence(dl, wanted),
+                    )
+                if self._closed_reason is not None:
+                    raise ConsoleClosed(
+                        f"{self.name}: {self._closed_reason} before the expected output",
+                        **self._evidence(dl, wanted),
+                    )
+                remaining = dl.remaining()
+                if remaining <= 0:
+                    raise ConsoleTimeout(
+                        f"{self.name}: deadline of {dl.seconds:g} s for phase {dl.phase!r} passed",
+                        deadline=dl,
+                        **self._evidence(dl, wanted),
+                    )
+                self._cond.wait(min(remaining, 1.0))
+
+    def _evidence(self, dl: Deadline, wanted: Mapping[str, re.Pattern[str]]) -> dict[str, Any]:
+        return {
+            "phase": dl.phase,
+            "expectation": _describe(wanted),
+            "tail": self._tail[-TAIL_KEEP:],
+            "transcript": self.transcript_path,
+        }
+
+    def expect_one(self, regex: Regex, deadline: Deadline | float, name: str = "expected") -> ConsoleMatch:
+        return self.expect({name: regex}, deadline)
+
+    def wait_closed(self, deadline: Deadline | float) -> str:
+        """Wait for end of file (the guest powered off / was destroyed); failure patterns still apply.
+
+        Returns the text that arrived before the end.
+        """
+        dl = as_deadline(deadline, "wait for console close")
+        try:
+            self.expect({}, dl)
+        except ConsoleClosed:
+            return self.discard_pending()
+        raise AssertionError("unreachable: expect({}) returned")  # pragma: no cover
+
+    # ---------------------------------------------------------------- sending
+    def send(self, data: str | bytes, *, char_delay: float = 0.0) -> None:
+        """Send raw data. `char_delay` paces single characters for consoles that drop fast input."""
+        if self.closed:
+            raise ConsoleClosed(
+                f"{self.name}: cannot send, {self._closed_reason}",
+                phase="send",
+                expectation=f"send {data!r}",
+                tail=self.tail(TAIL_KEEP),
+                transcript=self.transcript_path,
+            )
+        raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        text_mode = getattr(self.spawn, "encoding", None) is not None
+        chunks = [raw[i : i + 1] for i in range(len(raw))] if char_delay > 0 else [raw]
+        for chunk in chunks:
+            try:
+                self.spawn.send(chunk.decode("utf-8", errors="replace") if text_mode else chunk)
+            except (OSError, ValueError) as exc:
+                self._mark_closed(f"console write failed: {exc}")
+                raise ConsoleClosed(
+                    f"{self.name}: write failed: {exc}",
+                    phase="send",
+                    expectation=f"send {data!r}",
+                    tail=self.tail(TAIL_KEEP),
+                    transcript=self.transcript_path,
+                ) from exc
+            if char_delay > 0:
+                time.sleep(char_delay)
+
+    def sendline(self, line: str = "") -> None:
+        self.send(line + self.newline)
+
+    # ---------------------------------------------------------------- shell commands
+    def run(
+        self,
+        command: str,
+        *,
+        prompt: Regex | None,
+        deadline: Deadline | float,
+        check: bool = False,
+    ) -> CommandResult:
+        """Run one single-line shell command (sh or csh) and return its output and exit status.
+
+        The command line becomes ``echo "__FBH""B_<id>__"; CMD; printf "\\n__FBH""E_<id>_%s__\\n" $?``:
+        the echo of what we typed never contains the joined markers, the output always does. After the
+        end marker the shell `prompt` (if given) is awaited so the console is ready for the next command.
+        """
+        if "\n" in command or "\r" in command:
+            raise ValueError(f"run() takes a single-line command, got {command!r}")
+        dl = as_deadline(deadline, f"run {command!r}")
+        token = f"{os.getpid():x}x{next(_counter)}x{secrets.token_hex(3)}"
+        begin = re.compile(rf"__FBHB_{token}__\r*\n")
+        end = re.compile(rf"\r*\n__FBHE_{token}_(\d+)__\r*\n")
+        self.sendline(f'echo "__FBH""B_{token}__"; {command}; printf "\\n__FBH""E_{token}_%s__\\n" $?')
+        self.expect({"begin": begin}, dl)
+        m = self.expect({"end": end}, dl)
+        output = m.before.replace("\r\n", "\n")
+        result = CommandResult(command=command, output=output, status=int(m.match.group(1)))
+        if prompt is not None:
+            self.expect({"prompt": prompt}, dl)
+        if check and not result.ok:
+            raise CommandFailed(result, self.tail())
+        return result
+
+    # ---------------------------------------------------------------- lifetime
+    def close(self) -> None:
+        """Stop draining and close the spawn and (our own) transcript file. Idempotent."""
+        self._stop.set()
+        if self._reader.is_alive() and self._reader is not threading.current_thread():
+            self._reader.join(timeout=2.0)
+        with suppress(Exception):  # closing a dead spawn must not mask the real error
+            self.spawn.close()
+        self._mark_closed("console closed by the harness")
+        if self._own_transcript and self._transcript is not None:
+            with suppress(OSError):
+                self._transcript.close()
+
+    def __enter__(self) -> Console:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
