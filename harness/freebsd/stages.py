@@ -1,0 +1,197 @@
+"""Where a FreeBSD guest is, recognised from what it prints on its serial console.
+
+Every pattern here is data (`STAGE_PATTERNS`, `FAILURE_PATTERNS`) taken from real console text: the
+FreeBSD 12.1 transcripts in ``tests/data/transcripts/`` (SeaBIOS, GRUB, kernel, mountroot, ddb, dumps)
+and the FreeBSD sources cited in ``/work/shared/reference/freebsd-dump-formats.md`` (loader, rc, getty,
+panic and reboot texts). Two users:
+
+* `recognise(text)` walks a finished transcript and lists every stage in order (tests, artifacts);
+* `wait_for_stage(console, targets, deadline)` waits on a live `Console` until one of `targets` shows
+  up, with a kernel panic armed as a failure so that a panic during *any* wait ends it at once with the
+  panic text as evidence (`GuestPanicked`).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from harness.deadline import Deadline, as_deadline
+
+
+class Stage(enum.StrEnum):
+    """One recognisable point of a FreeBSD boot / debug session, in rough boot order."""
+
+    FIRMWARE = "firmware"  # SeaBIOS / iPXE / OVMF banner
+    GRUB = "grub"  # GRUB menu / kfreebsd hand-over
+    LOADER = "loader"  # FreeBSD loader(8) banner
+    LOADER_MENU = "loader_menu"  # the beastie/lua menu
+    LOADER_COUNTDOWN = "loader_countdown"  # autoboot countdown
+    LOADER_PROMPT = "loader_prompt"  # "OK " prompt
+    KERNEL = "kernel"  # ---<<BOOT>>--- and the copyright banner
+    ROOT_WAIT = "root_wait"  # mountroot: waiting for device ...
+    MOUNTROOT_PROMPT = "mountroot_prompt"  # interactive mountroot> prompt
+    RC = "rc"  # /etc/rc running
+    LOGIN = "login"  # getty's login: prompt
+    SHELL = "shell"  # a root shell prompt
+    DDB_ENTER = "ddb_enter"  # KDB: enter: <why> / NMI ... going to debugger
+    DDB_THREAD = "ddb_thread"  # [ thread pid N tid M ]
+    DDB_STOPPED = "ddb_stopped"  # Stopped at <location>
+    DDB_PROMPT = "ddb_prompt"  # db>
+    PANIC = "panic"  # panic: <message>
+    DUMP_PROGRESS = "dump_progress"  # Dumping N out of M MB / Dumping N MB (K chunks)
+    DUMP_COMPLETE = "dump_complete"
+    REBOOT = "reboot"  # Automatic reboot / Rebooting...
+
+
+# Patterns are searched in decoded console text (CR LF line ends kept). Group 1, where present, is the
+# interesting value (why ddb was entered, the panic message, the device waited for, ...).
+STAGE_PATTERNS: dict[Stage, str] = {
+    Stage.FIRMWARE: r"SeaBIOS \(version [^)\r\n]*\)|iPXE \(http://ipxe\.org\)"
+    r"|Booting from (?:DVD/CD|Hard Disk|Floppy)|BdsDxe: (?:loading|starting) Boot",
+    # GRUB draws its banner with cursor moves in between ("Wel\x1b[09;03H...come to GRUB!" in ada.serial.log)
+    Stage.GRUB: r"come to GRUB!|GNU GRUB +version|Booting `[^'\r\n]*'"
+    r"|GRUB: (?:loading FreeBSD kernel|booting)",
+    Stage.LOADER: r"FreeBSD/\w+ (?:EFI|bootstrap) loader|BTX loader|Consoles: [^\r\n]*",
+    Stage.LOADER_MENU: r"Boot Multi user|Boot \[M\]ulti user|Escape to loader prompt",
+    # lua: "Autoboot in N seconds, hit [Enter] to boot or any other key to stop"; common/boot.c:
+    # "Hit [Enter] to boot immediately, or any other key for command prompt." + "Booting [k] in N seconds..."
+    Stage.LOADER_COUNTDOWN: r"Autoboot in (\d+) seconds|Booting \[[^\]\r\n]*\] in (\d+) seconds?\.\.\.",
+    Stage.LOADER_PROMPT: r"(?:^|\n)OK $",
+    Stage.KERNEL: r"---<<BOOT>>---|Copyright \(c\) 1992-\d+ The FreeBSD Project\.",
+    Stage.ROOT_WAIT: r"mountroot: waiting for device (\S+?)\.\.\.",
+    Stage.MOUNTROOT_PROMPT: r"mountroot> $",
+    Stage.RC: r"Setting hostuuid: |Setting hostid: |Starting file system checks|Mounting local filesystems"
+    r"|Starting devd\.|Updating motd|Starting sshd\.|Starting cron\.",
+    Stage.LOGIN: r"login: $",
+    Stage.SHELL: r"(?:^|\n)[^\r\n]*(?:root@[^\r\n]*)?[#$] $",
+    Stage.DDB_ENTER: r"KDB: enter: ([^\r\n]*)|NMI/cpu\d+ \.\.\. going to debugger",
+    Stage.DDB_THREAD: r"\[ thread pid (\d+) tid (\d+) \]",
+    Stage.DDB_STOPPED: r"(?:Stopped|Breakpoint|Watchpoint) at\s+([^\r\n]*)",
+    Stage.DDB_PROMPT: r"(?:^|\n)db> $",
+    Stage.PANIC: r"(?:^|[\r\n]|> )panic: ([^\r\n]*)",
+    Stage.DUMP_PROGRESS: r"Dumping (\d+) out of (\d+) MB:|Dumping (\d+) MB \((\d+) chunks\)",
+    Stage.DUMP_COMPLETE: r"Dump complete|Textdump complete\.",
+    Stage.REBOOT: r"Automatic reboot in (\d+) seconds|Rebooting\.\.\.|cpu_reset: Stopping other CPUs",
+}
+
+# Stages whose pattern must sit at the very end of the text seen so far (prompts: nothing follows them
+# until someone types). In `recognise` they also match when followed by typed input on the same line.
+PROMPT_STAGES = frozenset(
+    {Stage.LOADER_PROMPT, Stage.MOUNTROOT_PROMPT, Stage.LOGIN, Stage.SHELL, Stage.DDB_PROMPT}
+)
+
+#: Console failure patterns, armed during every wait by `wait_for_stage` (names are Console names).
+FAILURE_PATTERNS: dict[str, str] = {
+    "freebsd.panic": STAGE_PATTERNS[Stage.PANIC],
+    "freebsd.fatal_trap": r"Fatal (?:double fault|trap \d+: [^\r\n]*)",
+}
+
+
+class FreeBSDStageError(RuntimeError):
+    """Base for FreeBSD console errors; `tail` is the console text that proves what happened."""
+
+    def __init__(self, message: str, *, tail: str = "") -> None:
+        super().__init__(f"{message}\n--- console tail ---\n{tail}" if tail else message)
+        self.tail = tail
+
+
+class GuestPanicked(FreeBSDStageError):
+    """The kernel panicked (or took a fatal trap) while we waited for something else."""
+
+    def __init__(self, panic_message: str, *, waiting_for: str, tail: str = "") -> None:
+        super().__init__(
+            f"FreeBSD kernel panicked while waiting for {waiting_for}: {panic_message}", tail=tail
+        )
+        self.panic_message = panic_message
+
+
+@dataclass(frozen=True)
+class StageEvent:
+    """`stage` was seen at `offset` of the text; `value` is the pattern's first non-empty group."""
+
+    stage: Stage
+    offset: int
+    text: str
+    value: str | None
+
+
+def _value(m: re.Match[str]) -> str | None:
+    for g in m.groups():
+        if g:
+            return g
+    return None
+
+
+_COMPILED = {stage: re.compile(p) for stage, p in STAGE_PATTERNS.items()}
+# In a finished transcript a prompt is followed by what was typed; match it up to the line end instead.
+_COMPILED_IN_TRANSCRIPT = {
+    stage: re.compile(p[:-1] + r"(?=[^\r\n]*(?:\r|\n|\Z))" if p.endswith("$") else p)
+    for stage, p in STAGE_PATTERNS.items()
+}
+
+
+def recognise(text: str, stages: Iterable[Stage] | None = None) -> list[StageEvent]:
+    """Every occurrence of every stage in `text`, in order of appearance.
+
+    SHELL is left out unless asked for: a bare ``# `` is too common in other text to find it blind.
+    """
+    wanted = set(stages) if stages is not None else set(Stage) - {Stage.SHELL}
+    events: list[StageEvent] = []
+    for stage in wanted:
+        for m in _COMPILED_IN_TRANSCRIPT[stage].finditer(text):
+            events.append(StageEvent(stage, m.start(), m.group(0).strip("\r\n"), _value(m)))
+    events.sort(key=lambda e: (e.offset, list(Stage).index(e.stage)))
+    return events
+
+
+def stage_sequence(text: str) -> list[Stage]:
+    """Stages in order, consecutive repeats collapsed (a compact summary of a boot)."""
+    out: list[Stage] = []
+    for e in recognise(text):
+        if not out or out[-1] != e.stage:
+            out.append(e.stage)
+    return out
+
+
+def wait_for_stage(
+    console,
+    targets: Iterable[Stage],
+    deadline: Deadline | float,
+    *,
+    patterns: Mapping[Stage, str] | None = None,
+    allow_panic: bool = False,
+) -> StageEvent:
+    """Wait on `console` until one of `targets` appears; a panic ends the wait with `GuestPanicked`.
+
+    `patterns` overrides the regex of a stage (e.g. a SHELL prompt we set ourselves). With
+    `allow_panic` (used when a panic is what we want, as a ddb trigger), PANIC may be a target and the
+    panic failure patterns are not armed.
+    """
+    from harness.console import ConsoleFailure
+
+    targets = list(targets)
+    if not targets:
+        raise ValueError("wait_for_stage needs at least one target stage")
+    deadline = as_deadline(deadline, "wait for " + "/".join(t.value for t in targets))
+    regexes = {t.value: (patterns or {}).get(t, STAGE_PATTERNS[t]) for t in targets}
+    armed = [] if allow_panic else list(FAILURE_PATTERNS)
+    for name in armed:
+        console.arm_failure(name, FAILURE_PATTERNS[name])
+    try:
+        m = console.expect(regexes, deadline)
+    except ConsoleFailure as exc:
+        text = getattr(exc, "tail", "") or ""
+        matched = getattr(exc, "matched", "") or ""
+        pm = re.search(STAGE_PATTERNS[Stage.PANIC], matched)
+        message = pm.group(1) if pm else matched or str(exc)
+        raise GuestPanicked(
+            message.strip(), waiting_for="/".join(t.value for t in targets), tail=text
+        ) from exc
+    finally:
+        for name in armed:
+            console.disarm(name)
+    stage = Stage(m.name)
+    return StageEvent(stage, -1, m.match.group(0).strip("\r\n"), _value(m.match))
