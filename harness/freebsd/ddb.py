@@ -1,0 +1,382 @@
+"""Drive FreeBSD's kernel debugger ddb(4) over a `Console` and parse what it prints.
+
+`Ddb(console)` assumes the kernel already sits at ``db> `` (see `harness.freebsd.enter` for getting
+there). The first command turns the pager off (``set $lines 0``) so long output (``ps``, ``show
+msgbuf``) never stops at ``--More--``. Each command waits for its own echo, then for the next ``db> ``
+prompt at the end of the output; the output in between is returned with CR LF normalised.
+
+While ddb runs, the console's armed failure patterns (``panic:`` ...) are suspended: ddb's own output
+(``bt`` of a panicked thread, ``show msgbuf``) legitimately contains them.
+
+Dump console texts (`parse_dump_output`) follow ``sys/kern/kern_dump.c``,
+``sys/amd64/amd64/minidump_machdep.c``, ``sys/ddb/db_command.c`` and ``kern_shutdown.c``, as quoted in
+``/work/shared/reference/freebsd-dump-formats.md`` §7.4-7.5, and the real 12.1 transcripts.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+
+from harness.deadline import Deadline, as_deadline
+from harness.freebsd.stages import FreeBSDStageError
+
+PROMPT = r"(?:^|\n)db> $"
+DEFAULT_COMMAND_SECONDS = 60.0
+
+
+class DdbError(FreeBSDStageError):
+    """ddb did not answer as expected; carries the command and the console tail."""
+
+
+class DumpFailed(DdbError):
+    """ddb's ``dump`` reported a failure (or never finished); `result` has everything parsed."""
+
+    def __init__(self, message: str, result: DumpResult, *, tail: str = "") -> None:
+        super().__init__(message, tail=tail)
+        self.result = result
+
+
+def dump_deadline_seconds(memory_mib: int | None) -> float:
+    """A generous but bounded deadline for ``dump``.
+
+    Measured under TCG here: a full dump of a 512 MiB guest took 1.2-2.6 s, a minidump 0.5 s. We allow
+    two minutes plus a quarter second per MiB of guest memory (512 MiB -> 248 s; 8 GiB -> 2168 s): two
+    orders of magnitude of slack for a loaded CI machine, still finite.
+    """
+    return 120.0 + 0.25 * (memory_mib if memory_mib else 4096)
+
+
+# ----------------------------------------------------------------------------- parsed results
+@dataclass(frozen=True)
+class Frame:
+    function: str
+    location: str  # e.g. "acpi_cpu_c1+0x6"
+    frame: int | None
+
+
+@dataclass(frozen=True)
+class Backtrace:
+    pid: int | None
+    tid: int | None
+    td: int | None
+    frames: list[Frame]
+    text: str
+
+
+@dataclass(frozen=True)
+class PsThread:
+    tid: int
+    state: str
+    wmesg: str | None
+    wchan: int | None
+    cpu: int | None
+    name: str
+
+
+@dataclass
+class PsProcess:
+    pid: int
+    ppid: int
+    pgrp: int
+    uid: int
+    state: str
+    wmesg: str | None
+    wchan: int | None
+    cmd: str
+    threaded: bool
+    threads: list[PsThread] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DumpChunk:
+    index: int
+    mb: int
+    pages: int
+    countdown: list[int]
+    ok: bool | None  # None: the chunk line never finished
+
+
+@dataclass
+class DumpResult:
+    """What ddb's ``dump`` printed, parsed. `ok` is True only with "Dump complete" and no failure."""
+
+    kind: str | None  # "mini" (Dumping N out of M MB), "full" (Dumping N MB (K chunks)), None if neither
+    dump_mb: int | None
+    physical_mb: int | None  # the "out of M" of a minidump
+    chunk_count: int | None
+    chunks: list[DumpChunk]
+    progress: list[int]  # minidump percentages
+    complete: bool
+    error: str | None  # the failure text as printed
+    error_code: int | None  # errno of "** DUMP FAILED (ERROR n) **", or "(error=n)"
+    retries: int  # "Dump map grown while dumping. Retrying..."
+    seconds: float
+    text: str
+
+    @property
+    def ok(self) -> bool:
+        return self.complete and self.error is None
+
+
+# Every failure text a dump can print, most specific first: (regex, errno group or None)
+DUMP_FAILURES: list[tuple[str, str]] = [
+    ("no_device", r"Cannot dump: no dump device specified\."
+     r"|Cannot dump\. Device not defined or unavailable\."),
+    ("busy", r"Cannot dump: debugger got invoked while dumping\."),
+    ("unknown", r"Cannot dump: unknown error \(error=(\d+)\)\."),
+    ("too_small", r"Dump failed\. Partition too small(?: \(about (\d+)MB were needed this time\))?\."),
+    ("failed_errno", r"\*\* DUMP FAILED \(ERROR (\d+)\) \*\*"),
+    ("aborted", r"Dump aborted"),
+    ("map_grown", r"Dump map grown while dumping\. Dump failed\."),
+    ("compressed_overflow", r"Compressed dump failed to fit in device boundaries\."),
+    ("textdump_pending", r"textdump_pending set\."),
+    ("bounds", r"Attempt to write (?:outside dump device boundaries|partial block of length \d+|at unaligned "
+     r"offset -?\d+)\."),
+    ("chunk_failed", r"chunk \d+: \d+MB \(\d+ pages\)[^\r\n]*\.\.\. fail"),
+]
+
+_MINI = re.compile(r"Dumping (\d+) out of (\d+) MB:((?:\.\.\d+%)*)")
+_FULL = re.compile(r"Dumping (\d+) MB \((\d+) chunks\)")
+_CHUNK = re.compile(r"chunk (\d+): (\d+)MB \((\d+) pages\)((?: \d+)*)(?: \.\.\. (ok|fail))?")
+_PCT = re.compile(r"\.\.(\d+)%")
+
+
+def parse_dump_output(text: str, seconds: float = 0.0) -> DumpResult:
+    """Parse everything ``dump`` printed (between its echo and the next ``db> ``)."""
+    text = text.replace("\r\n", "\n").replace("\r", "")
+    kind = dump_mb = physical_mb = chunk_count = None
+    progress: list[int] = []
+    chunks: list[DumpChunk] = []
+    if m := _MINI.search(text):
+        kind, dump_mb, physical_mb = "mini", int(m.group(1)), int(m.group(2))
+        progress = [int(p) for p in _PCT.findall(text[m.end(0) - len(m.group(3)) :])]
+    elif m := _FULL.search(text):
+        kind, dump_mb, chunk_count = "full", int(m.group(1)), int(m.group(2))
+        for c in _CHUNK.finditer(text):
+            countdown = [int(x) for x in c.group(4).split()]
+            ok = None if c.group(5) is None else c.group(5) == "ok"
+            chunks.append(DumpChunk(int(c.group(1)), int(c.group(2)), int(c.group(3)), countdown, ok))
+    error = error_code = None
+    for name, rx in DUMP_FAILURES:
+        if fm := re.search(rx, text):
+            error = fm.group(0)
+            if name in ("unknown", "failed_errno") and fm.group(1):
+                error_code = int(fm.group(1))
+            break
+    retries = len(re.findall(r"Dump map grown while dumping\. Retrying\.\.\.", text))
+    complete = re.search(r"(?:^|\n)Dump complete\b", text) is not None
+    return DumpResult(
+        kind, dump_mb, physical_mb, chunk_count, chunks, progress, complete, error, error_code, retries,
+        seconds, text,
+    )
+
+
+_REG = re.compile(r"^(\w+)\s+(0x[0-9a-fA-F]+|-?\d+)(?:\s+(\S+))?\s*$")
+
+
+def parse_registers(text: str) -> dict[str, int]:
+    """``show registers``: ``rip  0xffffffff80504666  acpi_cpu_c1+0x6`` -> {"rip": 0xffff...}."""
+    regs: dict[str, int] = {}
+    for line in text.splitlines():
+        if m := _REG.match(line.strip()):
+            regs[m.group(1)] = int(m.group(2), 0)
+    return regs
+
+
+_TRACING = re.compile(r"Tracing pid (\d+) tid (\d+) td (0x[0-9a-fA-F]+)")
+_FRAME = re.compile(r"^(\S+)\(\) at (\S+?)(?:/frame (0x[0-9a-fA-F]+))?\s*$")
+
+
+def parse_backtrace(text: str) -> Backtrace:
+    pid = tid = td = None
+    if m := _TRACING.search(text):
+        pid, tid, td = int(m.group(1)), int(m.group(2)), int(m.group(3), 16)
+    frames = [
+        Frame(m.group(1), m.group(2), int(m.group(3), 16) if m.group(3) else None)
+        for line in text.splitlines()
+        if (m := _FRAME.match(line.strip()))
+    ]
+    return Backtrace(pid, tid, td, frames, text)
+
+
+_PS_PROC = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\S+)\s+(.*?)\s*\[(.*)\]\s*$")
+_PS_THREAD = re.compile(r"^\s*(\d+)\s+(\S+)\s+(.*?)\s*\[(.*)\]\s*$")
+
+
+def _wait_columns(rest: str) -> tuple[str | None, int | None, int | None, bool]:
+    """(wmesg, wchan, cpu, threaded) from the middle columns of a ps row."""
+    rest = rest.strip()
+    if rest == "(threaded)":
+        return None, None, None, True
+    if m := re.fullmatch(r"CPU (\d+)", rest):
+        return None, None, int(m.group(1)), False
+    parts = rest.split()
+    wmesg = parts[0] if parts else None
+    wchan = int(parts[1], 16) if len(parts) > 1 and parts[1].startswith("0x") else None
+    return wmesg, wchan, None, False
+
+
+def parse_ps(text: str) -> list[PsProcess]:
+    """ddb ``ps``: process rows (pid ppid pgrp uid state ...) with their thread rows (tid state ...)."""
+    procs: list[PsProcess] = []
+    for line in text.splitlines():
+        if not line.strip() or line.strip().startswith("pid"):
+            continue
+        if m := _PS_PROC.match(line):
+            wmesg, wchan, _cpu, threaded = _wait_columns(m.group(6))
+            procs.append(
+                PsProcess(int(m.group(1)), int(m.group(2)), int(m.group(3)), int(m.group(4)), m.group(5),
+                          wmesg, wchan, m.group(7), threaded)
+            )
+        elif (m := _PS_THREAD.match(line)) and procs:
+            wmesg, wchan, cpu, _ = _wait_columns(m.group(3))
+            procs[-1].threads.append(PsThread(int(m.group(1)), m.group(2), wmesg, wchan, cpu, m.group(4)))
+        else:
+            raise DdbError(f"ps: cannot parse line {line!r}", tail=text)
+    return procs
+
+
+_XLINE = re.compile(r"^([^\s:]+):\s+((?:[0-9a-fA-F]+\s*)+)$")
+
+
+def parse_examine(text: str) -> list[int]:
+    """``x/gx sym[,n]``: ``dumper: ffffffff803265f0`` -> [0xffffffff803265f0]."""
+    values: list[int] = []
+    for line in text.splitlines():
+        if m := _XLINE.match(line.strip()):
+            values.extend(int(v, 16) for v in m.group(2).split())
+    return values
+
+
+# ----------------------------------------------------------------------------- the driver
+class Ddb:
+    """One ddb session on `console` (the kernel must already be at ``db> ``)."""
+
+    def __init__(
+        self, console, *, memory_mib: int | None = None, command_seconds: float = DEFAULT_COMMAND_SECONDS
+    ) -> None:
+        self.console = console
+        self.memory_mib = memory_mib
+        self.command_seconds = command_seconds
+        self._pager_off = False
+        self.active = True
+
+    @contextmanager
+    def _quiet_failures(self):
+        suspended = getattr(self.console, "suspended", None)
+        armed = list(getattr(self.console, "armed", {}) or {})
+        with suspended(*armed) if suspended and armed else nullcontext():
+            yield
+
+    def wait_prompt(self, deadline: Deadline | float = 30.0) -> str:
+        """Wait for ``db> `` (right after entering ddb); returns the text before it."""
+        with self._quiet_failures():
+            return self.console.expect({"db": PROMPT}, as_deadline(deadline, "ddb prompt")).before
+
+    def _raw(self, cmd: str, deadline: Deadline) -> str:
+        if not self.active:
+            raise DdbError(f"ddb {cmd!r}: the session was left (continue/reset)", tail=self.console.tail())
+        self.console.sendline(cmd)
+        self.console.expect({"echo": re.escape(cmd) + r"[ \t]*\r*\n"}, deadline)
+        m = self.console.expect({"db": PROMPT}, deadline)
+        return m.before.replace("\r\n", "\n").replace("\r", "")
+
+    def command(self, cmd: str, deadline: Deadline | float | None = None) -> str:
+        """Run one ddb command, return its output (echo and prompt stripped)."""
+        if "\n" in cmd or "\r" in cmd:
+            raise ValueError(f"ddb command must be one line, got {cmd!r}")
+        dl = as_deadline(self.command_seconds if deadline is None else deadline, f"ddb {cmd}")
+        with self._quiet_failures():
+            if not self._pager_off:
+                self._raw("set $lines 0", dl)
+                self._pager_off = True
+            out = self._raw(cmd, dl)
+        return out.rstrip("\n")
+
+    # ------------------------------------------------------------ typed helpers
+    def x(self, symbol: str, fmt: str = "gx", count: int = 1) -> list[int]:
+        cmd = f"x/{fmt} {symbol}" + (f",{count}" if count != 1 else "")
+        out = self.command(cmd)
+        values = parse_examine(out)
+        if len(values) < count:
+            raise DdbError(f"ddb {cmd!r}: expected {count} value(s) as 'symbol: value', got {out!r}",
+                           tail=self.console.tail())
+        return values[:count]
+
+    def x_gx(self, symbol: str) -> int:
+        """The 64-bit value at `symbol` (``x/gx``)."""
+        return self.x(symbol, "gx")[0]
+
+    def show_registers(self) -> dict[str, int]:
+        out = self.command("show registers")
+        regs = parse_registers(out)
+        if "rip" not in regs and "pc" not in regs:
+            raise DdbError(f"show registers: no rip/pc in {out!r}", tail=self.console.tail())
+        return regs
+
+    def bt(self) -> Backtrace:
+        return parse_backtrace(self.command("bt"))
+
+    def ps(self) -> list[PsProcess]:
+        return parse_ps(self.command("ps"))
+
+    def show_msgbuf(self) -> str:
+        """The kernel message buffer, without ddb's ``msgbufp = ...`` / ``magic = ...`` header."""
+        out = self.command("show msgbuf")
+        lines = out.split("\n")
+        while lines and re.match(r"(msgbufp|magic) = ", lines[0]):
+            lines.pop(0)
+        return "\n".join(lines)
+
+    def set_minidump(self, on: bool) -> int:
+        """``write/l do_minidump 0|1``; returns the previous value (ddb prints old and new)."""
+        want = 1 if on else 0
+        out = self.command(f"write/l do_minidump {want}")
+        m = re.search(r"do_minidump\s+(0x[0-9a-fA-F]+|\d+)\s+=\s+(0x[0-9a-fA-F]+|\d+)", out)
+        if not m or int(m.group(2), 0) != want:
+            raise DdbError(f"write/l do_minidump {want}: unexpected answer {out!r}", tail=self.console.tail())
+        return int(m.group(1), 0)
+
+    def dump(self, deadline: Deadline | float | None = None, *, check: bool = True) -> DumpResult:
+        """Run ``dump`` and parse the result; with `check`, anything but "Dump complete" raises DumpFailed."""
+        from harness.console import ConsoleClosed, ConsoleTimeout
+
+        seconds = dump_deadline_seconds(self.memory_mib) if deadline is None else deadline
+        dl = as_deadline(seconds, "ddb dump")
+        started = time.monotonic()
+        try:
+            out = self.command("dump", dl)
+        except (ConsoleTimeout, ConsoleClosed) as exc:
+            partial = self.console.pending() if hasattr(self.console, "pending") else ""
+            result = parse_dump_output(partial, time.monotonic() - started)
+            raise DumpFailed(
+                f"ddb dump did not return to db> within {dl.seconds:g} s ({type(exc).__name__}); "
+                f"parsed so far: kind={result.kind} progress={result.progress or result.chunks}",
+                result,
+                tail=exc.tail,
+            ) from exc
+        result = parse_dump_output(out, time.monotonic() - started)
+        if check and not result.ok:
+            why = result.error or 'no "Dump complete" before the prompt'
+            raise DumpFailed(f"ddb dump failed: {why}", result, tail=self.console.tail())
+        return result
+
+    def continue_(self) -> None:
+        """``c``: leave ddb (the kernel resumes; after a panic it goes on to dump and reboot)."""
+        self._leave("c")
+
+    def reset(self) -> None:
+        """``reset``: reboot at once, no dump, no sync."""
+        self._leave("reset")
+
+    def _leave(self, cmd: str) -> None:
+        with self._quiet_failures():
+            if not self._pager_off:
+                self.command("set $lines 0")
+            self.console.sendline(cmd)
+            dl = as_deadline(self.command_seconds, f"ddb {cmd}")
+            self.console.expect({"echo": re.escape(cmd) + r"\r*\n"}, dl)
+        self.active = False
