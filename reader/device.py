@@ -22,14 +22,13 @@ from typing import Any
 
 from reader import kerneldumpheader as kdh
 from reader.errors import FormatError, ReaderError, TruncatedError
-from reader.source import Payload, map_file
+from reader.source import Payload, map_file, write_sparse
 
 SECTOR_SIZES = (512, 4096)
 # sizeof(struct kerneldumpkey) + KERNELDUMP_ENCKEY_MAX_SIZE rounded up to the largest sector the
 # kernel supports is far below this; anything larger is a corrupt header, not a key.
 MAX_DUMPKEYSIZE = 64 * 1024
 COPY_CHUNK = 1 << 20
-SPARSE_BLOCK = 4096
 
 
 class NoDumpError(FormatError):
@@ -429,46 +428,26 @@ def copy_range_sparse(
     With `sparse`, aligned 4 KiB blocks of zeros become holes (savecore's `sparsefwrite()`); the
     file is then `ftruncate`d to its full length so a trailing hole still counts.
     """
-    import numpy as np
-
     done = 0
     buf = bytearray(COPY_CHUNK)
-    while done < length:
-        want = min(COPY_CHUNK, length - done)
-        mv = memoryview(buf)[:want]
-        got = os.preadv(src_fd, [mv], offset + done)
-        if got != want:
-            raise TruncatedError(
-                f"the device ends inside the dump: read {done + got} of {length} payload bytes",
-                path=src_path,
-                offset=offset + done + got,
-                field="dumplength",
-                expected=f"{length} bytes from {offset:#x}",
-            )
-        if not sparse:
-            _write_all(dst_fd, mv, done)
-        else:
-            nblocks = want // SPARSE_BLOCK
-            if nblocks:
-                words = np.frombuffer(buf, dtype=np.uint64, count=nblocks * SPARSE_BLOCK // 8)
-                nonzero = words.reshape(nblocks, SPARSE_BLOCK // 8).any(axis=1)
+    with memoryview(buf) as whole:
+        while done < length:
+            want = min(COPY_CHUNK, length - done)
+            mv = whole[:want]
+            got = os.preadv(src_fd, [mv], offset + done)
+            if got != want:
+                raise TruncatedError(
+                    f"the device ends inside the dump: read {done + got} of {length} payload bytes",
+                    path=src_path,
+                    offset=offset + done + got,
+                    field="dumplength",
+                    expected=f"{length} bytes from {offset:#x}",
+                )
+            if sparse:
+                write_sparse(dst_fd, mv, done)
             else:
-                nonzero = np.zeros(0, dtype=bool)
-            # write maximal runs of non-zero blocks; skip zero blocks
-            i = 0
-            while i < nblocks:
-                if not nonzero[i]:
-                    i += 1
-                    continue
-                j = i
-                while j < nblocks and nonzero[j]:
-                    j += 1
-                _write_all(dst_fd, mv[i * SPARSE_BLOCK : j * SPARSE_BLOCK], done + i * SPARSE_BLOCK)
-                i = j
-            tail = mv[nblocks * SPARSE_BLOCK :]
-            if len(tail) and any(tail):
-                _write_all(dst_fd, tail, done + nblocks * SPARSE_BLOCK)
-        done += want
+                _write_all(dst_fd, mv, done)
+            done += want
     if sparse:
         os.ftruncate(dst_fd, length)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reader.errors import FormatError, ReaderError
+from reader.errors import FormatError, ReaderError, TruncatedError
 
 ELF_MAGIC = b"\x7fELF"
 MINIDUMP_MAGIC = b"minidump"
@@ -149,6 +149,149 @@ def map_file(path: Path, offset: int = 0, length: int | None = None) -> tuple[me
             m.close()
 
     return view, [_close]
+
+
+SPARSE_BLOCK = 4096
+_FLUSH_AT = 1 << 20
+
+
+class SparseWriter:
+    """Append-only writer that turns aligned all-zero 4 KiB blocks into holes.
+
+    savecore writes uncompressed vmcores sparse (`sparsefwrite()`); decompressed and decrypted
+    payloads are spooled the same way so a mostly-empty 1 GiB dump costs little disk. `close()`
+    truncates the file to its logical length so trailing holes still count.
+    """
+
+    def __init__(self, fd: int, *, path: str | os.PathLike[str] | None = None, limit: int | None = None):
+        self.fd = fd
+        self.path = path
+        self.limit = limit
+        self.size = 0  # bytes handed to write()
+        self._flushed = 0
+        self._pending = bytearray()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.size += len(data)
+        if self.limit is not None and self.size > self.limit:
+            raise FormatError(
+                f"output grows past {self.limit} bytes",
+                path=self.path,
+                field="decoded size",
+                expected=f"at most {self.limit} bytes",
+            )
+        self._pending += data
+        if len(self._pending) >= _FLUSH_AT:
+            self._flush(final=False)
+
+    def _flush(self, *, final: bool) -> None:
+        buf = self._pending
+        n = len(buf) if final else len(buf) - len(buf) % SPARSE_BLOCK
+        if n == 0:
+            return
+        with memoryview(buf) as mv:
+            write_sparse(self.fd, mv[:n], self._flushed)
+        del buf[:n]
+        self._flushed += n
+
+    def close(self) -> int:
+        """Flush, set the file length, return it."""
+        self._flush(final=True)
+        os.ftruncate(self.fd, self._flushed)
+        return self._flushed
+
+
+def write_sparse(fd: int, data: memoryview, offset: int) -> None:
+    """pwrite *data* at *offset*, leaving aligned all-zero 4 KiB blocks (relative to *data*) as holes."""
+    import numpy as np
+
+    n = len(data)
+    nblocks = n // SPARSE_BLOCK
+    if nblocks:
+        words = np.frombuffer(data, dtype=np.uint64, count=nblocks * (SPARSE_BLOCK // 8))
+        nonzero = words.reshape(nblocks, SPARSE_BLOCK // 8).any(axis=1)
+        del words
+        edges = np.flatnonzero(np.diff(np.concatenate(([False], nonzero, [False])).astype(np.int8)))
+        for start, end in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
+            _pwrite_all(fd, data[start * SPARSE_BLOCK : end * SPARSE_BLOCK], offset + start * SPARSE_BLOCK)
+    tail = data[nblocks * SPARSE_BLOCK :]
+    if len(tail) and any(tail):
+        _pwrite_all(fd, tail, offset + nblocks * SPARSE_BLOCK)
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while len(data):
+        n = os.pwrite(fd, data, offset)
+        data = data[n:]
+        offset += n
+
+
+def spool_payload(
+    path: Path,
+    produce: Any,
+    *,
+    container: str,
+    header: dict[str, Any] | None = None,
+    source_offset: int = 0,
+    limit: int | None = None,
+) -> Payload:
+    """Run `produce(writer)` into an unnamed sparse temporary file and map the result read-only.
+
+    The temporary file lives in `$TMPDIR` (tempfile's rules) and disappears when the mapping is
+    closed, so decoding a 1 GiB dump needs disk, not memory.
+    """
+    import tempfile
+
+    with tempfile.TemporaryFile(prefix="fbsd-vmcore-") as tf:
+        w = SparseWriter(tf.fileno(), path=path, limit=limit)
+        produce(w)
+        size = w.close()
+        if size == 0:
+            raise FormatError(
+                "the decoded payload is empty", path=path, offset=source_offset, expected="a non-empty dump"
+            )
+        m = mmap.mmap(tf.fileno(), size, access=mmap.ACCESS_READ)
+    view = memoryview(m)
+
+    def _close() -> None:
+        view.release()
+        with contextlib.suppress(BufferError):
+            m.close()
+
+    return Payload(
+        path=path,
+        buffer=view,
+        header=header,
+        container=container,
+        source_offset=source_offset,
+        _closers=[_close],
+    )
+
+
+def iter_region(path: Path, offset: int, length: int, chunk: int = 1 << 20) -> Any:
+    """Yield `(file_offset, bytes)` chunks of `[offset, offset+length)`.
+
+    Raises TruncatedError when the file ends early.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise ReaderError(f"cannot open: {e.strerror}", path=path) from e
+    try:
+        pos, end = offset, offset + length
+        while pos < end:
+            data = os.pread(fd, min(chunk, end - pos), pos)
+            if not data:
+                raise TruncatedError(
+                    f"the file ends at {pos:#x}, inside a region that should run to {end:#x}",
+                    path=path,
+                    offset=pos,
+                    expected=f"{length} bytes from {offset:#x}",
+                )
+            yield pos, data
+            pos += len(data)
+    finally:
+        os.close(fd)
 
 
 def _coerce_private_key(private_key: Any) -> Any:
