@@ -123,8 +123,11 @@ class DumpResult:
 
 # Every failure text a dump can print, most specific first: (regex, errno group or None)
 DUMP_FAILURES: list[tuple[str, str]] = [
-    ("no_device", r"Cannot dump: no dump device specified\."
-     r"|Cannot dump\. Device not defined or unavailable\."),
+    (
+        "no_device",
+        r"Cannot dump: no dump device specified\."
+        r"|Cannot dump\. Device not defined or unavailable\.",
+    ),
     ("busy", r"Cannot dump: debugger got invoked while dumping\."),
     ("unknown", r"Cannot dump: unknown error \(error=(\d+)\)\."),
     ("too_small", r"Dump failed\. Partition too small(?: \(about (\d+)MB were needed this time\))?\."),
@@ -133,8 +136,11 @@ DUMP_FAILURES: list[tuple[str, str]] = [
     ("map_grown", r"Dump map grown while dumping\. Dump failed\."),
     ("compressed_overflow", r"Compressed dump failed to fit in device boundaries\."),
     ("textdump_pending", r"textdump_pending set\."),
-    ("bounds", r"Attempt to write (?:outside dump device boundaries|partial block of length \d+|at unaligned "
-     r"offset -?\d+)\."),
+    (
+        "bounds",
+        r"Attempt to write (?:outside dump device boundaries|partial block of length \d+|at unaligned "
+        r"offset -?\d+)\.",
+    ),
     ("chunk_failed", r"chunk \d+: \d+MB \(\d+ pages\)[^\r\n]*\.\.\. fail"),
 ]
 
@@ -169,8 +175,18 @@ def parse_dump_output(text: str, seconds: float = 0.0) -> DumpResult:
     retries = len(re.findall(r"Dump map grown while dumping\. Retrying\.\.\.", text))
     complete = re.search(r"(?:^|\n)Dump complete\b", text) is not None
     return DumpResult(
-        kind, dump_mb, physical_mb, chunk_count, chunks, progress, complete, error, error_code, retries,
-        seconds, text,
+        kind,
+        dump_mb,
+        physical_mb,
+        chunk_count,
+        chunks,
+        progress,
+        complete,
+        error,
+        error_code,
+        retries,
+        seconds,
+        text,
     )
 
 
@@ -228,8 +244,17 @@ def parse_ps(text: str) -> list[PsProcess]:
         if m := _PS_PROC.match(line):
             wmesg, wchan, _cpu, threaded = _wait_columns(m.group(6))
             procs.append(
-                PsProcess(int(m.group(1)), int(m.group(2)), int(m.group(3)), int(m.group(4)), m.group(5),
-                          wmesg, wchan, m.group(7), threaded)
+                PsProcess(
+                    int(m.group(1)),
+                    int(m.group(2)),
+                    int(m.group(3)),
+                    int(m.group(4)),
+                    m.group(5),
+                    wmesg,
+                    wchan,
+                    m.group(7),
+                    threaded,
+                )
             )
         elif (m := _PS_THREAD.match(line)) and procs:
             wmesg, wchan, cpu, _ = _wait_columns(m.group(3))
@@ -302,8 +327,10 @@ class Ddb:
         out = self.command(cmd)
         values = parse_examine(out)
         if len(values) < count:
-            raise DdbError(f"ddb {cmd!r}: expected {count} value(s) as 'symbol: value', got {out!r}",
-                           tail=self.console.tail())
+            raise DdbError(
+                f"ddb {cmd!r}: expected {count} value(s) as 'symbol: value', got {out!r}",
+                tail=self.console.tail(),
+            )
         return values[:count]
 
     def x_gx(self, symbol: str) -> int:

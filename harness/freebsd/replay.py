@@ -153,7 +153,9 @@ class ReplayConsoleSpawn(SpawnBase):
     drain thread while the test sends from the main thread.
     """
 
-    def __init__(self, transcript: RecordedTranscript, *, pace: float = 0.0, chunk: int = 4096) -> None:
+    def __init__(
+        self, transcript: RecordedTranscript, *, pace: float = 0.0, chunk: int = 4096, lose_nmis: int = 0
+    ) -> None:
         super().__init__(timeout=30, encoding=None)
         self.transcript = transcript
         self.pace = pace
@@ -168,6 +170,9 @@ class ReplayConsoleSpawn(SpawnBase):
         self.sent = bytearray()  # everything the client sent, in order
         self.nmis = 0
         self.breaks = 0
+        # The first `lose_nmis` NMIs vanish, as observed at the mountroot> prompt (3 of 6 reached ddb).
+        self.lose_nmis = lose_nmis
+        self.nmis_injected = 0
         self._base_wall = time.monotonic()
         self._base_rec = 0.0
         self.error: ReplayMismatch | None = None
@@ -300,6 +305,10 @@ class ReplayConsoleSpawn(SpawnBase):
     # ------------------------------------------------------------ guest controls
     def inject_nmi(self) -> None:
         with self._cond:
+            self.nmis_injected += 1
+            if self.lose_nmis > 0:
+                self.lose_nmis -= 1
+                return
             self.nmis += 1
             self._check_gates()
             self._cond.notify_all()
