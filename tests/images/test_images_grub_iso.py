@@ -1,0 +1,168 @@
+"""GRUB ISOs for bare kernels: the relocator fix (bytes, refusal, caching) and a real QEMU boot
+of a tiny freestanding kernel, with and without the fix."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from images_tiny_kernel import DEBUG_EXIT_STATUS, MARKER, build_tiny_kernel
+
+from images.errors import GrubError
+from images.grub_iso import (
+    SYSTEM_GRUB_DIR,
+    build_kernel_iso,
+    grub_cfg,
+    inspect_relocator,
+    normalise_kenv,
+    patch_relocator,
+    patched_grub_dir,
+)
+
+SYSTEM_RELOCATOR = SYSTEM_GRUB_DIR / "relocator.mod"
+needs_grub = pytest.mark.skipif(
+    not SYSTEM_RELOCATOR.is_file() or shutil.which("grub-mkrescue") is None,
+    reason="needs Debian grub-pc-bin + grub-common (harness/data/debian-packages.txt)",
+)
+
+
+def _objdump_jump(module: Path, tmp_path: Path) -> tuple[int, int]:
+    """(jmp target, grub_relocator64_rip) by disassembling .text as x86-64 with binutils."""
+    text = tmp_path / "text.bin"
+    subprocess.run(["objcopy", "-O", "binary", "-j", ".text", str(module), str(text)], check=True)
+    symbols = subprocess.run(["nm", str(module)], capture_output=True, text=True, check=True).stdout
+    rip = int(re.search(r"^([0-9a-f]+) T grub_relocator64_rip$", symbols, re.M)[1], 16)
+    asm = subprocess.run(
+        ["objdump", "-D", "-b", "binary", "-m", "i386:x86-64", f"--start-address={rip - 12:#x}",
+         f"--stop-address={rip:#x}", str(text)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    target = re.search(r"jmp\s+\*0x[0-9a-f]+\(%rip\)\s+# 0x([0-9a-f]+)", asm)
+    assert target, asm
+    return int(target[1], 16), rip
+
+
+@needs_grub
+def test_system_relocator_has_the_known_defect_and_the_copy_is_fixed(tmp_path):
+    original = SYSTEM_RELOCATOR.read_bytes()
+    assert inspect_relocator(original).state == "defective"
+    target, rip = _objdump_jump(SYSTEM_RELOCATOR, tmp_path)
+    assert target == rip - 4, "Debian's jmp reads its target 4 bytes before grub_relocator64_rip"
+
+    moddir = patched_grub_dir(cache=tmp_path / "cache")
+    fixed = moddir / "relocator.mod"
+    target, rip = _objdump_jump(fixed, tmp_path)
+    assert target == rip
+    assert inspect_relocator(fixed.read_bytes()).state == "patched"
+    diff = [i for i, (a, b) in enumerate(zip(original, fixed.read_bytes(), strict=True)) if a != b]
+    assert len(diff) == 1, "exactly one byte (the displacement) changes"
+    assert SYSTEM_RELOCATOR.read_bytes() == original, "the system module is never modified"
+    assert sorted(p.name for p in moddir.iterdir()) == sorted(p.name for p in SYSTEM_GRUB_DIR.iterdir())
+    digest = hashlib.sha256(original).hexdigest()
+    assert moddir == tmp_path / "cache" / "grub" / digest / "i386-pc"
+
+    stamp = moddir.stat().st_mtime_ns
+    assert patched_grub_dir(cache=tmp_path / "cache") == moddir
+    assert moddir.stat().st_mtime_ns == stamp, "second call reuses the cached copy"
+
+
+@needs_grub
+def test_unknown_bytes_are_refused_and_a_correct_module_is_left_alone():
+    original = SYSTEM_RELOCATOR.read_bytes()
+    state = inspect_relocator(original)
+    rip = state.rip_file_offset
+
+    other = bytearray(original)
+    other[rip - 8] = 0x08  # some other displacement: a GRUB build we do not know
+    with pytest.raises(GrubError, match=r"unknown bytes before grub_relocator64_rip.*refusing"):
+        patch_relocator(bytes(other), source="other/relocator.mod")
+
+    upstream = bytearray(original)
+    upstream[rip - 11 : rip] = bytes.fromhex("90909090 fc ff25 00000000")  # jmp right before its target
+    data, found = patch_relocator(bytes(upstream))
+    assert found.state == "correct" and data == bytes(upstream)
+
+    with pytest.raises(GrubError, match="not an ELF GRUB module"):
+        inspect_relocator(b"not an elf at all", source="junk.mod")
+
+
+def test_kenv_and_grub_cfg():
+    assert normalise_kenv(["debug.minidump=0", "dumpdev=/dev/vtbd1", "empty="]) == {
+        "debug.minidump": "0", "dumpdev": "/dev/vtbd1", "empty": ""}
+    for bad in (["novalue"], ["bad key=1"], {"k": "it's"}, {"k": "a\nb"}):
+        with pytest.raises(GrubError):
+            normalise_kenv(bad)
+
+    waiting = grub_cfg("kernel", {"dumpdev": "/dev/vtbd1", "debug.minidump": "1"})
+    assert "kfreebsd /boot/kernel/kernel -h" in waiting
+    for line in (
+        "set kFreeBSD.console='comconsole'",
+        "set kFreeBSD.boot_serial='YES'",
+        "set kFreeBSD.dumpdev='/dev/vtbd1'",
+        "set kFreeBSD.debug.minidump='1'",
+        "set kFreeBSD.vfs.root.mountfrom='devfs:/dev/nosuchdisk'",
+        "set kFreeBSD.vfs.mountroot.timeout='3600'",
+    ):
+        assert line in waiting
+    rooted = grub_cfg("kernel", {}, root="ufs:/dev/vtbd0p4", boot_flags="-h -d")
+    assert "set kFreeBSD.vfs.root.mountfrom='ufs:/dev/vtbd0p4'" in rooted
+    assert "nosuchdisk" not in rooted and "kfreebsd /boot/kernel/kernel -h -d" in rooted
+    with pytest.raises(GrubError, match="boot flags"):
+        grub_cfg("kernel", {}, boot_flags="-h; reboot")
+
+
+def test_build_refuses_missing_kernel_and_existing_output(tmp_path):
+    with pytest.raises(GrubError, match="does not exist"):
+        build_kernel_iso(tmp_path / "nope", {}, tmp_path / "x.iso")
+    kernel = tmp_path / "k"
+    kernel.write_bytes(b"\x7fELF")
+    existing = tmp_path / "mine.iso"
+    existing.write_text("user data")
+    with pytest.raises(GrubError, match="refusing to overwrite"):
+        build_kernel_iso(kernel, {}, existing)
+    assert existing.read_text() == "user data"
+
+
+def _boot(iso: Path, workdir: Path, *, trace: bool = False) -> tuple[int, str, str]:
+    """Boot the ISO under TCG; returns (QEMU exit status, serial output, QEMU debug log)."""
+    serial = workdir / f"{iso.stem}.serial"
+    log = workdir / f"{iso.stem}.qemu.log"
+    cmd = [
+        "qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-display", "none", "-monitor", "none",
+        "-no-reboot", "-serial", f"file:{serial}", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        "-cdrom", str(iso), "-boot", "d",
+    ]
+    if trace:
+        cmd += ["-d", "int,cpu_reset", "-D", str(log)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    text = serial.read_bytes().decode("latin-1") if serial.exists() else ""
+    qemu_log = log.read_text(errors="replace") if log.exists() else ""
+    return proc.returncode, text, qemu_log + proc.stderr
+
+
+@pytest.mark.vm
+@needs_grub
+def test_patched_iso_hands_over_to_a_64bit_kernel_and_unpatched_triple_faults(tmp_path):
+    kernel = build_tiny_kernel(tmp_path)
+    cache = tmp_path / "cache"
+
+    patched = build_kernel_iso(kernel, ["debug.minidump=1"], tmp_path / "patched.iso", cache=cache)
+    status, serial, log = _boot(patched, tmp_path)
+    assert "GRUB: booting" in serial, serial
+    line = re.search(re.escape(MARKER) + r"(0x[0-9a-f]{16})", serial)
+    assert line, f"no marker from the tiny kernel; serial output:\n{serial[-2000:]}\n{log[-2000:]}"
+    assert int(line[1], 16) >> 32 == 0xFFFFFFFF, "entered at the kernel's high virtual address"
+    assert status == DEBUG_EXIT_STATUS
+
+    unpatched = build_kernel_iso(kernel, ["debug.minidump=1"], tmp_path / "unpatched.iso", patch=False)
+    status, serial, log = _boot(unpatched, tmp_path, trace=True)
+    assert "GRUB: booting" in serial, serial
+    assert MARKER not in serial
+    assert "Triple fault" in log
+    # The jump lands on entry << 32 (e_entry low half 0x80200000 shifted up): non-canonical, #GP.
+    assert "RIP=8020000000000000" in log
+    assert status == 0  # -no-reboot: QEMU exits on the triple-fault reset
