@@ -1,0 +1,158 @@
+"""Say what a differing page is, and whether that kind of difference is expected.
+
+The expected-volatile kinds (documented in docs/verification.md) are the memory that ddb and the dump
+code themselves write while every CPU sits stopped in the debugger:
+
+- ``kernel-data``: writable kernel image data (.data/.bss: `dumper`, `dumptid`, `dumppcb`, kdb/ddb state);
+- ``msgbuf``: the kernel message buffer (the dump prints "Dumping ..." into it);
+- ``thread-stack``: the stack pages around a stopped thread's saved stack pointer or ddb's trap frame;
+- ``pcpu``: per-CPU data (``__pcpu``, the ``set_pcpu`` section);
+- ``page-table-accessed-dirty``: page-table entries that differ only in the accessed/dirty bits the
+  CPU sets while running ddb and the dump code;
+- ``page-table-dump-map``: entries of the temporary mapping the minidump code uses (``crashdumpmap``).
+
+Everything else is unexpected: kernel text or read-only data (``kernel-text``, ``kernel-rodata``), any
+other page-table change (``page-table``), and memory nobody can name (``unattributed``).
+When a live image taken *before* the dump exists, the rule is stricter and simpler: a differing page is
+explained only if it changed while the dump was written (before != after).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from harness.verify.compare import differing_spans
+from harness.verify.pagetables import TablePage, diff_table_entries
+from harness.verify.symbols import KernelSymbols
+
+EXPECTED_KINDS = frozenset(
+    {
+        "kernel-data",
+        "msgbuf",
+        "thread-stack",
+        "pcpu",
+        "page-table-accessed-dirty",
+        "page-table-dump-map",
+    }
+)
+UNEXPECTED_KINDS = frozenset({"kernel-text", "kernel-rodata", "page-table", "unattributed"})
+KINDS = EXPECTED_KINDS | UNEXPECTED_KINDS
+
+#: how far around a saved stack pointer a page counts as that thread's stack (FreeBSD amd64
+#: KSTACK_PAGES is 4 by default, more with some options; ddb runs below the saved pointer)
+STACK_WINDOW = 8 * 4096
+
+
+@dataclass
+class VaRange:
+    start: int
+    end: int
+    kind: str
+    label: str
+
+    def __contains__(self, va: int) -> bool:
+        return self.start <= va < self.end
+
+
+@dataclass
+class Attribution:
+    kind: str
+    text: str
+    explained: bool
+    first_offset: int
+    differing_bytes: int
+    va: int | None
+    reason: str = ""
+
+
+@dataclass
+class Attributor:
+    """Everything known about kernel memory that helps name a physical page."""
+
+    symbols: KernelSymbols | None = None
+    pa_to_vas: dict[int, list[int]] = field(default_factory=dict)
+    tables: dict[int, TablePage] = field(default_factory=dict)
+    ranges: list[VaRange] = field(default_factory=list)
+    pa_ranges: list[VaRange] = field(default_factory=list)  # same, by physical address
+    dmap: tuple[int, int] | None = None  # (dmapbase, dmapend)
+    dump_map: tuple[int, int] | None = None  # crashdumpmap VA range
+
+    def vas_of(self, pa: int) -> list[int]:
+        vas = list(self.pa_to_vas.get(pa, []))
+        if self.dmap and self.dmap[0] + pa < self.dmap[1]:
+            vas.append(self.dmap[0] + pa)
+        return vas
+
+    def _span_kind(self, pa: int, vas: list[int], off: int) -> tuple[str, str]:
+        for r in self.pa_ranges:
+            if pa + off in r:
+                return r.kind, r.label
+        for va in vas:
+            for r in self.ranges:
+                if va + off in r:
+                    return r.kind, r.label
+        if self.symbols is not None:
+            for va in vas:
+                sec = self.symbols.section_at(va + off)
+                if sec is not None:
+                    kind = {"data": "kernel-data", "text": "kernel-text", "rodata": "kernel-rodata"}[sec.kind]
+                    return kind, self.symbols.describe(va + off)
+        return "unattributed", ""
+
+    def attribute(self, pa: int, dumped: bytes, live: np.ndarray) -> Attribution:
+        spans = differing_spans(dumped, live)
+        first = spans[0][0] if spans else 0
+        nbytes = sum(e - s for s, e in spans)
+        vas = self.vas_of(pa)
+        va = next(
+            (v for v in vas if not (self.dmap and self.dmap[0] <= v < self.dmap[1])), vas[0] if vas else None
+        )
+        table = self.tables.get(pa)
+        if table is not None:
+            only_ad, other = diff_table_entries(np.frombuffer(dumped, dtype=np.uint8), live)
+            where = f"{_level(table)} page for {table.base_va:#x}"
+            if not other:
+                return Attribution(
+                    "page-table-accessed-dirty",
+                    f"page-table-accessed-dirty: {where}",
+                    True,
+                    first,
+                    nbytes,
+                    va,
+                )
+            if self.dump_map and all(self.dump_map[0] <= table.entry_va(i) < self.dump_map[1] for i in other):
+                return Attribution(
+                    "page-table-dump-map",
+                    f"page-table-dump-map: {where} (crashdumpmap)",
+                    True,
+                    first,
+                    nbytes,
+                    va,
+                )
+            bad = ", ".join(f"{table.entry_va(i):#x}" for i in other[:4])
+            return Attribution(
+                "page-table",
+                f"page-table: {where}, entries for {bad}",
+                False,
+                first,
+                nbytes,
+                va,
+                reason="mapping changed, not only accessed/dirty bits",
+            )
+        kinds: dict[str, list[str]] = {}
+        for s, _e in spans:
+            kind, label = self._span_kind(pa, vas, s)
+            labels = kinds.setdefault(kind, [])
+            if label and label not in labels:
+                labels.append(label)
+        unexpected = [k for k in kinds if k not in EXPECTED_KINDS]
+        explained = not unexpected
+        ordered = unexpected + [k for k in kinds if k in EXPECTED_KINDS]
+        text = "; ".join(f"{k}: {', '.join(kinds[k][:4])}" if kinds[k] else k for k in ordered)
+        return Attribution(ordered[0] if ordered else "unattributed", text, explained, first, nbytes, va)
+
+
+def _level(t: TablePage) -> str:
+    return {4: "PML4", 3: "PDP", 2: "PD", 1: "PT"}[t.level]

@@ -1,0 +1,156 @@
+"""`VerificationReport`: the verdict on one dump, as JSON for machines and a short summary for people."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: differences kept in the JSON list (counts stay exact); a broken dump can differ on every page
+MAX_LISTED = 500
+
+
+@dataclass
+class Difference:
+    """One dumped page whose bytes are not the live page's bytes."""
+
+    address: int  # physical address of the page
+    attribution: str  # e.g. "kernel-data: dumper, dumptid" / "thread-stack: tid 100003" / "unattributed"
+    kind: str  # see harness.verify.attribution.KINDS
+    first_differing_offset: int
+    differing_bytes: int
+    explained: bool
+    reason: str = ""
+    va: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["address"] = f"{self.address:#x}"
+        d["va"] = f"{self.va:#x}" if self.va is not None else None
+        return d
+
+
+@dataclass
+class CrossCheck:
+    """A value read two independent ways (ddb's output, the reader, live memory, /dev/kmem)."""
+
+    what: str
+    expected: str
+    actual: str
+    ok: bool
+    source: str = ""
+
+
+@dataclass
+class VerificationReport:
+    passed: bool = False
+    dump_kind: str = "mini"  # "mini" | "full"
+    dump_format: str = ""
+    pages_compared: int = 0
+    pages_identical: int = 0
+    pages_differing_explained: int = 0
+    pages_differing_unexplained: int = 0
+    pages_not_in_live_image: int = 0
+    missing_pages: int = 0
+    pages_mapped_not_dumped: int = 0
+    missing: list[dict[str, Any]] = field(default_factory=list)
+    excluded_not_dumpable: int = 0
+    differences: list[Difference] = field(default_factory=list)
+    crosschecks: list[CrossCheck] = field(default_factory=list)
+    timings: dict[str, float | None] = field(
+        default_factory=lambda: {"boot": None, "ddb": None, "dump": None, "extract": None, "verify": None}
+    )
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    dump: str = ""
+    kernel: str = ""
+    live_image: str = ""
+    bytes_compared: int = 0
+
+    # -- verdict -----------------------------------------------------------------------------------
+    def decide(self) -> bool:
+        """Pass only if every page matched or was explained, nothing is missing, every cross-check held."""
+        self.passed = (
+            self.pages_compared > 0
+            and self.pages_differing_unexplained == 0
+            and self.pages_not_in_live_image == 0
+            and self.missing_pages == 0
+            and all(c.ok for c in self.crosschecks)
+            and not self.errors
+        )
+        return self.passed
+
+    # -- output ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["differences"] = [x.to_dict() for x in self.differences[:MAX_LISTED]]
+        d["differences_listed"] = len(d["differences"])
+        d["missing"] = self.missing[:MAX_LISTED]
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    def write(self, path: str | os.PathLike[str]) -> Path:
+        """Write the JSON report; refuses to overwrite an existing file (it may be a user's)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "x", encoding="utf-8") as f:
+            f.write(self.to_json() + "\n")
+        return path
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VerificationReport:
+        d = dict(d)
+        diffs = []
+        for x in d.pop("differences", []):
+            x = dict(x)
+            x["address"] = int(x["address"], 16)
+            x["va"] = int(x["va"], 16) if x.get("va") else None
+            diffs.append(Difference(**x))
+        checks = [CrossCheck(**c) for c in d.pop("crosschecks", [])]
+        d.pop("differences_listed", None)
+        return cls(differences=diffs, crosschecks=checks, **d)
+
+    def summary(self) -> str:
+        verdict = "PASSED" if self.passed else "FAILED"
+        lines = [
+            f"verification {verdict}: {self.dump_kind} dump ({self.dump_format or 'unknown format'})",
+            f"  pages compared {self.pages_compared}, identical {self.pages_identical}, "
+            f"differing explained {self.pages_differing_explained}, "
+            f"unexplained {self.pages_differing_unexplained}",
+            f"  missing from dump {self.missing_pages}"
+            + (
+                f" (+{self.excluded_not_dumpable} not dumpable, excluded)"
+                if self.excluded_not_dumpable
+                else ""
+            )
+            + (
+                f", mapped but not dumped {self.pages_mapped_not_dumped}"
+                if self.pages_mapped_not_dumped
+                else ""
+            )
+            + (f", not in live image {self.pages_not_in_live_image}" if self.pages_not_in_live_image else ""),
+        ]
+        for d in self.differences[:8]:
+            mark = "ok " if d.explained else "BAD"
+            lines.append(
+                f"  {mark} {d.address:#014x} +{d.first_differing_offset:#05x} ({d.differing_bytes} B) "
+                f"{d.attribution}" + (f" - {d.reason}" if d.reason else "")
+            )
+        if len(self.differences) > 8:
+            lines.append(f"  ... {len(self.differences) - 8} more differing pages in the JSON report")
+        for m in [m for m in self.missing if m.get("counted", True)][:5]:
+            lines.append(f"  MISSING pa {m['pa']} (va {m.get('va')}) {m.get('what', '')}")
+        bad = [c for c in self.crosschecks if not c.ok]
+        lines.append(f"  cross-checks {len(self.crosschecks) - len(bad)}/{len(self.crosschecks)} agree")
+        for c in bad[:5]:
+            lines.append(f"  MISMATCH {c.what}: expected {c.expected}, got {c.actual} ({c.source})")
+        for e in self.errors:
+            lines.append(f"  ERROR {e}")
+        t = {k: v for k, v in self.timings.items() if v is not None}
+        if t:
+            lines.append("  timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()))
+        return "\n".join(lines)
