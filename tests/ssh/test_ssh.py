@@ -45,18 +45,15 @@ def test_pinned_key_mismatch_refuses_with_both_fingerprints(sshd, other_host_key
 def test_no_pin_needs_explicit_trust_on_first_use(sshd):
     with pytest.raises(SshError, match="no pinned host key"):
         SshSession(sshd.host, sshd.port, key=sshd.client_key, pinned_host_key=None)
-    with (
-        session(sshd, pinned=None)
-        if False
-        else SshSession(
-            sshd.host,
-            sshd.port,
-            user=os.environ.get("USER") or "root",
-            key=sshd.client_key,
-            pinned_host_key=None,
-            trust_on_first_use=True,
-        ) as s
-    ):
+    tofu = SshSession(
+        sshd.host,
+        sshd.port,
+        user=os.environ.get("USER") or "root",
+        key=sshd.client_key,
+        pinned_host_key=None,
+        trust_on_first_use=True,
+    )
+    with tofu as s:
         assert fingerprint(s.host_key) == fingerprint(load_public_key(sshd.host_key_pub))
 
 
