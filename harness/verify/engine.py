@@ -340,16 +340,20 @@ def crosscheck_registers(
 
 
 def crosscheck_symbols(
-    vmcore: Any, live: LiveMemory, symbols: KernelSymbols | None, values: Mapping[str, int]
+    vmcore: Any, live: LiveMemory, symbols: KernelSymbols | None, values: Mapping[str, Any]
 ) -> list[CrossCheck]:
-    """Values ddb printed with `x/gx SYMBOL` must be what the reader and the live image hold there."""
+    """Values ddb printed at a symbol (`x/gx S` = 8 bytes, `x/lx S` = 4) must be what the reader and the
+    live image hold there. ``values`` maps a symbol to an int (8 bytes) or to ``(value, size)``."""
     checks: list[CrossCheck] = []
-    for name, value in values.items():
+    for name, spec in values.items():
+        value, size = (spec, 8) if isinstance(spec, int) else (int(spec[0]), int(spec[1]))
+        cmd = {8: "x/gx", 4: "x/lx", 2: "x/hx", 1: "x/bx"}.get(size, f"x/{size}")
         addr = _symbol(vmcore, symbols, name)
-        got = _read_u64(vmcore, addr) if addr is not None else None
+        raw = _read_va(vmcore, addr, size) if addr is not None else None
+        got = int.from_bytes(raw, "little") if raw is not None else None
         checks.append(
             CrossCheck(
-                f"x/gx {name}",
+                f"{cmd} {name}",
                 f"{value:#x}",
                 "unreadable" if got is None else f"{got:#x}",
                 got == value,
@@ -357,10 +361,12 @@ def crosscheck_symbols(
             )
         )
         pa = _translate(vmcore, addr) if addr is not None else None
-        if pa is not None and live.contains(pa, 8):
-            lv = live.read_u64(pa)
+        if pa is not None and live.contains(pa, size):
+            lv = int.from_bytes(live.read(pa, size), "little")
             checks.append(
-                CrossCheck(f"x/gx {name} (live)", f"{value:#x}", f"{lv:#x}", lv == value, "ddb vs live image")
+                CrossCheck(
+                    f"{cmd} {name} (live)", f"{value:#x}", f"{lv:#x}", lv == value, "ddb vs live image"
+                )
             )
     return checks
 
@@ -372,7 +378,7 @@ def verify_dump(
     kernel: str | os.PathLike[str] | None = None,
     before: Any = None,
     pml4_pa: int | None = None,
-    ddb_values: Mapping[str, int] | None = None,
+    ddb_values: Mapping[str, Any] | None = None,
     ddb_registers: Mapping[str, int] | None = None,
     timings: Mapping[str, float | None] | None = None,
     walk_page_tables: bool = True,

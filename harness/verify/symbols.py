@@ -38,6 +38,7 @@ class Symbol:
     name: str
     start: int
     size: int
+    kind: str = ""  # kind of the section the symbol is defined in ("text" | "rodata" | "data")
 
 
 class KernelSymbols:
@@ -58,22 +59,28 @@ class KernelSymbols:
                 elf = ELFFile(f)
                 sections: list[Section] = []
                 symbols: list[Symbol] = []
-                for sec in elf.iter_sections():
+                kinds: dict[int, str] = {}
+                for idx, sec in enumerate(elf.iter_sections()):
                     flags = sec["sh_flags"]
-                    if flags & SH_FLAGS.SHF_ALLOC and sec["sh_addr"] and sec["sh_size"]:
+                    if flags & SH_FLAGS.SHF_ALLOC:
                         if flags & SH_FLAGS.SHF_EXECINSTR:
                             kind = "text"
                         elif flags & SH_FLAGS.SHF_WRITE:
                             kind = "data"
                         else:
                             kind = "rodata"
-                        sections.append(Section(sec.name, sec["sh_addr"], sec["sh_size"], kind))
+                        kinds[idx] = kind
+                        if sec["sh_addr"] and sec["sh_size"]:
+                            sections.append(Section(sec.name, sec["sh_addr"], sec["sh_size"], kind))
+                for sec in elf.iter_sections():
                     if isinstance(sec, SymbolTableSection):
                         for sym in sec.iter_symbols():
                             if sym["st_info"]["type"] in ("STT_OBJECT", "STT_FUNC", "STT_NOTYPE") and (
                                 sym["st_value"] and sym.name
                             ):
-                                symbols.append(Symbol(sym.name, sym["st_value"], sym["st_size"]))
+                                shndx = sym["st_shndx"]
+                                kind = kinds.get(shndx, "") if isinstance(shndx, int) else ""
+                                symbols.append(Symbol(sym.name, sym["st_value"], sym["st_size"], kind))
         except (OSError, ELFError) as exc:
             raise KernelSymbolsError(f"{path}: cannot read kernel symbols: {exc}") from exc
         if not symbols:
@@ -98,9 +105,13 @@ class KernelSymbols:
         return best
 
     def section_at(self, va: int) -> Section | None:
+        """The allocated section holding ``va``; else the section of a sized symbol covering it."""
         for sec in self.sections:
             if va in sec:
                 return sec
+        s = self.symbol_at(va)
+        if s is not None and s.kind and s.start <= va < s.start + max(s.size, 1):
+            return Section(f"({s.kind} of {s.name})", s.start, max(s.size, 1), s.kind)
         return None
 
     def describe(self, va: int) -> str:

@@ -36,8 +36,12 @@ def lldb_fixtures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     if not FIXTURES.is_dir():
         pytest.fail(f"missing {FIXTURES} (reader-core copies the LLDB fixtures there)")
     out = tmp_path_factory.mktemp("lldb-freebsd")
+    files = {
+        "mini": ("vmcore-amd64-minidump.bz2", bz2.open),
+        "full": ("vmcore-amd64-full.bz2", bz2.open),
+        "kernel": ("kernel-amd64.elf.xz", lzma.open),
+    }
     return {
-        "mini": _decompress_sparse(FIXTURES / "vmcore-amd64-minidump.bz2", out / "vmcore-amd64-minidump", bz2.open),
-        "full": _decompress_sparse(FIXTURES / "vmcore-amd64-full.bz2", out / "vmcore-amd64-full", bz2.open),
-        "kernel": _decompress_sparse(FIXTURES / "kernel-amd64.elf.xz", out / "kernel-amd64.elf", lzma.open),
+        key: _decompress_sparse(FIXTURES / name, out / name.rsplit(".", 1)[0], opener)
+        for key, (name, opener) in files.items()
     }
