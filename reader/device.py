@@ -318,14 +318,16 @@ def _check_trailer(header: kdh.KernelDumpHeader, kind: str, *, path: Path, lasth
             field="dumplength",
             expected="> 0",
         )
-    if kind == "text" and (header.dumplength % 512 or header.encrypted or header.compression):
+    # A textdump is never encrypted (textdump_dumpsys() detaches EKCD) nor compressed, although its
+    # header carries the dumper's compression setting (dump_init_header() copies it): ignore that.
+    if kind == "text" and (header.dumplength % 512 or header.encrypted):
         raise FormatError(
-            f"textdump of {header.dumplength} bytes (dumpkeysize {header.dumpkeysize}, compression "
-            f"{header.compression}) cannot be a block-reversed ustar stream",
+            f"textdump of {header.dumplength} bytes (dumpkeysize {header.dumpkeysize}) cannot be a "
+            "block-reversed ustar stream",
             path=path,
             offset=lasthd + 40,
             field="dumplength",
-            expected="a multiple of 512, unencrypted, uncompressed",
+            expected="a multiple of 512 and no key",
         )
 
 
