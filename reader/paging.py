@@ -119,7 +119,11 @@ class PdeTable:
         if pde & f.large_bit:
             return (pde & f.large_frame_mask) | (va & 0x1FFFFF)
         pte_pa = (pde & f.frame_mask) + (((va >> PAGE_SHIFT) & 511) << 3)
-        pte = self._read_word(pte_pa)
+        try:
+            pte = self._read_word(pte_pa)
+        except AddressError:
+            raise AddressError(f"virtual address {va:#x}: its page-table page (PA {pte_pa & ~PAGE_MASK:#x}) "
+                               "is not in the dump", address=va) from None
         if pte & f.valid_mask != f.valid_value:
             raise AddressError(f"virtual address {va:#x} is not mapped (PTE {pte:#x} at PA "
                                f"{pte_pa:#x})", address=va)
@@ -184,7 +188,11 @@ class RadixWalk:
         table = self.root
         for lv in self.levels:
             epa = table + (((va >> lv.shift) & 511) << 3)
-            e = self._read_word(epa)
+            try:
+                e = self._read_word(epa)
+            except AddressError:
+                raise AddressError(f"virtual address {va:#x}: page-table page at PA {table:#x} "
+                                   f"(level shift {lv.shift}) is not in the dump", address=va) from None
             if e & f.valid_mask != f.valid_value:
                 raise AddressError(f"virtual address {va:#x} is not mapped (entry {e:#x} at PA "
                                    f"{epa:#x}, level shift {lv.shift})", address=va)

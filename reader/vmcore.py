@@ -198,7 +198,12 @@ class Vmcore:
         hit = self._tcache.get(page)
         if hit is not None:
             return hit | (va & 0xFFF)
-        pa = self.translator.translate(va)
+        try:
+            pa = self.translator.translate(va)
+        except AddressError as exc:
+            if exc.path is not None:
+                raise
+            raise AddressError(exc.detail, address=va, path=self.path) from None
         if len(self._tcache) >= _TCACHE_MAX:
             self._tcache.clear()
         self._tcache[page] = pa & ~0xFFF

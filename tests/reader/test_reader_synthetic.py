@@ -1,0 +1,212 @@
+"""Formats no real fixture covers, from the test-only synthetic writer (tests/dumpwriter)."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+import reader
+from tests.dumpwriter import (
+    Mapping,
+    page_pattern,
+    write_amd64_full_dump,
+    write_amd64_minidump,
+    write_arm64_minidump,
+    write_i386_minidump,
+    write_kernel_elf,
+)
+
+MB2, GB1 = 2 << 20, 1 << 30
+K2 = 0xFFFFFE0000000000   # amd64 v2/v3 kernbase (VM_MIN_KERNEL_ADDRESS)
+K1 = 0xFFFFFFFF80000000   # amd64 v1 kernbase (KERNBASE)
+
+
+def _check_pages(vm, spec_translations, present):
+    """Every 4 KiB translation the writer made is read back with the right bytes."""
+    pages = dict(vm.kernel_pages())
+    for va, pa in spec_translations.items():
+        assert vm.translate(va) == pa
+        assert vm.translate(va + 0x123) == pa + 0x123
+        if pa in present:
+            assert pages[va] == pa
+            assert vm.read(va, 16) == vm.read_phys(pa, 16)
+        else:
+            assert va not in pages
+            with pytest.raises(reader.AddressError) as exc:
+                vm.read(va, 8)
+            assert exc.value.address == va
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_amd64_minidump_versions_4k_and_2m(tmp_path, version):
+    base = K1 if version == 1 else K2
+    pages = {0x5000: b"five", 0x200000: None, 0x201000: b"b" * 4096, 0x600000: None, 0x601000: None}
+    mappings = [Mapping(base, 0x5000), Mapping(base + 0x1000, 0x201000), Mapping(base + 0x3000, 0x7000),
+                Mapping(base + MB2, 0x400000, MB2), Mapping(base + 2 * MB2, 0x600000, MB2)]
+    spec = write_amd64_minidump(tmp_path / "vmcore", pages, mappings, version=version)
+    with reader.open_vmcore(spec.path) as vm:
+        assert vm.info["header"]["version"] == version
+        assert vm.read(base, 4) == b"five"
+        assert vm.read(base + 0x1000, 4096) == b"b" * 4096
+        assert vm.read(base + 2 * MB2 + 8, 8) == struct.pack("<Q", 0x600008)
+        present = set(vm.phys_pages())
+        assert present == set(spec.present)
+        _check_pages(vm, spec.translations, present)
+        # 2 MiB mapping at base+MB2 maps PA 0x400000.. which is absent: no kernel page listed
+        kp = dict(vm.kernel_pages())
+        assert base + MB2 not in kp
+        assert kp[base + 2 * MB2 + 0x1000] == 0x601000
+        assert base + 2 * MB2 + 0x2000 not in kp          # 0x602000 is not in the dump
+        # read across a page boundary inside a 2 MiB page
+        expect = page_pattern(0x600000)[4088:] + page_pattern(0x601000)[:8]
+        assert vm.read(base + 2 * MB2 + 4088, 16) == expect
+        # the direct map
+        assert vm.read(0xFFFFF80000000000 + 0x5000, 4) == b"five"
+
+
+def test_amd64_minidump_1g_page_and_sparse_dump_avail(tmp_path):
+    pages = {GB1: None, GB1 + 0x3FF000: b"end", 2 * GB1 - 4096: b"last", 0x3000: b"low"}
+    holes = [(0, 0x10000), (GB1, 2 * GB1)]
+    spec = write_amd64_minidump(tmp_path / "vmcore", pages, [Mapping(K2 + GB1, GB1, GB1),
+                                                             Mapping(K2, 0x3000)],
+                                version=3, dump_avail=holes, pt_pages_at=0x8000)
+    with reader.open_vmcore(spec.path) as vm:
+        assert vm.info["dump_avail"] == [list(r) for r in holes]
+        assert vm.read(K2 + GB1 + 0x3FF000, 3) == b"end"
+        assert vm.read(K2 + 2 * GB1 - 4096, 4) == b"last"
+        assert vm.read(K2, 3) == b"low"
+        assert vm.translate(K2 + GB1 + 0x12345) == GB1 + 0x12345
+        kp = list(vm.kernel_pages())
+        assert kp == [(K2, 0x3000), (K2 + GB1, GB1), (K2 + GB1 + 0x3FF000, GB1 + 0x3FF000),
+                      (K2 + 2 * GB1 - 4096, 2 * GB1 - 4096)]
+        with pytest.raises(reader.AddressError):
+            vm.read_phys(0x20000, 8)          # in no dump_avail range
+        with pytest.raises(reader.AddressError):
+            vm.read(K2 + GB1 + 0x1000, 8)      # mapped, in dump_avail, bit clear
+
+
+def test_big_sparse_bitmap_v2(tmp_path):
+    """A v2 bitmap describing 64 GiB with a handful of pages: rank index and offsets stay exact."""
+    pas = [0, 0x1000, 0x3F000, 0x40000, 7 << 30, (64 << 30) - 4096]
+    spec = write_amd64_minidump(tmp_path / "vmcore", dict.fromkeys(pas), [Mapping(K2, 7 << 30)],
+                                version=2, bitmap_bytes=(64 << 30) // 4096 // 8)
+    with reader.open_vmcore(spec.path) as vm:
+        assert list(vm.phys_pages()) == sorted(set(pas) | set(spec.extra_pages))
+        for pa in pas:
+            assert vm.read_phys(pa + 8, 8) == struct.pack("<Q", pa + 8)
+        assert vm.read(K2 + 16, 8) == struct.pack("<Q", (7 << 30) + 16)
+
+
+@pytest.mark.parametrize(("version", "pae"), [(1, True), (2, True), (1, False), (2, False)])
+def test_i386_minidump(tmp_path, version, pae):
+    kb = 0x800000
+    pages = {0x1000: b"i386", 0x2000: None, 0x9000: None}
+    mappings = [Mapping(kb, 0x1000), Mapping(kb + 0x5000, 0x2000), Mapping(kb + 0x6000, 0x8000)]
+    spec = write_i386_minidump(tmp_path / "vmcore", pages, mappings, version=version, pae=pae)
+    with reader.open_vmcore(spec.path) as vm:
+        assert vm.arch.name == "i386" and vm.info["header"]["paemode"] == int(pae)
+        assert vm.read(kb, 4) == b"i386"
+        _check_pages(vm, spec.translations, set(vm.phys_pages()))
+        assert [va for va, _ in vm.kernel_pages()] == [kb, kb + 0x5000]
+        with pytest.raises(reader.AddressError):
+            vm.translate(kb - 4096)
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_arm64_minidump(tmp_path, version):
+    kb = 0xFFFF000000000000
+    pages = {0x40001000: b"arm", 0x40200000: None, 0x40201000: None}
+    mappings = [Mapping(kb, 0x40001000), Mapping(kb + MB2, 0x40200000, MB2)]
+    spec = write_arm64_minidump(tmp_path / "vmcore", pages, mappings, version=version,
+                                dump_avail=[(0x40000000, 0x50000000)] if version >= 2 else None)
+    with reader.open_vmcore(spec.path) as vm:
+        assert vm.arch.name == "arm64"
+        assert vm.read(kb, 3) == b"arm"
+        assert vm.read(0xFFFFA00000000000 + 0x1000, 3) == b"arm"   # DMAP: dmapphys 0x40000000
+        _check_pages(vm, spec.translations, set(vm.phys_pages()))
+        assert [va for va, _ in vm.kernel_pages()] == [kb, kb + MB2, kb + MB2 + 0x1000]
+
+
+@pytest.mark.parametrize("load_offset", [0, 0x2000000, 0x1A00000 + 0x600000])
+def test_amd64_full_dump_kernel_loaded_anywhere(tmp_path, load_offset):
+    """13.1+ EFI loaders leave the kernel at a 2 MiB-aligned address other than the default."""
+    pages = {0x3000: b"data", 0x5000: None}
+    spec = write_amd64_full_dump(tmp_path / "vmcore", pages,
+                                 [Mapping(K2, 0x3000), Mapping(K2 + GB1, 0x200000, MB2),
+                                  Mapping(0xFFFFFE8000000000, 0x5000)], load_offset=load_offset)
+    kernel = write_kernel_elf(tmp_path / "kernel", spec.symbols)
+    with reader.open_vmcore(spec.path, kernel) as vm:
+        assert vm.read(K2, 4) == b"data"
+        assert vm.load_offset == load_offset
+        assert vm.info["kernel_load_offset"] == load_offset
+        assert vm.read_int(vm.symbol("KPML4phys"), 8) == spec.root
+        kp = dict(vm.kernel_pages())
+        for va, pa in spec.translations.items():
+            assert vm.translate(va) == pa
+            if va >= 0xFFFFFE0000000000:
+                assert kp[va] == pa
+        assert len(kp) == 1 + 512 + 1 + 512   # 4K + 2M + 4K + the kernel image's 2 MiB
+    with reader.open_vmcore(spec.path) as vm, pytest.raises(reader.SymbolError):
+        vm.translate(K2)
+
+
+def test_full_dump_with_foreign_kernel_is_rejected(tmp_path):
+    spec = write_amd64_full_dump(tmp_path / "vmcore", {0x3000: None}, [Mapping(K2, 0x3000)])
+    wrong = dict(spec.symbols, KPML4phys=(spec.symbols["KPML4phys"][0] + 0x1000, 8, False))
+    kernel = write_kernel_elf(tmp_path / "kernel", wrong)
+    with reader.open_vmcore(spec.path, kernel) as vm, pytest.raises(reader.FormatError) as exc:
+        vm.translate(K2)
+    assert "KPML4phys" in str(exc.value)
+
+
+def _msgbuf_kernel(tmp_path, text_buf: bytes, wseq: int, size: int):
+    """A minidump + kernel where msgbufp -> struct msgbuf -> a circular buffer."""
+    kb = K2
+    mb_struct = struct.pack("<QIIII", kb + 0x2000, 0x063062, size, wseq, 0)
+    pages = {0x1000: struct.pack("<Q", kb + 0x1000 + 64) + bytes(56) + mb_struct,
+             0x2000: text_buf.ljust(size, b"\0")}
+    spec = write_amd64_minidump(tmp_path / "vmcore", pages, [Mapping(kb + 0x1000, 0x1000),
+                                                             Mapping(kb + 0x2000, 0x2000)])
+    kernel = write_kernel_elf(tmp_path / "kernel", {"kernbase": (0xFFFFFFFF80000000, 0, False),
+                                                    "msgbufp": (kb + 0x1000, 8, False)})
+    return spec.path, kernel
+
+
+def test_msgbuf_wraps_around(tmp_path):
+    size = 64
+    buf = bytearray(b"X" * size)
+    # write position 10: oldest text starts at 10
+    old, new = b"oldest line\n" + b"x" * (size - 10 - 12), b"newest\n\0\0\0"
+    buf[10:] = old
+    buf[:10] = new
+    path, kernel = _msgbuf_kernel(tmp_path, bytes(buf), wseq=3 * size + 10, size=size)
+    with reader.open_vmcore(path, kernel) as vm:
+        text = vm.msgbuf()
+    assert text == (old + new).replace(b"\0", b"").decode()
+    assert text.startswith("oldest line\n") and text.endswith("newest\n")
+
+
+def test_msgbuf_not_wrapped(tmp_path):
+    path, kernel = _msgbuf_kernel(tmp_path, b"hello\nworld\n", wseq=12, size=4096)
+    with reader.open_vmcore(path, kernel) as vm:
+        assert vm.msgbuf() == "hello\nworld\n"
+
+
+def test_msgbuf_bad_magic(tmp_path):
+    path, kernel = _msgbuf_kernel(tmp_path, b"", wseq=0, size=0)
+    with reader.open_vmcore(path, kernel) as vm, pytest.raises(reader.FormatError):
+        vm.msgbuf()
+
+
+def test_kernel_page_map_offsets_point_at_page_data(tmp_path):
+    pas = [0x1000 * i for i in range(1, 40)]
+    spec = write_amd64_minidump(tmp_path / "vmcore", dict.fromkeys(pas),
+                                [Mapping(K2 + 0x1000 * i, pa) for i, pa in enumerate(pas)])
+    with reader.open_vmcore(spec.path) as vm:
+        m = vm.kernel_page_map()
+        assert len(m) == len(pas)
+        for va, pa, off in zip(m.va.tolist(), m.pa.tolist(), m.offset.tolist(), strict=True):
+            assert bytes(vm.page_data(off)) == page_pattern(pa) == vm.read(va, 4096)
+        assert np.all(np.diff(m.va.astype(np.int64)) > 0)
