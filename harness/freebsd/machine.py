@@ -1,0 +1,169 @@
+"""`FreeBSDMachine`: one FreeBSD guest driven through the whole chain, boot -> ddb -> dump -> vmcore.
+
+A thin orchestrator over a `harness.guest.Guest` (or anything with the same ``console``,
+``inject_nmi()``, ``send_break()``, ``pause()``, ``ssh_port``); each step is one call and can be used
+alone, so a test can stop anywhere (e.g. stay in ddb after `dump` to read live memory, then
+`retrieve`). API:
+
+    m = FreeBSDMachine(guest, memory_mib=512, dump_disk_image=Path(".../dump.raw"),
+                       ssh_key=key, ssh_host_key=pub)          # ssh_* only for SSH / savecore
+    m.wait_for(Stage.LOGIN, deadline=600)                      # or Stage.ROOT_WAIT for a bare kernel
+    shell = m.login()                                          # ConsoleShell (root, empty password)
+    m.prepare(plan)                                            # dumpon/sysctls the plan needs
+    entry = m.enter_ddb(plan.trigger)                          # DdbEntry; entry.ddb is the Ddb
+    result = m.dump(plan)                                      # DumpResult; still in ddb afterwards
+    dump = m.retrieve(plan, outdir)                            # RetrievedDump (host or savecore)
+    # or all at once:
+    entry, result, dump = m.crash_and_retrieve(plan, outdir)
+
+Every wait has a deadline; a panic during any non-ddb wait raises `GuestPanicked` with the evidence.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from harness.deadline import Deadline
+from harness.freebsd.ddb import Ddb, DumpResult
+from harness.freebsd.dumps import GUEST_PUBLIC_KEY, DumpPlan, RetrievalMethod
+from harness.freebsd.enter import DdbEntry, DdbRoute, enter_ddb, panic_at_mountroot
+from harness.freebsd.retrieve import RetrievedDump, from_dump_disk, via_savecore
+from harness.freebsd.session import ConsoleShell
+from harness.freebsd.stages import FreeBSDStageError, Stage, StageEvent, wait_for_stage
+
+
+class FreeBSDMachine:
+    def __init__(
+        self,
+        guest,
+        *,
+        memory_mib: int | None = None,
+        dump_disk_image: str | Path | None = None,
+        ssh_key: Any = None,
+        ssh_host_key: Any = None,
+        ssh_host: str = "127.0.0.1",
+        public_key: str | Path | None = None,
+        private_key: Any = None,
+    ) -> None:
+        self.guest = guest
+        self.console = guest.console
+        self.memory_mib = memory_mib
+        self.dump_disk_image = Path(dump_disk_image) if dump_disk_image else None
+        self.ssh_key, self.ssh_host_key, self.ssh_host = ssh_key, ssh_host_key, ssh_host
+        self.public_key = Path(public_key) if public_key else None  # for plans with encrypt=True
+        self.private_key = private_key
+        self.shell: ConsoleShell | None = None
+        self.entry: DdbEntry | None = None
+        self._bounds_before: int | None = None
+
+    # ------------------------------------------------------------ states
+    def wait_for(self, *stages: Stage, deadline: Deadline | float = 600.0) -> StageEvent:
+        return wait_for_stage(self.console, stages, deadline)
+
+    def login(self, deadline: Deadline | float = 600.0) -> ConsoleShell:
+        self.shell = ConsoleShell(self.console)
+        self.shell.login(deadline)
+        return self.shell
+
+    def ssh(self):
+        from harness.ssh import SshSession
+
+        if self.ssh_key is None or self.ssh_host_key is None:
+            raise FreeBSDStageError("SSH needs ssh_key and the guest's pinned ssh_host_key")
+        port = getattr(self.guest, "ssh_port", None)
+        if not port:
+            raise FreeBSDStageError("the guest has no SSH port forward (GuestSpec network)")
+        return SshSession(self.ssh_host, port, key=self.ssh_key, pinned_host_key=self.ssh_host_key).connect()
+
+    @property
+    def ddb(self) -> Ddb:
+        if self.entry is None or not self.entry.ddb.active:
+            raise FreeBSDStageError("not in ddb (call enter_ddb first)")
+        return self.entry.ddb
+
+    # ------------------------------------------------------------ the chain
+    def validate(self, plan: DumpPlan, *, can_set_kenv: bool = False) -> None:
+        plan.validate(
+            has_shell=self.shell is not None,
+            has_guest=True,
+            can_set_kenv=can_set_kenv,
+            has_ssh=self.ssh_key is not None and bool(getattr(self.guest, "ssh_port", None)),
+            memory_mib=self.memory_mib,
+            dump_disk_mib=(self.dump_disk_image.stat().st_size >> 20) if self.dump_disk_image else None,
+        )
+        if plan.retrieval == RetrievalMethod.HOST and self.dump_disk_image is None:
+            raise FreeBSDStageError(f"plan {plan.describe()}: host retrieval needs dump_disk_image")
+        if plan.encrypt and self.public_key is None:
+            raise FreeBSDStageError("an encrypted dump needs public_key (see dumps.make_dump_keypair)")
+
+    def prepare(self, plan: DumpPlan) -> None:
+        """Run the plan's guest commands in the console shell (if there is one)."""
+        if self.shell is None:
+            return
+        if plan.encrypt:
+            pem = self.public_key.read_text().strip().replace("\n", "\\n")
+            self.shell.run(f"printf '{pem}\\n' > {GUEST_PUBLIC_KEY}", check=True)
+        for cmd in plan.shell_commands():
+            self.shell.run(cmd, check=True)
+        if plan.retrieval == RetrievalMethod.SAVECORE:
+            r = self.shell.run("cat /var/crash/bounds 2>/dev/null")
+            self._bounds_before = int(r.output.strip()) - 1 if r.output.strip().isdigit() else None
+
+    def enter_ddb(self, route: DdbRoute | str, *, deadline: Deadline | float = 120.0) -> DdbEntry:
+        if DdbRoute(route) == DdbRoute.PANIC and self.shell is None:
+            self.entry = panic_at_mountroot(self.console, deadline=deadline, memory_mib=self.memory_mib)
+        else:
+            self.entry = enter_ddb(
+                self.console,
+                route,
+                guest=self.guest,
+                shell=self.shell,
+                deadline=deadline,
+                memory_mib=self.memory_mib,
+            )
+        return self.entry
+
+    def dump(self, plan: DumpPlan, *, deadline: Deadline | float | None = None) -> DumpResult:
+        ddb = self.ddb
+        for cmd in plan.ddb_commands():
+            ddb.command(cmd)
+        return ddb.dump(deadline)
+
+    def retrieve(
+        self,
+        plan: DumpPlan,
+        outdir: str | Path,
+        *,
+        kernel: str | Path | None = None,
+        reboot_deadline: float = 900.0,
+    ) -> RetrievedDump:
+        if plan.retrieval == RetrievalMethod.HOST:
+            if self.dump_disk_image is None:
+                raise FreeBSDStageError("host retrieval needs dump_disk_image")
+            return from_dump_disk(
+                self.dump_disk_image, outdir, guest=self.guest, private_key=self.private_key, kernel=kernel
+            )
+        # savecore: leave ddb by resetting, let rc's savecore run, then fetch over SFTP
+        if self.entry is not None and self.entry.ddb.active:
+            self.entry.ddb.reset()
+        wait_for_stage(self.console, [Stage.LOGIN], reboot_deadline)
+        with self.ssh() as ssh:
+            return via_savecore(
+                ssh,
+                outdir,
+                dump_device=plan.dump_disk,
+                previous_bounds=self._bounds_before,
+                private_key=self.private_key,
+            )
+
+    def crash_and_retrieve(
+        self, plan: DumpPlan, outdir: str | Path, *, can_set_kenv: bool = False
+    ) -> tuple[DdbEntry, DumpResult, RetrievedDump]:
+        """Validate, prepare, enter ddb, dump, retrieve. `can_set_kenv`: the plan's tunables were given
+        to the kernel at boot (bare-kernel ``--kenv``)."""
+        self.validate(plan, can_set_kenv=can_set_kenv)
+        self.prepare(plan)
+        entry = self.enter_ddb(plan.trigger)
+        result = self.dump(plan)
+        return entry, result, self.retrieve(plan, outdir)
