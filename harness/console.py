@@ -197,7 +197,9 @@ class Console:
         self.first_byte_at: float | None = None
         self.last_byte_at: float | None = None
         self.dropped_chars = 0
-        self._reader = threading.Thread(target=self._drain, name=f"{name}-drain", daemon=True)
+        self._reader = threading.Thread(
+            target=self._drain, args=(spawn, self._stop), name=f"{name}-drain", daemon=True
+        )
         self._reader.start()
 
     # ---------------------------------------------------------------- construction helpers
@@ -213,30 +215,26 @@ class Console:
         Raw mode matters: with the default line discipline the host side would echo the guest's own
         output back into the guest and translate line endings.
         """
-        fd = os.open(os.fspath(path), os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-        try:
-            tty.setraw(fd)
-            spawn = fdpexpect.fdspawn(fd, use_poll=True)
-        except BaseException:
-            os.close(fd)
-            raise
+        spawn = cls.pty_spawn(path)
         kwargs.setdefault("name", f"console:{os.fspath(path)}")
         return cls(spawn, transcript=transcript, **kwargs)
 
     # ---------------------------------------------------------------- background drain
-    def _drain(self) -> None:
-        while not self._stop.is_set():
+    def _drain(self, spawn: pexpect.spawnbase.SpawnBase, stop: threading.Event) -> None:
+        while not stop.is_set():
             try:
-                data = self.spawn.read_nonblocking(65536, timeout=0.1)
+                data = spawn.read_nonblocking(65536, timeout=0.1)
             except pexpect.TIMEOUT:
                 continue
             except pexpect.EOF:
-                self._mark_closed("end of file on the console")
+                if not stop.is_set():
+                    self._mark_closed("end of file on the console")
                 return
             except (OSError, ValueError) as exc:
-                self._mark_closed(f"console read failed: {exc}")
+                if not stop.is_set():
+                    self._mark_closed(f"console read failed: {exc}")
                 return
-            if data:
+            if data and not stop.is_set():
                 self._feed(data)
 
     def _feed(self, data: bytes | str) -> None:
@@ -464,6 +462,38 @@ class Console:
         return result
 
     # ---------------------------------------------------------------- lifetime
+    def reattach(self, spawn: pexpect.spawnbase.SpawnBase) -> None:
+        """Continue on a new spawn (e.g. the new pty after a guest was restored from saved state).
+
+        Transcript, tail, unconsumed text and armed failure patterns carry over, so holders of this
+        Console keep using the same object.
+        """
+        self._stop.set()
+        if self._reader.is_alive() and self._reader is not threading.current_thread():
+            self._reader.join(timeout=2.0)
+        with suppress(Exception):
+            self.spawn.close()
+        with self._cond:
+            self.spawn = spawn
+            self._closed_reason = None
+            self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            self._stop = threading.Event()
+            self._reader = threading.Thread(
+                target=self._drain, args=(spawn, self._stop), name=f"{self.name}-drain", daemon=True
+            )
+            self._reader.start()
+
+    @staticmethod
+    def pty_spawn(path: str | os.PathLike[str]) -> fdpexpect.fdspawn:
+        """A raw-mode fdspawn on a pty path (what `open_pty` and `reattach` callers use)."""
+        fd = os.open(os.fspath(path), os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            tty.setraw(fd)
+            return fdpexpect.fdspawn(fd, use_poll=True)
+        except BaseException:
+            os.close(fd)
+            raise
+
     def close(self) -> None:
         """Stop draining and close the spawn and (our own) transcript file. Idempotent."""
         self._stop.set()
