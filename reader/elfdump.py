@@ -106,6 +106,10 @@ def parse(buf: Any, path: Path) -> ElfDump:
             raise FormatError(f"PT_LOAD[{i}] paddr {p_paddr:#x} + {p_filesz:#x} is beyond any physical "
                               "address", path=path, offset=at, field=f"phdr[{i}].p_paddr",
                               expected="a range below 2**52")
+        if p_offset > size:
+            raise TruncatedError(f"PT_LOAD[{i}] data starts at {p_offset:#x}, past the end of the "
+                                 f"{size:#x}-byte payload", path=path, offset=at + (8 if is64 else 4),
+                                 field=f"phdr[{i}].p_offset", expected="segment data inside the file")
         segments.append((p_paddr, p_filesz, p_offset))
         loads.append({"index": i, "offset": p_offset, "paddr": p_paddr, "vaddr": p_vaddr,
                       "size": p_filesz, "flags": p_flags})
@@ -130,10 +134,15 @@ def parse(buf: Any, path: Path) -> ElfDump:
                    expected_size=expected)
 
 
-def amd64_root_candidates(kpml4_sym: int, kernbase_sym: int, phys: SegmentIndex) -> np.ndarray:
-    """Physical addresses where `KPML4phys` may live: default load first, then every 2 MiB shift."""
+def amd64_root_candidates(kpml4_sym: int, kernbase_sym: int, phys: SegmentIndex,
+                          file_size: int) -> np.ndarray:
+    """Physical addresses where `KPML4phys` may live: default load first, then every 2 MiB shift.
+
+    Only physical memory actually present in the file is searched, so a corrupt segment size
+    cannot make the candidate list large.
+    """
     base = kpml4_sym - kernbase_sym
-    hi = max(pa + n for pa, n, _ in phys.segments)
+    hi = max(pa + max(0, min(n, file_size - off)) for pa, n, off in phys.segments)
     deltas = np.arange(0, max(hi - base, 0) + 1, 2 << 20, dtype=np.int64)
     lows = np.arange(-(2 << 20), -base - 1, -(2 << 20), dtype=np.int64)  # kernels below the default
     return np.concatenate([base + deltas, base + lows]).astype(np.int64)

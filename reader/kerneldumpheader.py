@@ -289,8 +289,11 @@ def render_info(
     `Dumptime` is `strftime("%F %T %z")` in local time (UTC when `tz` is "UTC"); `Dump Parity` prints
     the stored word in host (little-endian) order, as savecore prints `h->parity` without dtoh32.
     """
-    t = time.gmtime(header.dumptime) if tz == "UTC" else time.localtime(header.dumptime)
-    dumptime = time.strftime("%Y-%m-%d %H:%M:%S %z", t)
+    try:
+        t = time.gmtime(header.dumptime) if tz == "UTC" else time.localtime(header.dumptime)
+        dumptime = time.strftime("%Y-%m-%d %H:%M:%S %z", t)
+    except (OverflowError, OSError, ValueError):
+        dumptime = ""  # savecore prints an empty time when strftime() fails
     (parity_host,) = struct.unpack_from("<I", header.raw, 508)
     lines = [
         f"Dump header from device: {device}\n",

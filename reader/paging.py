@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import AddressError
+from .errors import AddressError, FormatError, TruncatedError
 
 PAGE_SHIFT = 12
 PAGE_MASK = 0xFFF
@@ -29,6 +29,34 @@ PAGE_MASK = 0xFFF
 PageReader = Callable[[np.ndarray], np.ndarray]
 #: reads one u64 at a physical address
 WordReader = Callable[[int], int]
+
+
+class MapBudget:
+    """Caps the vectorised walks: corrupt page tables must not make us allocate without bound.
+
+    `pages` bounds the 4 KiB leaf pages listed, `tables` the page-table pages gathered (a sane
+    kernel map uses each present page as at most one table).
+    """
+
+    def __init__(self, pages: int, tables: int):
+        self.pages = pages
+        self.tables = tables
+
+    def take_pages(self, n: int) -> None:
+        self.pages -= n
+        if self.pages < 0:
+            raise FormatError(f"page tables map more pages than the dump can justify ({n} more)",
+                              field="page tables", expected="a kernel map no larger than a few times "
+                              "the dumped physical memory (corrupt page tables?)")
+
+    def take_tables(self, n: int) -> None:
+        self.tables -= n
+        if self.tables < 0:
+            raise FormatError(f"page tables reference more table pages than the dump holds ({n} more)",
+                              field="page tables", expected="each page-table page present once")
+
+
+UNLIMITED = None
 
 
 @dataclass(frozen=True)
@@ -79,10 +107,12 @@ class FlatTable:
             raise AddressError(f"virtual address {va:#x} is not mapped (PTE {e:#x})", address=va)
         return (e & f.frame_mask) | (va & PAGE_MASK)
 
-    def kernel_map(self) -> tuple[np.ndarray, np.ndarray]:
+    def kernel_map(self, budget: MapBudget | None = None) -> tuple[np.ndarray, np.ndarray]:
         f = self.fmt
         e = self.entries.astype(np.uint64, copy=False)
         idx = np.flatnonzero((e & np.uint64(f.valid_mask)) == np.uint64(f.valid_value))
+        if budget is not None:
+            budget.take_pages(idx.size)
         va = (np.uint64(self.base) + (idx.astype(np.uint64) << np.uint64(PAGE_SHIFT)))
         pa = e[idx] & np.uint64(f.frame_mask)
         return va, pa
@@ -124,12 +154,15 @@ class PdeTable:
         except AddressError:
             raise AddressError(f"virtual address {va:#x}: its page-table page (PA {pte_pa & ~PAGE_MASK:#x}) "
                                "is not in the dump", address=va) from None
+        except TruncatedError as exc:
+            raise TruncatedError(f"virtual address {va:#x}: {exc.detail}", path=exc.path, offset=exc.offset,
+                                 field="page-table page", expected=exc.expected) from None
         if pte & f.valid_mask != f.valid_value:
             raise AddressError(f"virtual address {va:#x} is not mapped (PTE {pte:#x} at PA "
                                f"{pte_pa:#x})", address=va)
         return (pte & f.frame_mask) | (va & PAGE_MASK)
 
-    def kernel_map(self) -> tuple[np.ndarray, np.ndarray]:
+    def kernel_map(self, budget: MapBudget | None = None) -> tuple[np.ndarray, np.ndarray]:
         f = self.fmt
         pdes = self.pdes.astype(np.uint64, copy=False)
         valid = (pdes & np.uint64(f.valid_mask)) == np.uint64(f.valid_value)
@@ -138,17 +171,22 @@ class PdeTable:
         sub = np.arange(512, dtype=np.uint64)
         parts_va, parts_pa = [], []
         li = np.flatnonzero(large).astype(np.uint64)
+        ti = np.flatnonzero(table)
+        if budget is not None:
+            budget.take_pages(li.size * 512)
+            budget.take_tables(ti.size)
         if li.size:
             va0 = np.uint64(self.base) + (li << np.uint64(21))
             pa0 = pdes[li.astype(np.int64)] & np.uint64(f.large_frame_mask)
             parts_va.append((va0[:, None] + (sub << np.uint64(12))[None, :]).ravel())
             parts_pa.append((pa0[:, None] + (sub << np.uint64(12))[None, :]).ravel())
-        ti = np.flatnonzero(table)
         if ti.size:
             pt_pa = pdes[ti] & np.uint64(f.frame_mask)
             ptes, ok = self._read_pages(pt_pa)
             ti, ptes = ti[ok], ptes[ok]
             pv = (ptes & np.uint64(f.valid_mask)) == np.uint64(f.valid_value)
+            if budget is not None:
+                budget.take_pages(int(pv.sum()))
             rows, cols = np.nonzero(pv)
             va = (np.uint64(self.base) + (ti[rows].astype(np.uint64) << np.uint64(21))
                   + (cols.astype(np.uint64) << np.uint64(12)))
@@ -193,6 +231,10 @@ class RadixWalk:
             except AddressError:
                 raise AddressError(f"virtual address {va:#x}: page-table page at PA {table:#x} "
                                    f"(level shift {lv.shift}) is not in the dump", address=va) from None
+            except TruncatedError as exc:
+                raise TruncatedError(f"virtual address {va:#x}: {exc.detail}", path=exc.path,
+                                     offset=exc.offset, field="page-table page",
+                                     expected=exc.expected) from None
             if e & f.valid_mask != f.valid_value:
                 raise AddressError(f"virtual address {va:#x} is not mapped (entry {e:#x} at PA "
                                    f"{epa:#x}, level shift {lv.shift})", address=va)
@@ -209,7 +251,7 @@ class RadixWalk:
         ext = np.uint64(((1 << 64) - 1) ^ ((1 << self.va_bits) - 1))
         return np.where((va & top) != 0, va | ext, va)
 
-    def kernel_map(self) -> tuple[np.ndarray, np.ndarray]:
+    def kernel_map(self, budget: MapBudget | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Every 4 KiB page mapped at or above `kva_min` (the DMAP is left out unless kva_min says)."""
         f = self.fmt
         sub = np.arange(512, dtype=np.uint64)
@@ -220,6 +262,8 @@ class RadixWalk:
         for lv in self.levels:
             if tables_pa.size == 0:
                 break
+            if budget is not None:
+                budget.take_tables(tables_pa.size)
             ents, ok = self._read_pages(tables_pa)
             ents, tables_va = ents[ok], tables_va[ok]
             span = np.uint64(1 << lv.shift)
@@ -238,6 +282,8 @@ class RadixWalk:
                 leaf = np.zeros_like(valid)
                 nxt = valid
             if leaf.any():
+                if budget is not None:
+                    budget.take_pages(int(leaf.sum()) << (lv.shift - PAGE_SHIFT))
                 lva = full[leaf]
                 lpa = ents[leaf] & np.uint64(f.frame_mask) & ~(span - np.uint64(1))
                 npages = 1 << (lv.shift - PAGE_SHIFT)

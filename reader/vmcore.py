@@ -15,7 +15,7 @@ from . import elfdump, minidump
 from ._payload import open_payload
 from .errors import AddressError, FormatError, ReaderError, SymbolError, TruncatedError
 from .kernel import Kernel
-from .paging import AMD64_LEVELS, RadixWalk
+from .paging import AMD64_LEVELS, MapBudget, RadixWalk
 from .physmem import PAGE_SHIFT, PAGE_SIZE, PhysIndex
 
 _TCACHE_MAX = 1 << 16
@@ -174,6 +174,9 @@ class Vmcore:
             raise TruncatedError(f"page-table page at physical {bad:#x} lies past the end of the cut-short "
                                  f"file", path=self.path, offset=int(offs[ok & ~inside][0]),
                                  field="page data", expected="zero_fill=True to treat it as empty")
+        if int(inside.sum()) > self._phys.page_count + 1:
+            raise FormatError("more page-table pages than the dump holds", path=self.path,
+                              field="page tables", expected="each table page present once")
         out = np.zeros((len(pas), 512), dtype=np.uint64)
         if inside.any():
             rows = (offs[inside] >> 3)[:, None] + np.arange(512)[None, :]
@@ -228,7 +231,14 @@ class Vmcore:
 
     def kernel_page_map(self, *, include_dmap: bool = False) -> PageMap:
         """Vectorised `kernel_pages()`: VA, PA and payload offset arrays of present pages."""
-        va, pa = self.translator.kernel_map()
+        in_file = min(self._phys.page_count, self._size // PAGE_SIZE)
+        budget = MapBudget(pages=4 * in_file + (1 << 21), tables=in_file + 1)
+        try:
+            va, pa = self.translator.kernel_map(budget)
+        except FormatError as exc:
+            if exc.path is not None:
+                raise
+            raise FormatError(exc.detail, path=self.path, field=exc.field, expected=exc.expected) from None
         offs = self._phys.offsets_of((pa >> np.uint64(PAGE_SHIFT)).astype(np.int64))
         keep = offs >= 0
         va, pa, offs = va[keep], pa[keep], offs[keep]
@@ -322,7 +332,7 @@ class Vmcore:
                               path=self.path, offset=18, field="e_machine", expected="62 (amd64)")
         kpml4 = kern.lookup("KPML4phys").address
         kbase = kern.lookup("kernbase").address
-        cands = elfdump.amd64_root_candidates(kpml4, kbase, self._ed.phys)
+        cands = elfdump.amd64_root_candidates(kpml4, kbase, self._ed.phys, self._size)
         cands = cands[cands >= 0]
         offs = self._phys.offsets_of(cands >> PAGE_SHIFT)
         ok = (offs >= 0) & (offs + PAGE_SIZE <= self._size)
