@@ -22,8 +22,6 @@ import os
 import re
 import subprocess
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -266,28 +264,22 @@ def _qemu_img(*args: str) -> None:
         raise PreparationError(f"`{' '.join(cmd)}` failed: {proc.stderr.strip()}")
 
 
-@contextmanager
-def _booted_guest(overlay: Path, dump_disk: Path, *, dump_bus: str, workdir: Path, memory_mib: int,
-                  vcpus: int, accel: str, uri: str | None) -> Iterator[Any]:
-    """A running guest on ``overlay`` (qcow2) with ``dump_disk`` (raw) as its second disk.
-
-    Coded against the guest-layer contract (harness.guest.Guest / GuestSpec, see HELPERS.md).
-    """
+def _guest_spec(base: Path, dump_disk: Path, *, dump_bus: str, memory_mib: int, vcpus: int, accel: str,
+                uri: str | None):
+    """The preparation guest: the base (Guest puts a qcow2 overlay on it) + the raw dump disk."""
     try:
-        from harness.guest import DiskSpec, Guest, GuestSpec  # type: ignore[attr-defined]
+        from harness.guest import DiskImageBoot, ExtraDisk, GuestSpec
     except ImportError as exc:  # pragma: no cover - depends on the guest layer being installed
         raise PreparationError(f"preparation needs the guest layer (harness.guest): {exc}") from exc
-    spec = GuestSpec(
+    return GuestSpec(
         memory_mib=memory_mib,
         vcpus=vcpus,
         accel=accel,
-        boot=DiskSpec(path=overlay, format="qcow2", bus="virtio"),
-        disks=[DiskSpec(path=dump_disk, format="raw", bus=dump_bus)],
+        boot=DiskImageBoot(image=base, format=_image_format(base), bus="virtio"),
+        disks=(ExtraDisk(path=dump_disk, format="raw", bus=dump_bus),),
         uri=uri,
         name_prefix="fbsd-hil-prepare",
     )
-    with Guest(spec, workdir) as guest:
-        yield guest
 
 
 def prepare(
@@ -335,16 +327,15 @@ def prepare(
             return PreparedImage.from_json(json.loads(meta.read_text()))
         with tempfile.TemporaryDirectory(prefix="prepare.", dir=cache.prepared_dir) as tmp:
             work = Path(tmp)
-            overlay = work / "overlay.qcow2"
             dump_disk = work / "dump.raw"
-            _qemu_img("create", "-q", "-f", "qcow2", "-F", _image_format(base), "-b", str(base.resolve()),
-                      str(overlay))
             _qemu_img("create", "-q", "-f", "raw", str(dump_disk), "256M")
             from harness.deadline import Deadline
             from harness.freebsd.session import ConsoleShell
+            from harness.guest import Guest
 
-            with _booted_guest(overlay, dump_disk, dump_bus=dump_bus, workdir=work, memory_mib=memory_mib,
-                               vcpus=vcpus, accel=accel, uri=uri) as guest:
+            spec = _guest_spec(base, dump_disk, dump_bus=dump_bus, memory_mib=memory_mib, vcpus=vcpus,
+                               accel=accel, uri=uri)
+            with Guest(spec, work) as guest:
                 shell = ConsoleShell(guest.console)
                 try:
                     shell.login(Deadline(boot_timeout, "first boot to login"), user=login, password=password)
@@ -352,14 +343,17 @@ def prepare(
                     host_key = read_host_key(shell)
                     shell.start("shutdown -p now")
                     guest.console.wait_closed(Deadline(300, "clean shutdown"))
+                    guest.wait_gone(60)
                 except PreparationError:
                     raise
                 except Exception as exc:
                     raise PreparationError(
                         f"preparing {base} failed: {exc}\n--- console tail ---\n{guest.console.tail()}"
                     ) from exc
-            partial = target.with_name(target.name + ".tmp")
-            _qemu_img("convert", "-q", "-O", "qcow2", str(overlay), str(partial))
+                # The guest powered itself off: its overlay is consistent. Flatten it before the
+                # Guest removes it.
+                partial = target.with_name(target.name + ".tmp")
+                _qemu_img("convert", "-q", "-O", "qcow2", str(guest.overlay), str(partial))
             os.replace(partial, target)
             make_read_only(target)
         prepared = PreparedImage(

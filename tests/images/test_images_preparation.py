@@ -5,6 +5,7 @@ and ConsoleShell on a local pty, and the prepared-image bookkeeping. The real th
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 from pathlib import Path
@@ -160,3 +161,22 @@ def test_prepared_image_record_round_trips_and_pins_the_host_key(tmp_path):
     assert PreparedImage.from_json(prepared.to_json()) == prepared
     assert prepared.known_hosts_line("127.0.0.1", 2222) == "[127.0.0.1]:2222 ssh-ed25519 AAAAHOST"
     assert prepared.known_hosts_line() == "127.0.0.1 ssh-ed25519 AAAAHOST"
+
+
+def test_preparation_guest_spec_is_valid_for_the_guest_layer(tmp_path):
+    """The spec prepare() hands to harness.guest.Guest passes its validation and builds domain XML."""
+    from harness.domain_xml import build_domain_xml
+    from images.preparation import _guest_spec
+
+    base = tmp_path / "base.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
+    dump = tmp_path / "dump.raw"
+    dump.write_bytes(b"")
+    for bus in ("virtio", "sata"):
+        spec = _guest_spec(base, dump, dump_bus=bus, memory_mib=1024, vcpus=2, accel="tcg", uri=None)
+        spec.validate()
+        xml = build_domain_xml(spec, name="fbsd-hil-prepare-test", accel="tcg",
+                               console_log=tmp_path / "c.log", boot_disk=base)
+        disk = re.search(r"<disk[^>]*>(?:(?!</disk>).)*dump\.raw(?:(?!</disk>).)*</disk>", xml, re.S)
+        assert disk, xml
+        assert re.search(rf"bus=[\"']{bus}[\"']", disk.group(0)), disk.group(0)

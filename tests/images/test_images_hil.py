@@ -1,0 +1,77 @@
+"""Preparation on a real FreeBSD guest (marker `hil`): prepare once, boot an overlay of the result,
+and check every setting the harness relies on, over the serial console and over SSH with the
+recorded (pinned) host key."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from images.preparation import prepare
+
+
+@pytest.fixture(scope="module")
+def prepared(request):
+    release = request.config.getoption("--fbsd-release")
+    image = request.config.getoption("--fbsd-image")
+    if not (release or image):
+        pytest.skip("image preparation needs --fbsd-release X.Y or --fbsd-image PATH (not a bare kernel)")
+    accel = request.config.getoption("--accel")
+    uri = request.config.getoption("--libvirt-uri")
+    return prepare(Path(image) if image else release, accel=accel, uri=uri, progress=False)
+
+
+@pytest.mark.hil
+def test_prepared_guest_has_serial_dumpdev_kdb_breaks_savecore_no_ddb_scripts_and_pinned_ssh(
+    prepared, request, tmp_path
+):
+    from harness.deadline import Deadline
+    from harness.freebsd.session import ConsoleShell
+    from harness.guest import DiskImageBoot, ExtraDisk, Guest, GuestSpec, UserNetwork
+    from harness.ssh import HostKeyMismatch, SshError, SshSession
+
+    assert stat.S_IMODE(prepared.image.stat().st_mode) == 0o444
+    assert prepared.host_key.startswith("ssh-ed25519 ")
+    dump = tmp_path / "dump.raw"
+    dump.write_bytes(b"")
+    os.truncate(dump, 256 << 20)
+    spec = GuestSpec(
+        memory_mib=1024, vcpus=2, accel=request.config.getoption("--accel"),
+        boot=DiskImageBoot(image=prepared.image, format="qcow2"),
+        disks=(ExtraDisk(path=dump, format="raw", bus=prepared.dump_bus),),
+        network=UserNetwork(), uri=request.config.getoption("--libvirt-uri"),
+    )
+    with Guest(spec, tmp_path) as guest:
+        shell = ConsoleShell(guest.console)
+        shell.login(Deadline(900, "boot prepared image to login"))
+        assert shell.run("kenv dumpdev").output.strip() == prepared.dump_device
+        assert shell.sysctl("debug.kdb.break_to_debugger") == "1"
+        assert shell.sysctl("debug.kdb.alt_break_to_debugger") == "1"
+        assert prepared.dump_device.removeprefix("/dev/") in shell.run("dumpon -l").output
+        assert shell.run("sysrc -n savecore_enable").output.strip() == "YES"
+        assert shell.run("sysrc -n ddb_enable").output.strip() == "NO"
+        ddb_conf = shell.run("grep -v '^#' /etc/ddb.conf | grep -c script").output.strip()
+        assert ddb_conf == "0"
+
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with SshSession("127.0.0.1", guest.ssh_port, key=prepared.ssh_private_key,
+                                pinned_host_key=prepared.host_key) as ssh:
+                    assert ssh.run("id -u", check=True).output.strip() == "0"
+                break
+            except HostKeyMismatch:
+                raise
+            except SshError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(3)
+
+        other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFh0aGlzLWlzLW5vdC10aGUtZ3Vlc3Qta2V5LXNvcnJ5"
+        with pytest.raises(HostKeyMismatch):
+            SshSession("127.0.0.1", guest.ssh_port, key=prepared.ssh_private_key,
+                       pinned_host_key=other).connect()
