@@ -95,7 +95,7 @@ def new_run_dir(root: Path, label: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     label = re.sub(r"[^A-Za-z0-9_.-]+", "-", label)[:60]
     for n in range(1000):
-        d = root / f"{stamp}-{label}" + ("" if n == 0 else f"-{n}")
+        d = root / (f"{stamp}-{label}" + ("" if n == 0 else f"-{n}"))
         try:
             d.mkdir()
         except FileExistsError:
@@ -204,7 +204,7 @@ def _run_guest(
     from harness.verify.engine import verify_dump
 
     step = "boot"
-    guest_cm = Guest(spec, run_dir)
+    guest_cm = Guest(spec, run_dir, keep=cfg.keep)
     guest = guest_cm.__enter__()
     kept = False
     evidence: dict[str, str] = {}
@@ -212,7 +212,7 @@ def _run_guest(
         try:
             _save_text(run_dir / "domain.xml", getattr(guest, "domain_xml", ""))
             progress(
-                f"guest {guest.name} started ({cfg.memory_mib} MiB, accel {cfg.accel}); "
+                f"guest {guest.name} started ({cfg.memory_mib} MiB, {guest.accel}); "
                 f"booting {cfg.source()}"
             )
             t = time.monotonic()
@@ -316,10 +316,8 @@ def _run_guest(
                     with contextlib.suppress(OSError):
                         p.unlink()
             if cfg.keep:
-                step = "keep"
-                with contextlib.suppress(Exception):
-                    guest.resume()
-                kept = _detach(guest)
+                guest.resume()  # paused for extraction; it goes on sitting in ddb
+                kept = True
             return ReproOutcome(report, run_dir, guest.name, kept, cfg.uri, evidence)
         except Exception as exc:
             _collect_evidence(guest, run_dir)
@@ -329,8 +327,7 @@ def _run_guest(
             _save_text(run_dir / "console-tail.txt", tail)
             raise ReproError(f"{type(exc).__name__}: {exc}", step=step, evidence=run_dir) from exc
     finally:
-        if not kept:
-            guest_cm.__exit__(None, None, None)
+        guest_cm.__exit__(None, None, None)  # destroys the domain unless cfg.keep
 
 
 def _trapframe_registers(regs: dict[str, int]) -> dict[str, int]:
@@ -346,16 +343,6 @@ def _cr3(guest: Any) -> int | None:
         if m:
             return int(m.group(1), 16) & 0x000FFFFFFFFFF000
     return None
-
-
-def _detach(guest: Any) -> bool:
-    """Leave the domain running after the context ends (Guest.keep / detach, whichever exists)."""
-    for name in ("keep", "detach", "leave_running"):
-        fn = getattr(guest, name, None)
-        if callable(fn):
-            fn()
-            return True
-    return False
 
 
 def _collect_evidence(guest: Any, run_dir: Path) -> None:
