@@ -60,3 +60,17 @@ def rsa_keys():
         "wrong": rsa.generate_private_key(public_exponent=65537, key_size=2048),
         "big": rsa.generate_private_key(public_exponent=65537, key_size=3072),
     }
+
+
+@pytest.fixture(scope="session")
+def lldb_kernels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The fixtures' kernel symbol tables (kernel-ARCH.elf.xz), decompressed once."""
+    import lzma
+
+    out = tmp_path_factory.mktemp("lldb-kernels")
+    result = {}
+    for arch in ("amd64", "i386", "arm64"):
+        dst = out / f"kernel-{arch}.elf"
+        dst.write_bytes(lzma.decompress((fixture_dir() / f"kernel-{arch}.elf.xz").read_bytes()))
+        result[arch] = dst
+    return result

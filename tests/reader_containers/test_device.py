@@ -250,3 +250,26 @@ def test_extract_into_unwritable_place(tmp_path: Path, lldb_vmcores) -> None:
     blocker.write_text("x")
     with pytest.raises(ReaderError):
         device.extract(img, blocker / "sub")
+
+
+@pytest.mark.parametrize(
+    ("name", "kernel", "hz"),
+    [
+        ("vmcore-amd64-minidump", "amd64", 100),
+        ("vmcore-amd64-full", "amd64", 100),
+        ("vmcore-i386-minidump", "i386", 100),
+        ("vmcore-arm64-minidump", "arm64", 1000),
+    ],
+)
+def test_open_vmcore_reads_through_the_device_container(
+    tmp_path: Path, lldb_vmcores, lldb_kernels, name: str, kernel: str, hz: int
+) -> None:
+    """End to end: reader.open_vmcore on a raw dump disk finds the payload and reads `hz` from it."""
+    import reader
+
+    arch, archver = ARCH[name]
+    img, _ = _image(
+        tmp_path, lldb_vmcores[name], media_size=GiB, architecture=arch, architectureversion=archver
+    )
+    with reader.open_vmcore(img, lldb_kernels[kernel], zero_fill=True) as vm:
+        assert int.from_bytes(vm.read(vm.symbol("hz"), 4), "little") == hz
