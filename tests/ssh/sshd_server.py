@@ -1,4 +1,4 @@
-"""A real OpenSSH server on 127.0.0.1 (Debian's openssh-server) for the SSH/SFTP tests of tests/ssh and tests/freebsd.
+"""A real OpenSSH server on 127.0.0.1 (Debian's openssh-server) for the tests of tests/ssh, tests/freebsd.
 
 Started per test module with a temporary host key, an authorized key of ours, and its own config; as root
 it needs ``StrictModes no`` (the temporary directory is not owned the way sshd insists on) and

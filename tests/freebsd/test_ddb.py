@@ -1,0 +1,240 @@
+"""Ddb against replayed real ddb sessions (FreeBSD 12.1 under QEMU), and the dump-text parser on every
+failure text the kernel sources print (quoted in the shared dump-format reference, §7.4-7.5)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from harness.freebsd.ddb import (
+    Ddb,
+    DdbError,
+    DumpFailed,
+    dump_deadline_seconds,
+    parse_dump_output,
+    parse_ps,
+)
+from harness.freebsd.replay import ALT_BREAK, RecordedTranscript
+from tests.freebsd.conftest import load
+
+
+def _in_ddb(replay, name, **kw):
+    console, spawn = replay(name, **kw)
+    if name in ("mini", "ada", "trial-waitnmi-1"):
+        spawn.inject_nmi()
+    elif name in ("full", "trial-altbreak-1"):
+        console.send(ALT_BREAK)
+    elif name in ("panic", "trial-panic-1"):
+        console.expect({"prompt": r"mountroot> $"}, 10)
+        console.sendline("")
+    ddb = Ddb(console, memory_mib=512)
+    ddb.wait_prompt(10)
+    return ddb, console, spawn
+
+
+def test_mini_session_end_to_end(replay):
+    ddb, console, spawn = _in_ddb(replay, "mini")
+    regs = ddb.show_registers()
+    assert regs["rip"] == 0xFFFFFFFF80504666 and regs["rsp"] == 0xFFFFFE000EC9ABC0
+    assert regs["cs"] == 0x20 and regs["rcx"] == 0 and regs["rflags"] == 0x246 and len(regs) == 24
+    bt = ddb.bt()
+    assert (bt.pid, bt.tid, bt.td) == (10, 100003, 0xFFFFF80001115000)
+    assert [f.function for f in bt.frames] == [
+        "acpi_cpu_c1",
+        "acpi_cpu_idle",
+        "cpu_idle_acpi",
+        "cpu_idle",
+        "sched_idletd",
+        "fork_exit",
+        "fork_trampoline",
+    ]
+    assert bt.frames[0].location == "acpi_cpu_c1+0x6" and bt.frames[0].frame == 0xFFFFFE000EC9ABC0
+    procs = ddb.ps()
+    assert [p.pid for p in procs][:4] == [15, 14, 13, 9] and len(procs) == 16
+    idle = next(p for p in procs if p.cmd == "idle")
+    assert idle.threaded and [(t.tid, t.state, t.cpu) for t in idle.threads] == [
+        (100002, "Run", 0),
+        (100003, "Run", 1),
+    ]
+    vnlru = next(p for p in procs if p.cmd == "vnlru")
+    assert (vnlru.state, vnlru.wmesg, vnlru.wchan) == ("DL", "vlruwt", 0xFFFFF80001335530)
+    assert ddb.x_gx("dumper") == 0xFFFFFFFF803265F0
+    assert ddb.x("do_minidump", "lx") == [1]
+    mini = ddb.dump()
+    assert (mini.kind, mini.dump_mb, mini.physical_mb, mini.progress, mini.ok) == (
+        "mini",
+        42,
+        500,
+        [38, 76],
+        True,
+    )
+    assert ddb.set_minidump(False) == 1
+    assert ddb.x("do_minidump", "lx") == [0]
+    full = ddb.dump()
+    assert (full.kind, full.dump_mb, full.chunk_count, full.ok) == ("full", 511, 2, True)
+    assert [(c.index, c.mb, c.pages, c.ok) for c in full.chunks] == [
+        (0, 1, 159, True),
+        (1, 511, 130775, True),
+    ]
+    assert full.chunks[1].countdown[:3] == [495, 479, 463] and full.chunks[1].countdown[-1] == 15
+    msgbuf = ddb.show_msgbuf()
+    assert msgbuf.startswith("---<<BOOT>>---\n") and "msgbufp" not in msgbuf
+    assert msgbuf.rstrip().endswith("NMI/cpu1 ... going to debugger")
+    assert spawn.finished and spawn.sent.startswith(b"set $lines 0\r")
+
+
+def test_ada_minidump_progress_and_full_dump(replay):
+    ddb, *_ = _in_ddb(replay, "ada")
+    ddb.show_registers(), ddb.bt(), ddb.ps()
+    assert ddb.x_gx("dumper") == 0xFFFFFFFF80299610
+    ddb.x("do_minidump", "lx")
+    r = ddb.dump()
+    assert (r.dump_mb, r.progress) == (75, [22, 43, 64, 85])
+    ddb.set_minidump(False)
+    ddb.x("do_minidump", "lx")
+    assert ddb.dump().chunks[1].pages == 130779
+
+
+def test_panic_session_has_panic_text_in_ddb_output_without_failing(replay):
+    ddb, console, _ = _in_ddb(replay, "panic")
+    console.arm_failure("freebsd.panic", r"(?:^|[\r\n]|> )panic: ([^\r\n]*)")  # armed by an outer layer
+    ddb.show_registers()
+    assert [f.function for f in ddb.bt().frames][:2] == ["kdb_enter", "vpanic"]
+    ddb.ps(), ddb.x_gx("dumper"), ddb.x("do_minidump", "lx")
+    assert ddb.dump().ok
+    assert "mountroot> panic: mountroot: unable to (re-)mount root." in ddb.show_msgbuf()
+    assert console.armed == {"freebsd.panic": r"(?:^|[\r\n]|> )panic: ([^\r\n]*)"}  # restored
+
+
+def test_early_ddb_has_no_dumper_and_continue_leaves(replay):
+    console, _ = replay("trial-bootd-1")
+    ddb = Ddb(console)
+    ddb.wait_prompt(10)
+    assert [f.function for f in ddb.bt().frames] == ["kdb_enter", "hammer_time", "btext"]
+    assert ddb.x_gx("dumper") == 0  # no dump device yet this early
+    ddb.continue_()
+    console.expect({"boot": r"---<<BOOT>>---"}, 10)
+    with pytest.raises(DdbError, match="session was left"):
+        ddb.command("bt")
+
+
+def test_a_dump_that_never_finishes_fails_with_what_was_parsed(replay):
+    mini = load("mini")
+    cut = mini.serial.index(b"..76%")  # the recording stops in the middle of the minidump
+    truncated = RecordedTranscript(
+        "mini-truncated", mini.serial[:cut], [g for g in mini.gates if g.offset < cut], mini.timeline
+    )
+    console, spawn = replay(truncated)
+    spawn.inject_nmi()
+    ddb = Ddb(console)
+    ddb.wait_prompt(10)
+    ddb.show_registers(), ddb.bt(), ddb.ps(), ddb.x_gx("dumper"), ddb.x("do_minidump", "lx")
+    with pytest.raises(DumpFailed) as info:
+        ddb.dump(deadline=1.0)
+    r = info.value.result
+    assert (r.kind, r.dump_mb, r.progress, r.complete) == ("mini", 42, [38], False)
+    assert (
+        "did not return to db> within 1 s" in str(info.value)
+        and "Dumping 42 out of 500 MB" in info.value.tail
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "error", "code", "complete"),
+    [
+        ("Cannot dump: no dump device specified.\n", "Cannot dump: no dump device specified.", None, False),
+        (
+            "Cannot dump. Device not defined or unavailable.\n",
+            "Cannot dump. Device not defined or unavailable.",
+            None,
+            False,
+        ),
+        (
+            "Cannot dump: debugger got invoked while dumping.\n",
+            "Cannot dump: debugger got invoked while dumping.",
+            None,
+            False,
+        ),
+        ("Cannot dump: unknown error (error=5).\n", "Cannot dump: unknown error (error=5).", 5, False),
+        (
+            "Dumping 511 MB (2 chunks)\n  chunk 0: 1MB (159 pages) ... ok\n"
+            "\nDump failed. Partition too small.\n",
+            "Dump failed. Partition too small.",
+            None,
+            False,
+        ),
+        (
+            "Dumping 42 out of 500 MB:\n"
+            "Dump failed. Partition too small (about 44MB were needed this time).\n",
+            "Dump failed. Partition too small (about 44MB were needed this time).",
+            None,
+            False,
+        ),
+        (
+            "Dumping 42 out of 500 MB:..38%\n** DUMP FAILED (ERROR 6) **\n",
+            "** DUMP FAILED (ERROR 6) **",
+            6,
+            False,
+        ),
+        ("Dumping 42 out of 500 MB:..38% (CTRL-C to abort) \nDump aborted\n", "Dump aborted", None, False),
+        (
+            "Dumping 42 out of 500 MB:Dump map grown while dumping. Dump failed.\n",
+            "Dump map grown while dumping. Dump failed.",
+            None,
+            False,
+        ),
+        (
+            "Compressed dump failed to fit in device boundaries.\n",
+            "Compressed dump failed to fit in device boundaries.",
+            None,
+            False,
+        ),
+        (
+            'textdump_pending set.\nrun "textdump unset" first or "textdump dump" for a textdump.\n',
+            "textdump_pending set.",
+            None,
+            False,
+        ),
+        (
+            "Dumping 511 MB (2 chunks)\n  chunk 0: 1MB (159 pages) ... ok\n"
+            "  chunk 1: 511MB (130775 pages) 495 ... fail\n",
+            "chunk 1: 511MB (130775 pages) 495 ... fail",
+            None,
+            False,
+        ),
+        (
+            "Attempt to write outside dump device boundaries.\n** DUMP FAILED (ERROR 6) **\n",
+            "** DUMP FAILED (ERROR 6) **",
+            6,
+            False,
+        ),
+    ],
+)
+def test_every_dump_failure_text(text, error, code, complete):
+    r = parse_dump_output(text)
+    assert (r.error, r.error_code, r.complete, r.ok) == (error, code, complete, False)
+
+
+def test_retry_is_counted_and_a_retried_dump_can_complete():
+    r = parse_dump_output(
+        "Dumping 42 out of 500 MB:..12%\nDump map grown while dumping. Retrying...\n"
+        "Dumping 43 out of 500 MB:..11%..93%\nDump complete\n"
+    )
+    assert r.retries == 1 and r.ok and r.complete
+
+
+def test_small_minidump_may_print_no_percentages():
+    r = parse_dump_output("Dumping 9 out of 2027 MB:\r\nDump complete\r\n")
+    assert (r.kind, r.dump_mb, r.progress, r.ok) == ("mini", 9, [], True)
+
+
+def test_ps_refuses_lines_it_cannot_read():
+    with pytest.raises(DdbError, match="cannot parse line"):
+        parse_ps("  pid  ppid  pgrp   uid  state   wmesg   wchan               cmd\n  garbage here\n")
+
+
+def test_dump_deadline_is_generous_and_bounded():
+    assert 200 < dump_deadline_seconds(512) < 400  # the recorded full dump of 512 MiB took 2.6 s
+    assert dump_deadline_seconds(8192) < 3600
+    assert dataclasses.is_dataclass(parse_dump_output(""))
