@@ -21,6 +21,7 @@ from images.errors import (
     PreparationError,
     UnknownReleaseError,
 )
+from images.preparation import PreparedImage, prepare
 
 __all__ = [
     "Catalogue",
@@ -33,8 +34,10 @@ __all__ = [
     "ImageError",
     "NotCachedError",
     "PreparationError",
+    "PreparedImage",
     "UnknownReleaseError",
     "default_cache_dir",
     "fetch",
     "load_catalogue",
+    "prepare",
 ]

@@ -231,7 +231,17 @@ def fetch(
         return found
 
     with cache.lock(image.key):
-        expected, origin = _expected_digest(image, timeout)
+        try:
+            expected, origin = _expected_digest(image, timeout)
+        except DownloadError as exc:
+            found = cached_base(image, cache)
+            if found is None:
+                raise
+            raise DownloadError(
+                f"{exc}; a cached image exists ({found}): use offline mode "
+                f"(`fbsd-hil images fetch --offline {image.release}`, fetch(..., offline=True)) to use it",
+                url=exc.url, status=exc.status, offset=exc.offset,
+            ) from exc
         target = cache.base_image(expected)
         if target.is_file() and cache.base_meta(expected).is_file():
             _record_index(cache, image, expected)

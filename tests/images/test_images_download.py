@@ -223,3 +223,12 @@ def test_verified_but_corrupt_xz_is_a_conversion_error_and_caches_nothing(server
     with pytest.raises(ConversionError, match="cannot decompress"):
         fetch(RELEASE, cache=cache_dir, catalogue=catalogue, progress=False)
     assert not list((cache_dir / "base").iterdir())
+
+
+def test_checksum_unreachable_with_a_cached_image_points_to_offline_mode(server, catalogue, cache_dir):
+    path = fetch(RELEASE, cache=cache_dir, catalogue=catalogue, progress=False)
+    del server.state.files[CHECKSUM_PATH]
+    with pytest.raises(DownloadError) as excinfo:
+        fetch(RELEASE, cache=cache_dir, catalogue=catalogue, progress=False)
+    assert "HTTP 404" in str(excinfo.value) and str(path) in str(excinfo.value)
+    assert "--offline" in str(excinfo.value)
