@@ -13,8 +13,9 @@ code themselves write while every CPU sits stopped in the debugger:
 
 Everything else is unexpected: kernel text or read-only data (``kernel-text``, ``kernel-rodata``), any
 other page-table change (``page-table``), and memory nobody can name (``unattributed``).
-When a live image taken *before* the dump exists, the rule is stricter and simpler: a differing page is
-explained only if it changed while the dump was written (before != after).
+When a live image taken *before* the dump exists, a differing page that changed while the dump was
+written (before != after) is explained whatever its kind: the dump code and the disk driver touch
+memory nobody can name from outside (virtio rings, request structures).
 """
 
 from __future__ import annotations

@@ -386,8 +386,10 @@ def verify_dump(
 ) -> VerificationReport:
     """Verify ``vmcore`` (a `reader.Vmcore` or anything with the same page interface) against ``live``.
 
-    ``before`` is an optional live image taken in ddb right before `dump`: with it, a difference is
-    explained only when that page changed while the dump was written. ``pml4_pa`` overrides the
+    ``before`` is an optional live image taken in ddb right before `dump`: with it, a page that changed
+    while the dump was written is explained whatever it holds (virtio rings, heap the dump code used);
+    a page that did not change must still be of an expected-volatile kind (``dumping`` is set only
+    while the dump runs, so its page can differ and be the same before and after). ``pml4_pa`` overrides the
     page-table root; ``strict`` also fails on mapped pages the kernel chose not to dump;
     ``ddb_values``/``ddb_registers`` are what ddb printed (`x/gx`, `show registers`).
     """
@@ -476,12 +478,12 @@ def verify_dump(
                 changed = not np.array_equal(before_mem.view(pa, PAGE_SIZE), lv)
             except LiveMemoryError:
                 changed = False
-            explained = changed
-            reason = (
-                "changed while the dump was written"
-                if changed
-                else "page was stable during the dump, yet the dump differs"
-            )
+            if changed:
+                explained, reason = True, "changed while the dump was written"
+            elif not explained:
+                reason = "page was stable during the dump, yet the dump differs"
+            else:
+                reason = "same before and after the dump (a value set only while dumping, e.g. `dumping`)"
         report.differences.append(
             Difference(pa, a.text, a.kind, a.first_offset, a.differing_bytes, explained, reason, a.va)
         )

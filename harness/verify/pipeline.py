@@ -212,8 +212,7 @@ def _run_guest(
         try:
             _save_text(run_dir / "domain.xml", getattr(guest, "domain_xml", ""))
             progress(
-                f"guest {guest.name} started ({cfg.memory_mib} MiB, {guest.accel}); "
-                f"booting {cfg.source()}"
+                f"guest {guest.name} started ({cfg.memory_mib} MiB, {guest.accel}); booting {cfg.source()}"
             )
             t = time.monotonic()
             shell = None

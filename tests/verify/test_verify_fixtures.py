@@ -100,19 +100,30 @@ def test_changed_kernel_data_byte_is_detected_and_attributed(mini, mini_live):
     assert r.passed
 
 
-def test_changed_kernel_data_on_a_page_stable_during_the_dump_fails(mini, mini_live, tmp_path):
-    """With a live image from before the dump, only pages that changed during the dump are excused."""
+def _unmapped_dumped_page(mini, path, root) -> int:
+    """A dumped, non-zero page outside every kernel-VA mapping and table: only the direct map aliases it."""
+    from harness.verify.engine import _TableReader
+    from harness.verify.pagetables import walk_kernel
+
+    with LiveMemory.from_raw_file(path) as live:
+        m = walk_kernel(_TableReader(live), root, 0xFFFFFE0000000000, 0xFFFFFFFFC0000000)
+        mapped = set(m.pa.tolist()) | set(m.tables)
+    return next(p for p in mini.phys_pages() if p not in mapped and p > 0x100000)
+
+
+def test_pre_dump_image_excuses_only_pages_that_changed_while_dumping(mini, mini_live, tmp_path):
+    """With a live image from before the dump, an unnamed page is excused only if it changed meanwhile."""
     path, root = mini_live
     before = tmp_path / "before.raw"
     before.write_bytes(path.read_bytes())
-    pa = mini.translate(mini.symbol("hz"))
-    poke(path, pa, struct.pack("<i", 1000))
-    poke(before, pa, struct.pack("<i", 1000))  # the page had this value before the dump too
+    pa = _unmapped_dumped_page(mini, path, root)
+    poke(path, pa + 0x20, b"\xab")
+    poke(before, pa + 0x20, b"\xab")  # the page already held this before the dump: the dump is wrong
     with LiveMemory.from_raw_file(before) as b:
         r = _verify(mini, path, pml4_pa=root, before=b)
     assert not r.passed and r.pages_differing_unexplained == 1
-    assert "stable" in r.differences[0].reason
-    poke(before, pa, struct.pack("<i", 100))  # now it changed while the dump was written
+    assert r.differences[0].kind == "unattributed" and "stable" in r.differences[0].reason
+    poke(before, pa + 0x20, b"\xcd")  # it changed while the dump was being written
     with LiveMemory.from_raw_file(before) as b:
         r = _verify(mini, path, pml4_pa=root, before=b)
     assert r.passed and r.differences[0].reason == "changed while the dump was written"
@@ -174,16 +185,7 @@ def test_missing_page_table_page_is_missing(mini, mini_live):
 
 def test_change_in_a_page_nobody_maps_is_unattributed(mini, mini_live):
     path, root = mini_live
-    r0 = _verify(mini, path, pml4_pa=root)
-    assert r0.passed
-    # a dumped, non-zero page outside every kernel-VA mapping and table: only the direct map aliases it
-    from harness.verify.engine import _TableReader
-    from harness.verify.pagetables import walk_kernel
-
-    with LiveMemory.from_raw_file(path) as live:
-        m = walk_kernel(_TableReader(live), root, 0xFFFFFE0000000000, 0xFFFFFFFFC0000000)
-        mapped = set(m.pa.tolist()) | set(m.tables)
-    pa = next(p for p in mini.phys_pages() if p not in mapped and p > 0x100000)
+    pa = _unmapped_dumped_page(mini, path, root)
     poke(path, pa + 0x10, b"\xff")
     r = _verify(mini, path, pml4_pa=root)
     assert not r.passed
@@ -235,3 +237,17 @@ def test_report_round_trip_and_no_overwrite(full, full_live, tmp_path):
     assert again.passed and again.pages_compared == r.pages_compared
     with pytest.raises(FileExistsError):
         r.write(out)
+
+
+def test_kernel_data_set_only_while_dumping_is_still_explained(mini, mini_live, tmp_path):
+    """`dumping` is 1 while the dump is written and 0 before and after: its page differs yet is stable."""
+    path, root = mini_live
+    pa = mini.translate(mini.symbol("hz"))
+    poke(path, pa, struct.pack("<i", 7))
+    before = tmp_path / "before.raw"
+    before.write_bytes(path.read_bytes())
+    with LiveMemory.from_raw_file(before) as b:
+        r = _verify(mini, path, pml4_pa=root, before=b)
+    assert r.passed
+    (d,) = r.differences
+    assert d.kind == "kernel-data" and d.explained and "same before and after" in d.reason
