@@ -98,7 +98,7 @@ class Catalogue:
                     sha256=sha256,
                     login=str(entry.get("login", flavour.get("login", "root"))),
                     password=str(entry.get("password", flavour.get("password", ""))),
-                    root=str(entry.get("root", flavour.get("root", "ufs:/dev/vtbd0p4"))),
+                    root=str(entry.get("root", flavour.get("root", "ufs:/dev/gpt/rootfs"))),
                     default=bool(entry.get("default", False)),
                 )
             )

@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--kernel", required=True, type=Path, help="the kernel ELF file")
     p.add_argument("--kenv", action="append", default=[], metavar="K=V",
                    help="kernel environment (repeatable)")
-    p.add_argument("--root", help="root to mount, e.g. ufs:/dev/vtbd0p4 (default: none, the kernel waits)")
+    p.add_argument("--root", help="root to mount, e.g. ufs:/dev/gpt/rootfs (default: none, the kernel waits)")
     p.add_argument("--boot-flags", default="-h", help="kernel boot flags (default: -h, serial console)")
     p.add_argument("--no-patch", action="store_true",
                    help="use the system GRUB modules unpatched (Debian 12's triple-fault at handover)")

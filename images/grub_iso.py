@@ -241,7 +241,7 @@ def build_kernel_iso(
     """Make a bootable GRUB ISO at ``out`` that boots ``kernel`` with ``kenv``.
 
     ``root=None`` leaves the kernel waiting for a root device that never comes (a quiet state to
-    enter ddb from); ``root="ufs:/dev/vtbd0p4"`` mounts an official image's root. ``patch=False``
+    enter ddb from); ``root="ufs:/dev/gpt/rootfs"`` mounts an official image's root. ``patch=False``
     uses the system's GRUB modules as they are (only to demonstrate the defect).
     """
     kernel = Path(kernel)

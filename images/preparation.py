@@ -306,7 +306,7 @@ def prepare(
     cache = cache if isinstance(cache, ImageCache) else ImageCache(cache)
     if dump_bus not in DUMP_DEVICES:
         raise PreparationError(f"dump bus {dump_bus!r} unknown; use one of {sorted(DUMP_DEVICES)}")
-    login, password, root_fs, release = "root", "", "ufs:/dev/vtbd0p4", None
+    login, password, root_fs, release = "root", "", "ufs:/dev/gpt/rootfs", None
     if isinstance(release_or_base, Path) or Path(str(release_or_base)).is_file():
         base = Path(release_or_base)
         base_sha = sha256_file(base)

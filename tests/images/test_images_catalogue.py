@@ -26,7 +26,7 @@ def test_shipped_catalogue_lists_basic_ci_for_13_14_15(monkeypatch):
         "FreeBSD-14.3-RELEASE-amd64-BASIC-CI.raw.xz"
     )
     assert image.checksum_url == "https://download.freebsd.org/releases/CI-IMAGES/14.3-RELEASE/amd64/Latest/CHECKSUM.SHA256"
-    assert (image.login, image.password, image.root) == ("root", "", "ufs:/dev/vtbd0p4")
+    assert (image.login, image.password, image.root) == ("root", "", "ufs:/dev/gpt/rootfs")
     assert catalogue.lookup("14.3-BASIC-CI") is image
     assert catalogue.default().release == "14.3"
 
