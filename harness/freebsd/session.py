@@ -124,5 +124,5 @@ class ConsoleShell:
 
     def _panicked(self, exc, what: str) -> GuestPanicked:
         m = re.search(STAGE_PATTERNS[Stage.PANIC], getattr(exc, "matched", "") or "")
-        message = m.group(1) if m else getattr(exc, "matched", str(exc))
+        message = m.group(1) if m else (getattr(exc, "matched", "") or str(exc)).strip()
         return GuestPanicked(message.strip(), waiting_for=what, tail=getattr(exc, "tail", ""))

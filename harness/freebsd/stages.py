@@ -86,7 +86,7 @@ PROMPT_STAGES = frozenset(
 #: Console failure patterns, armed during every wait by `wait_for_stage` (names are Console names).
 FAILURE_PATTERNS: dict[str, str] = {
     "freebsd.panic": STAGE_PATTERNS[Stage.PANIC],
-    "freebsd.fatal_trap": r"Fatal (?:double fault|trap \d+: [^\r\n]*)",
+    "freebsd.fatal_trap": r"(?:^|[\r\n])Fatal (?:double fault|trap \d+: [^\r\n]*)",
 }
 
 
@@ -186,7 +186,7 @@ def wait_for_stage(
         text = getattr(exc, "tail", "") or ""
         matched = getattr(exc, "matched", "") or ""
         pm = re.search(STAGE_PATTERNS[Stage.PANIC], matched)
-        message = pm.group(1) if pm else matched or str(exc)
+        message = pm.group(1) if pm else matched.strip() or str(exc)
         raise GuestPanicked(
             message.strip(), waiting_for="/".join(t.value for t in targets), tail=text
         ) from exc
