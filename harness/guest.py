@@ -176,7 +176,8 @@ class Guest:
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> Guest:
-        self.start()
+        if self.domain is None:  # a restored guest (harness.savestate.restore) is already running
+            self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
