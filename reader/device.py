@@ -14,8 +14,12 @@ bytes hold no header, 4096 is tried (a 4Kn disk keeps the header in the first 51
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
+import struct
+import uuid
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +84,8 @@ class DeviceDump:
     payload_offset: int
     payload_length: int
     forced: bool = False
+    media_offset: int = 0  # where the dump device starts in the image (a partition), else 0
+    partition: Partition | None = None
 
     @property
     def is_textdump(self) -> bool:
@@ -112,8 +118,116 @@ class DeviceDump:
             "payload_offset": self.payload_offset,
             "payload_length": self.payload_length,
             "forced": self.forced,
+            "media_offset": self.media_offset,
+            "partition": None if self.partition is None else self.partition.to_dict(),
             "header": self.header.to_dict(),
         }
+
+
+# --------------------------------------------------------------------------------------------
+# Partitions: a dump device is often the swap partition of a whole-disk image
+
+
+GPT_TYPES = {
+    uuid.UUID("516e7cb5-6ecf-11d6-8ff8-00022d09712b"): "freebsd-swap",
+    uuid.UUID("516e7cb6-6ecf-11d6-8ff8-00022d09712b"): "freebsd-ufs",
+    uuid.UUID("516e7cba-6ecf-11d6-8ff8-00022d09712b"): "freebsd-zfs",
+    uuid.UUID("516e7cb4-6ecf-11d6-8ff8-00022d09712b"): "freebsd",
+    uuid.UUID("83bd6b9d-7f41-11dc-be0b-001560b84f0f"): "freebsd-boot",
+    uuid.UUID("c12a7328-f81f-11d2-ba4b-00a0c93ec93b"): "efi",
+    uuid.UUID("0657fd6d-a4ab-43c4-84e5-0933c84b4f4f"): "linux-swap",
+    uuid.UUID("0fc63daf-8483-4772-8e79-3d69d8477de4"): "linux-data",
+}
+MBR_TYPES = {0xA5: "freebsd", 0x82: "linux-swap", 0x83: "linux-data", 0xEF: "efi"}
+MAX_GPT_ENTRIES_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Partition:
+    """A GPT or MBR partition of a disk image: `index` is 1-based, as in `vtbd0p3` / `ada0s1`."""
+
+    index: int
+    kind: str
+    offset: int
+    size: int
+    name: str = ""
+    scheme: str = "gpt"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def partitions(image_path: str | os.PathLike[str]) -> list[Partition]:
+    """The GPT partitions (UEFI spec: header at LBA 1, CRC32-checked), else the MBR primaries."""
+    path = Path(image_path)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise ReaderError(f"cannot open: {e.strerror}", path=path) from e
+    try:
+        return _partitions_fd(fd, path)
+    finally:
+        os.close(fd)
+
+
+def _partitions_fd(fd: int, path: Path) -> list[Partition]:
+    size = _media_size(fd)
+    for lba in SECTOR_SIZES:
+        parts = _gpt(fd, size, lba)
+        if parts is not None:
+            return parts
+    return _mbr(fd, size)
+
+
+def _gpt(fd: int, size: int, lba: int) -> list[Partition] | None:
+    hdr = os.pread(fd, 92, lba)
+    if len(hdr) < 92 or hdr[:8] != b"EFI PART":
+        return None
+    hsize, hcrc = struct.unpack_from("<II", hdr, 12)
+    if not 92 <= hsize <= lba:
+        return None
+    full = bytearray(os.pread(fd, hsize, lba))
+    full[16:20] = b"\0\0\0\0"
+    if len(full) != hsize or zlib.crc32(full) != hcrc:
+        return None
+    entries_lba, count, esize, ecrc = struct.unpack_from("<QIII", hdr, 72)
+    if esize < 128 or esize % 8 or count * esize > MAX_GPT_ENTRIES_BYTES:
+        return None
+    table = os.pread(fd, count * esize, entries_lba * lba)
+    if len(table) != count * esize or zlib.crc32(table) != ecrc:
+        return None
+    out = []
+    for i in range(count):
+        e = table[i * esize : (i + 1) * esize]
+        if not any(e[:16]):
+            continue
+        first, last = struct.unpack_from("<QQ", e, 32)
+        start, end = first * lba, (last + 1) * lba
+        if last < first or end > size:
+            continue
+        kind_uuid = uuid.UUID(bytes_le=bytes(e[:16]))
+        name = e[56:128].decode("utf-16-le", errors="replace").split("\0", 1)[0]
+        out.append(
+            Partition(i + 1, GPT_TYPES.get(kind_uuid, str(kind_uuid)), start, end - start, name, "gpt")
+        )
+    return out
+
+
+def _mbr(fd: int, size: int) -> list[Partition]:
+    mbr = os.pread(fd, 512, 0)
+    if len(mbr) < 512 or mbr[510:512] != b"\x55\xaa":
+        return []
+    out = []
+    for i in range(4):
+        e = mbr[446 + 16 * i : 446 + 16 * (i + 1)]
+        ptype = e[4]
+        start, count = struct.unpack_from("<II", e, 8)
+        if ptype in (0, 0xEE) or count == 0 or (start + count) * 512 > size:
+            continue
+        out.append(
+            Partition(i + 1, MBR_TYPES.get(ptype, f"mbr-{ptype:#04x}"), start * 512, count * 512, "", "mbr")
+        )
+    return out
 
 
 _DUMP_MAGICS = {
@@ -124,14 +238,22 @@ _DUMP_MAGICS = {
 
 
 def has_dump_trailer(path: str | os.PathLike[str]) -> bool:
-    """True when the last 512-byte or 4 KiB sector starts with a kerneldumpheader magic (incl. cleared)."""
+    """True when the last 512-byte or 4 KiB sector of the disk, or of one of its GPT/MBR partitions,
+    starts with a kerneldumpheader magic (incl. cleared)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return False
     try:
-        size = _media_size(fd)
-        return any(size >= ss and os.pread(fd, 20, size - ss) in _DUMP_MAGICS for ss in SECTOR_SIZES)
+        ends = [(0, _media_size(fd))]
+        ends += [(p.offset, p.size) for p in _partitions_fd(fd, Path(path))]
+        return any(
+            size >= ss and os.pread(fd, 20, base + size - ss) in _DUMP_MAGICS
+            for base, size in ends
+            for ss in SECTOR_SIZES
+        )
+    except OSError:
+        return False
     finally:
         os.close(fd)
 
@@ -150,12 +272,17 @@ def find_dump(
     *,
     sector_size: int | None = None,
     force: bool = False,
+    partition: int | None = None,
 ) -> DeviceDump:
     """Locate and check the dump on *image_path* exactly as savecore's `DoFile()` does.
 
     Checks: a known magic in the last sector, a known version and compression, parity 0, a leader
     inside the device and identical to the trailer, the payload inside the extent. `force` accepts
     a `Cleared Kernel Dump` trailer like `savecore -f` (the payload is still there).
+
+    A whole-disk image whose dump device was a partition (the swap partition of a system disk) is
+    handled too: when the disk's own last sector holds no dump header, the GPT (or MBR) partitions
+    are tried, freebsd-swap first; `partition=N` (1-based, as in `vtbd0pN`) picks one directly.
     Raises NoDumpError / ClearedDumpError / FormatError / TruncatedError with file, offset and field.
     """
     path = Path(image_path)
@@ -164,13 +291,59 @@ def find_dump(
     except OSError as e:
         raise ReaderError(f"cannot open dump device: {e.strerror}", path=path) from e
     try:
-        return _find_dump_fd(fd, path, sector_size=sector_size, force=force)
+        if partition is not None:
+            parts = {p.index: p for p in _partitions_fd(fd, path)}
+            if partition not in parts:
+                raise NoDumpError(
+                    f"no partition {partition} on this disk (found: {', '.join(map(str, parts)) or 'none'})",
+                    path=path,
+                    field="partition",
+                    expected="the index of a GPT or MBR partition",
+                )
+            return _find_in_partition(fd, path, parts[partition], sector_size=sector_size, force=force)
+        try:
+            return _find_dump_fd(fd, path, sector_size=sector_size, force=force)
+        except ClearedDumpError:
+            raise
+        except NoDumpError as whole:
+            parts = sorted(_partitions_fd(fd, path), key=lambda p: (p.kind != "freebsd-swap", p.index))
+            if not parts:
+                raise
+            cleared: ClearedDumpError | None = None
+            for part in parts:
+                try:
+                    return _find_in_partition(fd, path, part, sector_size=sector_size, force=force)
+                except ClearedDumpError as e:
+                    cleared = cleared or e
+                except NoDumpError:
+                    continue
+            if cleared is not None:
+                raise cleared from None
+            raise NoDumpError(
+                f"{whole.detail}; nor at the end of any of its {len(parts)} partitions "
+                f"({', '.join(f'p{p.index} {p.kind}' for p in parts)})",
+                path=path,
+                offset=whole.offset,
+                field=whole.field,
+                expected=whole.expected,
+            ) from None
     finally:
         os.close(fd)
 
 
-def _find_dump_fd(fd: int, path: Path, *, sector_size: int | None, force: bool) -> DeviceDump:
-    media_size = _media_size(fd)
+def _find_in_partition(
+    fd: int, path: Path, part: Partition, *, sector_size: int | None, force: bool
+) -> DeviceDump:
+    dd = _find_dump_fd(fd, path, sector_size=sector_size, force=force, base=part.offset, size=part.size)
+    return dataclasses.replace(dd, partition=part)
+
+
+def _find_dump_fd(
+    fd: int, path: Path, *, sector_size: int | None, force: bool, base: int = 0, size: int | None = None
+) -> DeviceDump:
+    """savecore's DoFile() on the device `[base, base + size)` of the image; offsets returned are
+    absolute positions in the image file."""
+    media_size = _media_size(fd) - base if size is None else size
     if sector_size is not None and (sector_size < kdh.HEADER_SIZE or sector_size % 512):
         raise ReaderError(
             f"sector size {sector_size} cannot hold a {kdh.HEADER_SIZE}-byte dump header",
@@ -183,7 +356,7 @@ def _find_dump_fd(fd: int, path: Path, *, sector_size: int | None, force: bool) 
         raise NoDumpError(
             f"the device is {media_size} bytes, too small to hold a dump header",
             path=path,
-            offset=0,
+            offset=base,
             field="mediasize",
             expected=f">= {min(candidates)} bytes",
         )
@@ -193,9 +366,9 @@ def _find_dump_fd(fd: int, path: Path, *, sector_size: int | None, force: bool) 
     for ss in candidates:
         if media_size < ss:
             continue
-        raw = _pread_exact(fd, kdh.HEADER_SIZE, media_size - ss, path=path, what="trailer")
+        raw = _pread_exact(fd, kdh.HEADER_SIZE, base + media_size - ss, path=path, what="trailer")
         kind = _DUMP_MAGICS.get(raw[:20])
-        seen.append(f"{raw[:20].rstrip(bytes(1))!r} at {media_size - ss:#x}")
+        seen.append(f"{raw[:20].rstrip(bytes(1))!r} at {base + media_size - ss:#x}")
         if kind in ("kernel", "text"):
             found = (ss, raw, kind)
             break
@@ -209,7 +382,7 @@ def _find_dump_fd(fd: int, path: Path, *, sector_size: int | None, force: bool) 
                 "(savecore saved this dump and cleared the header; use force=True / savecore -f to "
                 "recover it anyway)",
                 path=path,
-                offset=media_size - ss,
+                offset=base + media_size - ss,
                 field="magic",
                 expected="'FreeBSD Kernel Dump' or 'FreeBSD Text Dump'",
             )
@@ -222,14 +395,14 @@ def _find_dump_fd(fd: int, path: Path, *, sector_size: int | None, force: bool) 
             + "; ".join(seen)
             + ")",
             path=path,
-            offset=media_size - candidates[0],
+            offset=base + media_size - candidates[0],
             field="magic",
             expected="'FreeBSD Kernel Dump' or 'FreeBSD Text Dump'",
         )
     ss, raw, kind = found
     lasthd = media_size - ss
-    header = kdh.parse(raw, path=path, offset=lasthd)
-    _check_trailer(header, kind, path=path, lasthd=lasthd)
+    header = kdh.parse(raw, path=path, offset=base + lasthd)
+    _check_trailer(header, kind, path=path, lasthd=base + lasthd)
 
     if header.version == 1:
         firsthd = lasthd - header.dumplength - kdh.HEADER_SIZE
@@ -243,18 +416,18 @@ def _find_dump_fd(fd: int, path: Path, *, sector_size: int | None, force: bool) 
             f"dumpkeysize {header.dumpkeysize}, sector {ss}), before the start of the "
             f"{media_size}-byte device: truncated image or corrupt header",
             path=path,
-            offset=lasthd + 40,
+            offset=base + lasthd + 40,
             field="dumpextent",
             expected=f"dumpextent + dumpkeysize + sector <= {lasthd}",
         )
-    leader = _pread_exact(fd, kdh.HEADER_SIZE, firsthd, path=path, what="leader")
+    leader = _pread_exact(fd, kdh.HEADER_SIZE, base + firsthd, path=path, what="leader")
     if leader != raw:
         diff = _differing_fields(leader, raw)
         raise FormatError(
-            f"first and last dump headers disagree (leader at {firsthd:#x}, trailer at {lasthd:#x}; "
-            f"differing: {', '.join(diff)})",
+            f"first and last dump headers disagree (leader at {base + firsthd:#x}, trailer at "
+            f"{base + lasthd:#x}; differing: {', '.join(diff)})",
             path=path,
-            offset=firsthd,
+            offset=base + firsthd,
             field=diff[0],
             expected="a leader identical to the trailer",
         )
@@ -265,13 +438,14 @@ def _find_dump_fd(fd: int, path: Path, *, sector_size: int | None, force: bool) 
         media_size=media_size,
         sector_size=ss,
         header=header,
-        trailer_offset=lasthd,
-        leader_offset=firsthd,
-        key_offset=key_offset,
+        trailer_offset=base + lasthd,
+        leader_offset=base + firsthd,
+        key_offset=base + key_offset,
         key_size=header.dumpkeysize,
-        payload_offset=payload_offset,
+        payload_offset=base + payload_offset,
         payload_length=header.dumplength,
         forced=cleared is not None,
+        media_offset=base,
     )
 
 
@@ -469,6 +643,7 @@ def extract(
     sector_size: int | None = None,
     force: bool = False,
     device_name: str | None = None,
+    partition: int | None = None,
 ) -> ExtractedDump:
     """Save the dump on *image_path* into *outdir* the way savecore(8) would, never overwriting.
 
@@ -480,8 +655,10 @@ def extract(
     only (the trailer is not cleared).
     """
     out = Path(outdir)
-    dd = find_dump(image_path, sector_size=sector_size, force=force)
+    dd = find_dump(image_path, sector_size=sector_size, force=force, partition=partition)
     header = dd.header
+    if device_name is None:
+        device_name = str(dd.path) + (f" (partition {dd.partition.index})" if dd.partition else "")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -526,11 +703,7 @@ def extract(
         try:
             _write_all(
                 info_fd,
-                memoryview(
-                    kdh.render_info(
-                        header, device=device_name or str(dd.path), bounds=n, status="good"
-                    ).encode()
-                ),
+                memoryview(kdh.render_info(header, device=device_name, bounds=n, status="good").encode()),
                 0,
             )
         finally:

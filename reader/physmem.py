@@ -40,19 +40,28 @@ class BitmapIndex(PhysIndex):
     range starting at frame 0). The page for set bit b lives at data_offset + 4096 * rank(b).
     """
 
+    #: rank is kept per block of 8 words (512 bits): 4 bytes per 64 bitmap bytes
+    BLOCK_WORDS = 8
+
     def __init__(self, bitmap: memoryview, ranges: Sequence[tuple[int, int, int]], data_offset: int):
-        if len(bitmap) % 8:
-            raise ValueError("bitmap length must be a multiple of 8")
+        if len(bitmap) % 64:
+            raise ValueError("bitmap length must be a multiple of 64 bytes")
+        self._bytes = bitmap.cast("B") if len(bitmap) else memoryview(b"")
         self._words = np.frombuffer(bitmap, dtype="<u8")
-        self._wmv = bitmap.cast("B").cast("Q") if len(bitmap) else memoryview(b"").cast("Q")
-        counts = np.bitwise_count(self._words)
+        self._wmv = self._bytes.cast("Q") if len(bitmap) else memoryview(b"").cast("Q")
         nwords = len(self._words)
-        total = int(counts.sum(dtype=np.int64))
+        nblocks = nwords // self.BLOCK_WORDS
+        block_counts = np.empty(nblocks, dtype=np.int64)
+        chunk = 1 << 20   # words per pass: bounded temporaries whatever the bitmap size
+        for c in range(0, nwords, chunk):
+            counts = np.bitwise_count(self._words[c : c + chunk]).reshape(-1, self.BLOCK_WORDS)
+            block_counts[c // self.BLOCK_WORDS : (c + chunk) // self.BLOCK_WORDS] = counts.sum(
+                axis=1, dtype=np.int64)
+        total = int(block_counts.sum())
         rank_dtype = np.uint32 if total < 2**32 else np.int64
-        rank = np.empty(nwords + 1, dtype=rank_dtype)
-        rank[0] = 0
-        np.cumsum(counts, dtype=rank_dtype, out=rank[1:])
-        del counts
+        rank = np.zeros(nblocks + 1, dtype=rank_dtype)
+        np.cumsum(block_counts, dtype=rank_dtype, out=rank[1:])
+        del block_counts
         self._rank = rank
         self._rmv = memoryview(rank).cast("B").cast("I" if rank_dtype == np.uint32 else "q")
         self._total = total
@@ -88,7 +97,11 @@ class BitmapIndex(PhysIndex):
         m = 1 << (bit & 63)
         if not word & m:
             return None
-        return self.data_offset + ((self._rmv[w] + (word & (m - 1)).bit_count()) << PAGE_SHIFT)
+        blk = w >> 3
+        r = self._rmv[blk] + (word & (m - 1)).bit_count()
+        if w & 7:
+            r += int.from_bytes(self._bytes[blk << 6 : w << 3], "little").bit_count()
+        return self.data_offset + (r << PAGE_SHIFT)
 
     def offsets_of(self, pfns: np.ndarray) -> np.ndarray:
         pfns = np.asarray(pfns, dtype=np.int64)
@@ -106,9 +119,15 @@ class BitmapIndex(PhysIndex):
         sh = (bits & 63).astype(np.uint64)
         words = self._words[w]
         setbit = ((words >> sh) & np.uint64(1)).astype(bool) & ok
+        w, sh, words = w[setbit], sh[setbit], words[setbit]
         below = words & ((np.uint64(1) << sh) - np.uint64(1))
-        r = self._rank[w].astype(np.int64) + np.bitwise_count(below).astype(np.int64)
-        out[setbit] = self.data_offset + (r[setbit] << PAGE_SHIFT)
+        blk = w >> 3
+        r = self._rank[blk].astype(np.int64) + np.bitwise_count(below).astype(np.int64)
+        # whole words before w inside its block
+        block = self._words.reshape(-1, self.BLOCK_WORDS)[blk]
+        before = np.arange(self.BLOCK_WORDS)[None, :] < (w & 7)[:, None]
+        r += np.where(before, np.bitwise_count(block), 0).sum(axis=1, dtype=np.int64)
+        out[setbit] = self.data_offset + (r << PAGE_SHIFT)
         return out
 
     def present_pfn_chunks(self, words_per_chunk: int = 1 << 16) -> Iterator[np.ndarray]:

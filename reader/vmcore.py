@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from .kernel import Kernel
 from .paging import AMD64_LEVELS, MapBudget, RadixWalk
 from .physmem import PAGE_SHIFT, PAGE_SIZE, PhysIndex
 
-_TCACHE_MAX = 1 << 16
+_TCACHE_MAX = 1 << 17
 
 
 @dataclass
@@ -62,6 +63,11 @@ class Vmcore:
         self._mv = memoryview(buf)
         self._u64 = None
         self._tcache: dict[int, int] = {}
+        self._vcache: dict[int, int] = {}
+        self._unpack_q = struct.Struct("<Q").unpack_from    # va page -> payload offset of its (present) page
+        # bytes(buf[a:b]): an mmap slices straight to bytes; a memoryview needs .tobytes()
+        self._slice = (buf.__getitem__ if isinstance(buf, (mmap.mmap, bytes))
+                       else lambda a, b: self._mv[a:b].tobytes())
         self._kheader = getattr(self._payload, "header", None)
         if minidump.is_minidump(buf):
             md = minidump.parse(buf, self.path)
@@ -127,7 +133,7 @@ class Vmcore:
     def _file_bytes(self, off: int, n: int, pa: int, va: int | None) -> bytes:
         end = off + n
         if end <= self._size:
-            return self._mv[off:end].tobytes()
+            return self._slice(off, end)
         if self.zero_fill:
             have = max(0, self._size - off)
             return self._mv[off : off + have].tobytes() + bytes(n - have)
@@ -153,9 +159,12 @@ class Vmcore:
         return bytes(out)
 
     def _phys_u64(self, pa: int) -> int:
-        off = self._page_offset(pa) + (pa & 0xFFF)
+        off = self._phys.offset_of(pa >> PAGE_SHIFT)
+        if off is None:
+            off = self._page_offset(pa)   # raises AddressError
+        off += pa & 0xFFF
         if off + 8 <= self._size:
-            return struct.unpack_from("<Q", self._buf, off)[0]
+            return self._unpack_q(self._buf, off)[0]
         return int.from_bytes(self._file_bytes(off, 8, pa, None), "little")
 
     def _all_u64(self) -> np.ndarray:
@@ -218,8 +227,17 @@ class Vmcore:
             raise AddressError(f"negative read size {size}", address=va)
         po = va & 0xFFF
         if po + size <= PAGE_SIZE:
-            pa = self.translate(va)
-            return self._file_bytes(self._page_offset(pa, va) + po, size, pa, va)
+            off = self._vcache.get(va >> PAGE_SHIFT)
+            if off is None:
+                pa = self.translate(va)
+                off = self._page_offset(pa, va)
+                if len(self._vcache) >= _TCACHE_MAX:
+                    self._vcache.clear()
+                self._vcache[va >> PAGE_SHIFT] = off
+            off += po
+            if off + size <= self._size:
+                return self._slice(off, off + size)
+            return self._file_bytes(off, size, self.translate(va), va)
         out = bytearray()
         while size > 0:
             n = min(size, PAGE_SIZE - (va & 0xFFF))
@@ -269,6 +287,28 @@ class Vmcore:
         step = 1 << 16
         for i in range(0, len(m), step):
             yield from zip(m.va[i : i + step].tolist(), m.pa[i : i + step].tolist(), strict=True)
+
+    def iter_kernel_page_data(self, *, include_dmap: bool = False) -> Iterator[tuple[int, int, memoryview]]:
+        """(va, pa, zero-copy 4 KiB view) for every present kernel page: the fast bulk path.
+
+        Pages a cut-short file lacks raise `TruncatedError`, or are zero pages with zero_fill.
+        """
+        m = self.kernel_page_map(include_dmap=include_dmap)
+        mv, size = self._mv, self._size
+        step = 1 << 16
+        for i in range(0, len(m), step):
+            offs = m.offset[i : i + step]
+            va, pa = m.va[i : i + step].tolist(), m.pa[i : i + step].tolist()
+            if len(offs) and int(offs.max()) + PAGE_SIZE <= size:
+                # all inside the file: slicing and zipping run in C, no per-page Python frame
+                views = map(mv.__getitem__, map(slice, offs.tolist(), (offs + PAGE_SIZE).tolist()))
+                yield from zip(va, pa, views, strict=True)
+                continue
+            for v, p, off in zip(va, pa, offs.tolist(), strict=True):
+                if off + PAGE_SIZE <= size:
+                    yield v, p, mv[off : off + PAGE_SIZE]
+                else:
+                    yield v, p, memoryview(self._file_bytes(off, PAGE_SIZE, p, v))
 
     def page_data(self, offset: int) -> memoryview:
         """Zero-copy view of the 4 KiB page at payload `offset` (from `kernel_page_map()`)."""

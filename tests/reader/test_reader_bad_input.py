@@ -270,16 +270,15 @@ def _mutation(draw):
             width = draw(st.sampled_from([1, 2, 4, 8]))
             val = draw(st.one_of(st.sampled_from(_INTERESTING), st.integers(0, (1 << 64) - 1)))
             raw[off : off + width] = (val % (1 << (8 * width))).to_bytes(width, "little")
-        elif kind == "byte":
+        elif kind == "byte" and raw:
             off = draw(st.integers(0, len(raw) - 1))
             raw[off] = draw(st.integers(0, 255))
         elif kind == "truncate":
             del raw[draw(st.integers(0, len(raw))):]
-        else:  # smash a page inside a section (bitmap, page tables, dump_avail, data)
-            if len(raw) > 4096:
-                page = draw(st.integers(1, len(raw) // 4096 - 1 if len(raw) >= 8192 else 1))
-                at = page * 4096 + draw(st.integers(0, 4088))
-                raw[at : at + 8] = draw(st.sampled_from(_INTERESTING)).to_bytes(8, "little")
+        elif kind == "section" and len(raw) >= 8192:  # smash a word in a section or data page
+            page = draw(st.integers(1, len(raw) // 4096 - 1))
+            at = page * 4096 + draw(st.integers(0, 4088))
+            raw[at : at + 8] = draw(st.sampled_from(_INTERESTING)).to_bytes(8, "little")
     return name, bytes(raw), kernel
 
 

@@ -1,0 +1,129 @@
+"""Reader speed: kernel-page iteration, random reads, and opening a 1 TiB minidump.
+
+Generates its synthetic dumps (tests/dumpwriter) in a temporary directory and prints one
+`name: value unit` line per figure. Page-cache warm, single process.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import reader  # noqa: E402
+from tests.dumpwriter import Mapping, write_amd64_minidump  # noqa: E402
+
+K2 = 0xFFFFFE0000000000
+MB2 = 2 << 20
+TIB = 1 << 40
+
+
+def _warm(path: Path) -> None:
+    with open(path, "rb") as f:
+        while f.read(1 << 24):
+            pass
+
+
+def make_kernel_dump(d: Path, n2m: int = 480, n4k: int = 16384) -> Path:
+    """~1 GiB of kernel pages: `n2m` 2 MiB mappings plus `n4k` scattered 4 KiB mappings."""
+    pages = {}
+    mappings = []
+    for i in range(n2m):
+        pa = (i + 1) * MB2
+        mappings.append(Mapping(K2 + i * MB2, pa, MB2))
+        for off in range(0, MB2, 4096):
+            pages[pa + off] = None
+    base_pa = (n2m + 2) * MB2
+    base_va = K2 + (n2m + 8) * MB2
+    for j in range(n4k):
+        pa = base_pa + j * 4096
+        pages[pa] = None
+        mappings.append(Mapping(base_va + 2 * j * 4096, pa))
+    spec = write_amd64_minidump(d / "vmcore.big", pages, mappings, version=3)
+    return spec.path
+
+
+def bench_pages(path: Path) -> None:
+    with reader.open_vmcore(path) as vm:
+        scratch = bytearray(4096)
+        t0 = time.perf_counter()
+        n = 0
+        for _va, _pa, view in vm.iter_kernel_page_data():
+            scratch[:] = view
+            n += 1
+        dt = time.perf_counter() - t0
+        print(f"kernel_pages_read: {n / dt:.0f} pages/s ({n} pages, each copied out)")
+        t0 = time.perf_counter()
+        n = sum(1 for _ in vm.kernel_pages())
+        dt = time.perf_counter() - t0
+        print(f"kernel_pages_iterate: {n / dt:.0f} pages/s (va, pa tuples)")
+        m = vm.kernel_page_map()
+        vas = m.va.tolist()
+        rng = random.Random(1)
+        sample = [rng.choice(vas) + 8 * rng.randrange(512) for _ in range(300_000)]
+        read = vm.read
+        t0 = time.perf_counter()
+        for va in sample:
+            read(va, 8)
+        dt = time.perf_counter() - t0
+        print(f"random_read_8: {len(sample) / dt:.0f} reads/s (random kernel VAs over {len(vas)} pages)")
+
+
+_OPEN_CHILD = """
+import sys, time
+sys.path.insert(0, {repo!r})
+import reader
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1])
+
+open("/proc/self/clear_refs", "w").write("5")   # reset the peak-RSS mark (VmHWM)
+base = status("VmHWM:")
+t0 = time.perf_counter()
+vm = reader.open_vmcore({path!r})
+dt = time.perf_counter() - t0
+assert vm.read_phys(0x1000, 8)
+print(dt, (status("VmHWM:") - base) / 1024, status("VmRSS:") / 1024)
+"""
+
+
+def bench_open_1tib(d: Path) -> None:
+    pages = {0x1000: None, TIB // 2: None, TIB - 4096: None}
+    spec = write_amd64_minidump(d / "vmcore.1tib", pages, [Mapping(K2, 0x1000)], version=3,
+                                dump_avail=[(0, TIB)], pt_pages_at=0x2000)
+    _warm(spec.path)
+    out = subprocess.run([sys.executable, "-c", _OPEN_CHILD.format(repo=str(REPO), path=str(spec.path))],
+                         check=True, capture_output=True, text=True).stdout.split()
+    dt, mib, rss = float(out[0]), float(out[1]), float(out[2])
+    bm = spec.header["bitmapsize"] / (1 << 20)
+    print(f"open_1tib_minidump: {dt * 1000:.1f} ms (bitmap {bm:.0f} MiB)")
+    print(f"open_1tib_peak_memory: {mib:.1f} MiB (peak RSS growth during open, file pages included)")
+    print(f"open_1tib_process_rss: {rss:.1f} MiB (whole Python process incl. numpy after open)")
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="bench-reader-") as tmp:
+        d = Path(tmp)
+        t0 = time.perf_counter()
+        big = make_kernel_dump(d)
+        print(f"generate_dump: {time.perf_counter() - t0:.1f} s ({os.path.getsize(big) >> 20} MiB synthetic)")
+        _warm(big)
+        bench_pages(big)
+        big.unlink()
+        bench_open_1tib(d)
+    print(f"bench_peak_rss: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
