@@ -66,12 +66,22 @@ def _progress_bar(enabled: bool, description: str, total: int | None) -> Iterato
         yield lambda completed: progress.update(task, completed=completed)
 
 
-def _open(url: str, offset: int, timeout: float):
+def _open(url: str, offset: int, timeout: float, validator: str | None = None):
     headers = {"User-Agent": USER_AGENT}
     if offset:
         headers["Range"] = f"bytes={offset}-"
+        if validator:
+            # The file changed on the server since the partial download (e.g. a new Latest/ image):
+            # the server then sends the whole new file (200) instead of splicing two versions.
+            headers["If-Range"] = validator
     request = urllib.request.Request(url, headers=headers)
     return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (http/https only, checked)
+
+
+def discard_partial(part: Path) -> None:
+    """Remove a download of ours and its If-Range validator."""
+    part.unlink(missing_ok=True)
+    part.with_name(part.name + ".validator").unlink(missing_ok=True)
 
 
 def _check_scheme(url: str) -> None:
@@ -103,14 +113,18 @@ def download(url: str, part: Path, *, progress: bool = True, timeout: float = 60
     """
     _check_scheme(url)
     offset = part.stat().st_size if part.exists() else 0
+    validator_file = part.with_name(part.name + ".validator")
+    validator = None
+    if offset and validator_file.is_file():
+        validator = validator_file.read_text(encoding="utf-8").strip() or None
     try:
-        response = _open(url, offset, timeout)
+        response = _open(url, offset, timeout, validator)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and offset:
             total = _total_from_unsatisfied(exc.headers.get("Content-Range"))
             if total == offset:
                 return Transfer(part, offset, offset)  # already complete
-            part.unlink()
+            discard_partial(part)
             raise DownloadError(
                 f"{url}: HTTP 416 for Range bytes={offset}- (server size {total}); "
                 f"discarded the stale partial download {part}, run again",
@@ -141,6 +155,15 @@ def download(url: str, part: Path, *, progress: bool = True, timeout: float = 60
             mode, resumed_from, offset = "wb", 0, 0
         else:
             raise DownloadError(f"{url}: unexpected HTTP {status}", url=url, status=status, offset=offset)
+        if mode == "wb":
+            # A strong ETag (or else Last-Modified) identifies this version for a later If-Range.
+            etag = response.headers.get("ETag")
+            strong = etag if etag and not etag.startswith("W/") else None
+            new_validator = strong or response.headers.get("Last-Modified")
+            if new_validator:
+                validator_file.write_text(new_validator + "\n", encoding="utf-8")
+            else:
+                validator_file.unlink(missing_ok=True)
 
         written = offset
         with open(part, mode) as out, _progress_bar(progress, part.name.removesuffix(".part"), total) as bar:
@@ -252,7 +275,7 @@ def fetch(
                                           retries=retries)
         actual = sha256_file(part)
         if actual != expected:
-            part.unlink(missing_ok=True)
+            discard_partial(part)
             raise ChecksumMismatchError(
                 f"checksum mismatch for {image.url}: expected sha256 {expected} ({origin}), "
                 f"got {actual} over {transfer.size} bytes; the download was deleted",
@@ -309,7 +332,7 @@ def _store_base(image: CatalogueImage, part: Path, digest: str, cache: ImageCach
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         },
     )
-    part.unlink(missing_ok=True)
+    discard_partial(part)
 
 
 def _record_index(cache: ImageCache, image: CatalogueImage, digest: str, **extra) -> None:

@@ -1,12 +1,13 @@
 """A real HTTP/1.1 server on 127.0.0.1 for the image tests (stdlib http.server in a thread).
 
 It serves in-memory files with byte-range support written here (single ranges, 206 +
-Content-Range, 416 past the end), logs every request, and can misbehave on purpose: drop the
-connection after N bytes of a response (once), or ignore Range headers.
+Content-Range, 416 past the end, a strong ETag and If-Range), logs every request, and can
+misbehave on purpose: drop the connection after N bytes of a response (once), or ignore Range.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ class RequestRecord:
     path: str
     range: str | None
     status: int
+    if_range: str | None = None
 
 
 @dataclass
@@ -45,7 +47,13 @@ class _Handler(BaseHTTPRequestHandler):
         if body is None:
             return self._reply(404, b"not found\n", range_header)
         start, end, status = 0, len(body) - 1, 200
-        if range_header and not state.ignore_range:
+        etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
+        if_range = self.headers.get("If-Range")
+        if range_header and if_range is not None and if_range != etag:
+            range_header_used = None  # RFC 9110 13.1.5: validator differs -> whole current file
+        else:
+            range_header_used = range_header
+        if range_header_used and not state.ignore_range:
             match = _RANGE.match(range_header)
             if not match:
                 return self._reply(400, b"bad range\n", range_header)
@@ -61,10 +69,11 @@ class _Handler(BaseHTTPRequestHandler):
             end = min(end, len(body) - 1)
             status = 206
         payload = body[start : end + 1]
-        state.log.append(RequestRecord(path, range_header, status))
+        state.log.append(RequestRecord(path, range_header, status, if_range))
         self.send_response(status)
         self.send_header("Content-Length", str(len(payload)))
         self.send_header("Accept-Ranges", "bytes")
+        self.send_header("ETag", etag)
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end}/{len(body)}")
         self.end_headers()

@@ -105,6 +105,30 @@ def test_truncated_download_is_kept_then_resumed_with_range(server, catalogue, c
     assert not part.exists()
 
 
+def test_image_replaced_on_the_server_between_attempts_is_not_spliced(server, catalogue, cache_dir, image,
+                                                                     tmp_path):
+    """Latest/ images are rebuilt: If-Range with the first response's ETag makes the server send the
+    whole new file instead of the tail of the new one after the head of the old one."""
+    server.state.drop_after[IMAGE_PATH] = 3000
+    with pytest.raises(DownloadError):
+        fetch(RELEASE, cache=cache_dir, catalogue=catalogue, progress=False, retries=0)
+    newer = make_image(seed=2)
+    server.state.files[IMAGE_PATH] = newer.xz
+    server.state.files[CHECKSUM_PATH] = bsd_checksum_line(IMAGE_NAME, newer.xz).encode()
+
+    path = fetch(RELEASE, cache=cache_dir, catalogue=catalogue, progress=False, retries=0)
+
+    first, second = server.requests_for(IMAGE_PATH)
+    assert (second.range, second.if_range, second.status) == ("bytes=3000-", first_etag(image), 200)
+    assert path.name == f"{newer.xz_sha256}.qcow2"
+    assert_same_disk(newer.raw, path, tmp_path)
+    assert not list((cache_dir / "downloads").iterdir())
+
+
+def first_etag(image) -> str:
+    return '"' + hashlib.sha256(image.xz).hexdigest()[:16] + '"'
+
+
 def test_lost_connection_is_resumed_within_one_fetch(server, catalogue, cache_dir, image):
     server.state.drop_after[IMAGE_PATH] = 1000
     path = fetch(RELEASE, cache=cache_dir, catalogue=catalogue, progress=False)
