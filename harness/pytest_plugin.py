@@ -1,10 +1,26 @@
-"""pytest plugin (entry point ``fbsd_hil``): options that say where a FreeBSD guest comes from.
+"""pytest plugin (entry point ``fbsd_hil``): FreeBSD guests, ddb sessions and verified dumps as fixtures.
 
 Tests marked ``hil`` need a real FreeBSD guest. Without ``--fbsd-image``, ``--fbsd-release`` or
 ``--fbsd-kernel`` they skip with one line that says how to provide one; they never pretend to pass.
+With ``--fbsd-release`` a failed download is an error (the hil job must not go green by skipping),
+unless ``--fbsd-offline`` was given: then a release missing from the image cache skips.
+
+Fixtures: ``fbsd_target`` (where the guest comes from), ``fbsd_artifacts`` (files kept on failure under
+``--fbsd-artifacts``), ``fbsd_repro`` (run boot -> ddb -> dump -> retrieve -> verify with a plan),
+``verified_dump`` (that with the default plan), ``fbsd_guest`` (a booted guest) and ``fbsd_ddb`` (a ddb
+session on it). ``hil_case`` parametrises a test over the matrix minidump x trigger x device x
+compression with ids like ``mini-nmi-disk-none`` (narrow with ``-k``). A table of every verification
+prints at the end of the session; each report's figures are also JUnit XML properties.
 """
 
 from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,6 +28,74 @@ HIL_SKIP_REASON = (
     "needs a FreeBSD guest: pass --fbsd-image PATH, --fbsd-release X.Y or --fbsd-kernel PATH "
     "(or run `tox -e hil`)"
 )
+
+#: the matrix axes (values as `fbsd-hil repro` spells them)
+MATRIX_DUMPS = ("mini", "full")
+MATRIX_TRIGGERS = ("nmi", "break", "alt-break", "sysctl", "panic")
+MATRIX_DEVICES = ("disk", "swap")
+MATRIX_COMPRESSION = ("none", "gzip", "zstd")
+
+_REPORTS = pytest.StashKey[list]()
+_PHASE_REPORTS = pytest.StashKey[dict]()
+
+
+@dataclass(frozen=True)
+class HilCase:
+    """One cell of the dump matrix."""
+
+    dump: str
+    trigger: str
+    device: str
+    compression: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.dump}-{self.trigger}-{self.device}-{self.compression}"
+
+    @property
+    def minidump(self) -> bool:
+        return self.dump == "mini"
+
+
+def hil_matrix() -> list[HilCase]:
+    return [
+        HilCase(*c)
+        for c in itertools.product(MATRIX_DUMPS, MATRIX_TRIGGERS, MATRIX_DEVICES, MATRIX_COMPRESSION)
+    ]
+
+
+@dataclass
+class FbsdTarget:
+    """Where the FreeBSD guest comes from, and how to run it (from the command line options)."""
+
+    image: Path | None = None
+    release: str | None = None
+    kernel: Path | None = None
+    kenv: dict[str, str] = field(default_factory=dict)
+    uri: str | None = None
+    accel: str = "auto"
+    memory_mib: int = 512
+    offline: bool = False
+    keep_vm: bool = False
+    artifacts: Path | None = None
+
+    @property
+    def has_shell(self) -> bool:
+        """Only an image boots a userland (login shell); a bare kernel waits for a root device."""
+        return self.kernel is None
+
+    def unsupported(self, case: HilCase) -> str | None:
+        """Why this source cannot run ``case`` with the built pipeline (None: it can)."""
+        if not self.has_shell:
+            if case.trigger in ("sysctl", "panic"):
+                return f"trigger {case.trigger} runs a sysctl: a bare --fbsd-kernel boot has no shell"
+            if case.compression != "none":
+                return f"{case.compression} compression is set with dumpon: a bare kernel has no shell"
+            if case.device == "swap":
+                return "dumping to swap needs an image with a swap partition"
+        if case.device == "swap":
+            return "swap dumps are retrieved with savecore over SSH, which the repro pipeline does not do yet"
+        return None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -26,11 +110,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--accel", choices=("auto", "kvm", "tcg"), default="auto", help="QEMU accelerator")
     group.addoption("--keep-vm", action="store_true", help="leave guests running after a failure")
     group.addoption("--fbsd-artifacts", metavar="DIR", default=None, help="where to keep failure artifacts")
+    group.addoption(
+        "--fbsd-offline",
+        action="store_true",
+        help="never download: a --fbsd-release missing from the image cache skips instead of failing",
+    )
+    group.addoption("--fbsd-memory", metavar="MiB", type=int, default=512, help="guest memory (default 512)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "vm: needs libvirtd + QEMU")
     config.addinivalue_line("markers", "hil: needs a real FreeBSD guest")
+    config.stash[_REPORTS] = []
 
 
 def fbsd_source_given(config: pytest.Config) -> bool:
@@ -44,3 +135,244 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "hil" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "hil_case" in metafunc.fixturenames:
+        cases = hil_matrix()
+        metafunc.parametrize("hil_case", cases, ids=[c.id for c in cases])
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[Any]:
+    rep = yield
+    item.stash.setdefault(_PHASE_REPORTS, {})[rep.when] = rep
+    return rep
+
+
+def _failed(item: pytest.Item) -> bool:
+    return any(r.failed for r in item.stash.get(_PHASE_REPORTS, {}).values())
+
+
+def _kenv(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise pytest.UsageError(f"--fbsd-kenv wants KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k] = v
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="session")
+def fbsd_target(pytestconfig: pytest.Config) -> FbsdTarget:
+    """The FreeBSD guest source from the options; skips (one line) when none was given."""
+    opt = pytestconfig.getoption
+    if not fbsd_source_given(pytestconfig):
+        pytest.skip(HIL_SKIP_REASON)
+    target = FbsdTarget(
+        image=Path(opt("--fbsd-image")).resolve() if opt("--fbsd-image") else None,
+        release=opt("--fbsd-release"),
+        kernel=Path(opt("--fbsd-kernel")).resolve() if opt("--fbsd-kernel") else None,
+        kenv=_kenv(opt("--fbsd-kenv")),
+        uri=opt("--libvirt-uri"),
+        accel=opt("--accel"),
+        memory_mib=opt("--fbsd-memory"),
+        offline=opt("--fbsd-offline"),
+        keep_vm=opt("--keep-vm"),
+        artifacts=Path(opt("--fbsd-artifacts")).resolve() if opt("--fbsd-artifacts") else None,
+    )
+    for what, path in (("--fbsd-kernel", target.kernel), ("--fbsd-image", target.image)):
+        if path is not None and not path.is_file():
+            pytest.fail(f"{what} {path} does not exist", pytrace=False)
+    if target.release and target.image is None and target.kernel is None:
+        target.image = fetch_release_image(target.release, offline=target.offline)
+    return target
+
+
+def fetch_release_image(release: str, *, offline: bool) -> Path:
+    """images.fetch: a missing cache entry skips in offline mode; any other failure is an error."""
+    import images
+
+    try:
+        return images.fetch(release, offline=offline, progress=False)
+    except images.NotCachedError as exc:
+        if offline:
+            pytest.skip(f"--fbsd-offline: {exc}")
+        pytest.fail(f"FreeBSD {release} image: {exc}", pytrace=False)
+    except images.ImageError as exc:
+        pytest.fail(f"FreeBSD {release} image could not be fetched: {exc}", pytrace=False)
+    except OSError as exc:
+        pytest.fail(
+            f"FreeBSD {release} image could not be fetched: {type(exc).__name__}: {exc}", pytrace=False
+        )
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture
+def fbsd_artifacts(request: pytest.FixtureRequest, pytestconfig: pytest.Config):
+    """Register evidence with ``.add(path)`` / ``.add_text(name, text)``; kept only if the test fails."""
+    from harness.artifacts import ArtifactCollector
+
+    root = pytestconfig.getoption("--fbsd-artifacts")
+    collector = ArtifactCollector(root, request.node.nodeid)
+    yield collector
+    if _failed(request.node) and root:
+        kept = collector.keep()
+        if kept is not None:
+            request.node.user_properties.append(("fbsd_artifacts", str(kept)))
+            request.node.add_report_section("teardown", "fbsd-hil artifacts", f"kept in {kept}")
+
+
+@pytest.fixture
+def fbsd_record_report(request: pytest.FixtureRequest, pytestconfig: pytest.Config) -> Callable[..., None]:
+    """Record a `VerificationReport` for the end-of-session table and as JUnit XML properties."""
+
+    def record(report: Any, label: str | None = None) -> None:
+        row = {
+            "test": label or request.node.nodeid.split("::", 1)[-1],
+            "passed": bool(report.passed),
+            "kind": report.dump_kind,
+            "compared": report.pages_compared,
+            "identical": report.pages_identical,
+            "explained": report.pages_differing_explained,
+            "unexplained": report.pages_differing_unexplained,
+            "missing": report.missing_pages,
+            "timings": dict(report.timings),
+        }
+        pytestconfig.stash[_REPORTS].append(row)
+        for key in ("passed", "kind", "compared", "identical", "explained", "unexplained", "missing"):
+            request.node.user_properties.append((f"verification_{key}", str(row[key])))
+
+    return record
+
+
+@pytest.fixture
+def fbsd_repro(fbsd_target: FbsdTarget, fbsd_artifacts, fbsd_record_report, tmp_path_factory):
+    """``fbsd_repro(case=None, **overrides) -> ReproOutcome``: one full run, evidence registered."""
+    from harness.verify.pipeline import ReproConfig, ReproError, run_repro
+
+    work = tmp_path_factory.mktemp("fbsd-hil-run")
+    os.chmod(work, 0o755)
+
+    def run(case: HilCase | None = None, **overrides: Any):
+        case = case or HilCase("mini", "nmi", "disk", "none")
+        why = fbsd_target.unsupported(case)
+        if why:
+            pytest.skip(f"{case.id}: {why}")
+        cfg = ReproConfig(
+            kernel=fbsd_target.kernel,
+            image=fbsd_target.image,
+            release=fbsd_target.release,
+            kenv=dict(fbsd_target.kenv),
+            memory_mib=fbsd_target.memory_mib,
+            accel=fbsd_target.accel,
+            uri=fbsd_target.uri,
+            minidump=case.minidump,
+            trigger=case.trigger,
+            compression=case.compression,
+            device=case.device,
+            artifacts=work,
+            offline=fbsd_target.offline,
+            keep=False,
+        )
+        for k, v in overrides.items():
+            setattr(cfg, k, v)
+        if fbsd_target.kernel is not None:
+            fbsd_artifacts.add(fbsd_target.kernel, "kernel")
+        try:
+            outcome = run_repro(cfg, progress=lambda _msg: None)
+        except ReproError as exc:
+            if exc.evidence is not None:
+                fbsd_artifacts.add(exc.evidence, "run")
+            pytest.fail(f"{case.id}: {exc.one_line()}", pytrace=False)
+        fbsd_artifacts.add(outcome.artifacts, "run")
+        fbsd_artifacts.add_text("summary.txt", outcome.report.summary() + "\n")
+        fbsd_record_report(outcome.report, case.id)
+        return outcome
+
+    return run
+
+
+@pytest.fixture
+def verified_dump(fbsd_repro):
+    """A minidump taken via NMI, retrieved from the dump disk and verified (the default plan)."""
+    return fbsd_repro()
+
+
+@pytest.fixture
+def fbsd_guest(fbsd_target: FbsdTarget, fbsd_artifacts, tmp_path_factory, request: pytest.FixtureRequest):
+    """A booted FreeBSD guest: a bare kernel waiting for root, or an image at a root shell (``.shell``)."""
+    from harness.domain_xml import DiskImageBoot, ExtraDisk, GuestSpec, IsoBoot
+    from harness.freebsd.stages import Stage, wait_for_stage
+    from harness.guest import Guest
+
+    work = tmp_path_factory.mktemp("fbsd-hil-guest")
+    os.chmod(work, 0o777)  # noqa: S103 - QEMU writes memory images here
+    disk = work / "dump-disk.raw"
+    with open(disk, "xb") as f:
+        f.truncate((fbsd_target.memory_mib + 128) << 20)
+    if fbsd_target.kernel is not None:
+        from images.grub_iso import DEFAULT_KENV, NO_ROOT_KENV, build_kernel_iso
+
+        kenv = dict(DEFAULT_KENV) | dict(NO_ROOT_KENV) | {"dumpdev": "/dev/vtbd0"} | fbsd_target.kenv
+        boot: Any = IsoBoot(build_kernel_iso(fbsd_target.kernel, kenv, work / "boot.iso"))
+    else:
+        boot = DiskImageBoot(fbsd_target.image)
+    spec = GuestSpec(
+        memory_mib=fbsd_target.memory_mib,
+        accel=fbsd_target.accel,
+        boot=boot,
+        disks=(ExtraDisk(disk),),
+        uri=fbsd_target.uri,
+        on_reboot="destroy",
+    )
+    guest = Guest(spec, work, keep=False)
+    guest.start()
+    try:
+        guest.shell = None
+        if fbsd_target.kernel is not None:
+            wait_for_stage(guest.console, [Stage.ROOT_WAIT, Stage.MOUNTROOT_PROMPT], 600)
+        else:
+            from harness.freebsd.session import ConsoleShell
+
+            guest.shell = ConsoleShell(guest.console)
+            guest.shell.login(600)
+        yield guest
+    finally:
+        fbsd_artifacts.add(guest.transcript_path, "console.transcript")
+        fbsd_artifacts.add_text("domain.xml", guest.domain_xml)
+        guest.keep = fbsd_target.keep_vm and _failed(request.node)  # --keep-vm: leave it for a look
+        guest.close()
+
+
+@pytest.fixture
+def fbsd_ddb(fbsd_guest):
+    """A ddb session on ``fbsd_guest`` entered by NMI (works from the root-wait state and from a shell)."""
+    from harness.freebsd.enter import enter_ddb
+
+    entry = enter_ddb(fbsd_guest.console, "nmi", guest=fbsd_guest, shell=fbsd_guest.shell)
+    return entry.ddb
+
+
+# ---------------------------------------------------------------------------------------------- summary
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    rows = config.stash.get(_REPORTS, [])
+    if not rows:
+        return
+    tr = terminalreporter
+    tr.section("fbsd-hil verification summary")
+    head = (
+        f"{'test':40} {'result':6} {'kind':4} {'compared':>9} {'identical':>9} {'expl':>5} {'unexpl':>6} "
+        f"{'missing':>7}  timings (s)"
+    )
+    tr.write_line(head)
+    for r in rows:
+        t = " ".join(f"{k}={v:.1f}" for k, v in r["timings"].items() if isinstance(v, int | float))
+        tr.write_line(
+            f"{r['test'][:40]:40} {'PASS' if r['passed'] else 'FAIL':6} {r['kind']:4} {r['compared']:>9} "
+            f"{r['identical']:>9} {r['explained']:>5} {r['unexplained']:>6} {r['missing']:>7}  {t}"
+        )
+    failed = sum(1 for r in rows if not r["passed"])
+    tr.write_line(f"{len(rows)} dumps verified, {failed} failed verification")
