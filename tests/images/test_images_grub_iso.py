@@ -166,3 +166,30 @@ def test_patched_iso_hands_over_to_a_64bit_kernel_and_unpatched_triple_faults(tm
     # The jump lands on entry << 32 (e_entry low half 0x80200000 shifted up): non-canonical, #GP.
     assert "RIP=8020000000000000" in log
     assert status == 0  # -no-reboot: QEMU exits on the triple-fault reset
+
+
+@pytest.mark.vm
+@needs_grub
+def test_iso_boots_through_the_harness_guest_layer(tmp_path):
+    """The same ISO as a libvirt domain via harness.guest.Guest (IsoBoot + a raw dump disk, as the
+    harness boots bare kernels): GRUB's output and the kernel's line arrive on the serial console."""
+    from harness.deadline import Deadline
+    from harness.guest import ExtraDisk, Guest, GuestSpec, IsoBoot
+    from harness.libvirt_conn import LibvirtUnavailable, connect, default_uri
+
+    try:
+        connect(default_uri()).close()
+    except LibvirtUnavailable as exc:
+        pytest.skip(f"libvirtd not reachable (`fbsd-hil doctor --fix` starts it): {exc}")
+    kernel = build_tiny_kernel(tmp_path)
+    iso = build_kernel_iso(kernel, {"dumpdev": "/dev/vtbd0"}, tmp_path / "k.iso", cache=tmp_path / "cache")
+    iso.chmod(0o644)
+    dump = tmp_path / "dump.raw"
+    dump.write_bytes(bytes(1 << 20))
+    spec = GuestSpec(memory_mib=256, vcpus=1, accel="tcg", boot=IsoBoot(iso), disks=(ExtraDisk(path=dump),),
+                     on_reboot="destroy", name_prefix="fbsd-hil-grubiso")
+    with Guest(spec, tmp_path) as guest:
+        dl = Deadline(120, "GRUB ISO to tiny kernel")
+        guest.console.expect({"grub": r"GRUB: booting"}, dl)
+        match = guest.console.expect({"kernel": re.escape(MARKER) + r"(0x[0-9a-f]{16})"}, dl)
+        assert int(match.match.group(1), 16) >> 32 == 0xFFFFFFFF

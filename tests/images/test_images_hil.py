@@ -75,3 +75,30 @@ def test_prepared_guest_has_serial_dumpdev_kdb_breaks_savecore_no_ddb_scripts_an
         with pytest.raises(HostKeyMismatch):
             SshSession("127.0.0.1", guest.ssh_port, key=prepared.ssh_private_key,
                        pinned_host_key=other).connect()
+
+
+@pytest.mark.hil
+def test_bare_kernel_iso_boots_a_real_freebsd_kernel_to_the_root_wait(request, tmp_path):
+    """`--fbsd-kernel PATH`: the GRUB ISO (patched relocator) hands over to a real FreeBSD kernel,
+    which comes up on the serial console with our kenv and waits for the root device we named."""
+    from harness.deadline import Deadline
+    from harness.freebsd.stages import Stage, wait_for_stage
+    from harness.guest import ExtraDisk, Guest, GuestSpec, IsoBoot
+    from images.grub_iso import build_kernel_iso
+
+    kernel = request.config.getoption("--fbsd-kernel")
+    if not kernel:
+        pytest.skip("needs --fbsd-kernel PATH (a FreeBSD amd64 kernel file)")
+    kenv = ["dumpdev=/dev/vtbd0", *request.config.getoption("--fbsd-kenv")]
+    iso = build_kernel_iso(Path(kernel), kenv, tmp_path / "kernel.iso")
+    iso.chmod(0o644)
+    dump = tmp_path / "dump.raw"
+    dump.write_bytes(b"")
+    os.truncate(dump, 1 << 30)
+    spec = GuestSpec(memory_mib=512, vcpus=2, accel=request.config.getoption("--accel"), boot=IsoBoot(iso),
+                     disks=(ExtraDisk(path=dump),), uri=request.config.getoption("--libvirt-uri"),
+                     on_reboot="destroy")
+    with Guest(spec, tmp_path) as guest:
+        wait_for_stage(guest.console, [Stage.KERNEL], Deadline(120, "GRUB hands over to the kernel"))
+        event = wait_for_stage(guest.console, [Stage.ROOT_WAIT], Deadline(600, "kernel waits for root"))
+        assert "nosuchdisk" in (event.value or ""), event.text
