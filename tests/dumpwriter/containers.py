@@ -231,6 +231,7 @@ def write_device_image(
     compression: int = COMP_NONE,
     dumpextent: int | None = None,
     stale_fill: bytes = b"",
+    media_offset: int = 0,
     **header_fields,
 ) -> DeviceLayout:
     """Write *payload* onto a sparse raw image the way the kernel places it on a dump device.
@@ -240,6 +241,8 @@ def write_device_image(
     after it, trailer at `ms - 512`. `dumpextent` defaults to the payload length (uncompressed); for
     compressed payloads pass the uncompressed size, as dump_init_header() records it.
     `stale_fill` fills the unused rest of the extent (and block padding) with old bytes.
+    `media_offset` writes into an existing disk image at a partition's start (offsets returned are
+    relative to the partition, like the kernel's; add `media_offset` for the image position).
     """
     length = len(payload) if isinstance(payload, bytes | bytearray) else os.path.getsize(payload)
     extent = length if dumpextent is None else dumpextent
@@ -271,24 +274,25 @@ def write_device_image(
         data = ms - sector - extent
         key_off = data - keysize
         leader = key_off - sector
-    with open(path, "wb") as f:
-        f.truncate(ms)
+    with open(path, "r+b" if media_offset else "wb") as f:
+        if not media_offset:
+            f.truncate(ms)
+
+        def put(pos: int, chunk: bytes) -> None:
+            f.seek(media_offset + pos)
+            f.write(chunk)
+
         if stale_fill:
-            stale_end = trailer
             pos = data + length
-            while pos < stale_end:
-                chunk = stale_fill[: stale_end - pos]
-                f.seek(pos)
-                f.write(chunk)
+            while pos < trailer:
+                chunk = stale_fill[: trailer - pos]
+                put(pos, chunk)
                 pos += len(chunk)
-        _copy_sparse(f, payload, data)
+        _copy_sparse(f, payload, media_offset + data)
         if keysize:
-            f.seek(key_off)
-            f.write(key_blob)
-        f.seek(leader)
-        f.write(block)
-        f.seek(trailer)
-        f.write(block)
+            put(key_off, key_blob)
+        put(leader, block)
+        put(trailer, block)
     return DeviceLayout(ms, sector, leader, key_off, data, trailer, hdr)
 
 
@@ -351,3 +355,50 @@ def write_textdump_image(
         f.seek(leader)
         f.write(hdr)
     return DeviceLayout(ms, 512, leader, leader + 512, leader + 512, trailer, hdr)
+
+
+# --------------------------------------------------------------------------------------------
+# GPT (UEFI spec 2.x, "GUID Partition Table Disk Layout"), for disks whose swap partition is the dump device
+
+FREEBSD_BOOT = "83bd6b9d-7f41-11dc-be0b-001560b84f0f"
+FREEBSD_SWAP = "516e7cb5-6ecf-11d6-8ff8-00022d09712b"
+FREEBSD_UFS = "516e7cb6-6ecf-11d6-8ff8-00022d09712b"
+
+
+def write_gpt(path: str | os.PathLike[str], disk_size: int, parts: list[tuple[str, int, int, str]]) -> None:
+    """A sparse disk: protective MBR, primary and backup GPT; parts = (type guid, first, last LBA, name)."""
+    import uuid
+
+    lba = 512
+    nent, esize = 128, 128
+    last_lba = disk_size // lba - 1
+    table = bytearray(nent * esize)
+    for i, (tguid, first, last, name) in enumerate(parts):
+        e = uuid.UUID(tguid).bytes_le + uuid.uuid4().bytes_le + struct.pack("<QQQ", first, last, 0)
+        e += name.encode("utf-16-le").ljust(72, b"\0")
+        table[i * esize : (i + 1) * esize] = e
+    ecrc = zlib.crc32(table)
+
+    def header(my: int, alt: int, entries: int) -> bytes:
+        h = bytearray(struct.pack("<8sIIII", b"EFI PART", 0x10000, 92, 0, 0))
+        h += struct.pack("<QQQQ", my, alt, 34, last_lba - 33)
+        h += uuid.uuid4().bytes_le + struct.pack("<QIII", entries, nent, esize, ecrc)
+        h[16:20] = struct.pack("<I", zlib.crc32(h))
+        return bytes(h)
+
+    mbr = bytearray(512)
+    mbr[446:462] = bytes([0, 0, 2, 0, 0xEE, 0xFF, 0xFF, 0xFF]) + struct.pack(
+        "<II", 1, min(last_lba, 0xFFFFFFFF)
+    )
+    mbr[510:512] = b"\x55\xaa"
+    with open(path, "wb") as f:
+        f.truncate(disk_size)
+        f.write(mbr)
+        f.seek(lba)
+        f.write(header(1, last_lba, 2))
+        f.seek(2 * lba)
+        f.write(table)
+        f.seek((last_lba - 32) * lba)
+        f.write(table)
+        f.seek(last_lba * lba)
+        f.write(header(last_lba, 1, last_lba - 32))

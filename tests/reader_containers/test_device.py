@@ -273,3 +273,62 @@ def test_open_vmcore_reads_through_the_device_container(
     )
     with reader.open_vmcore(img, lldb_kernels[kernel], zero_fill=True) as vm:
         assert int.from_bytes(vm.read(vm.symbol("hz"), 4), "little") == hz
+
+
+def _gpt_disk(tmp_path: Path, size: int = 256 << 20) -> tuple[Path, int, int]:
+    """A whole system disk as a FreeBSD installer lays it out: freebsd-boot, freebsd-swap, freebsd-ufs."""
+    disk = tmp_path / "system.img"
+    swap_first, swap_last = 2048, 2048 + (128 << 20) // 512 - 1
+    cw.write_gpt(
+        disk,
+        size,
+        [
+            (cw.FREEBSD_BOOT, 40, 1063, "gptboot0"),
+            (cw.FREEBSD_SWAP, swap_first, swap_last, "swap0"),
+            (cw.FREEBSD_UFS, swap_last + 1, size // 512 - 34, "rootfs0"),
+        ],
+    )
+    return disk, swap_first * 512, (swap_last + 1 - swap_first) * 512
+
+
+def test_dump_in_the_swap_partition_of_a_gpt_disk(tmp_path: Path, lldb_vmcores) -> None:
+    vmcore = lldb_vmcores["vmcore-i386-minidump"]
+    disk, swap_off, swap_size = _gpt_disk(tmp_path)
+    lay = cw.write_device_image(
+        disk, vmcore, media_size=swap_size, media_offset=swap_off, architecture="i386"
+    )
+    parts = device.partitions(disk)
+    assert [(p.index, p.kind, p.name) for p in parts] == [
+        (1, "freebsd-boot", "gptboot0"),
+        (2, "freebsd-swap", "swap0"),
+        (3, "freebsd-ufs", "rootfs0"),
+    ]
+    assert (parts[1].offset, parts[1].size) == (swap_off, swap_size)
+    dd = device.find_dump(disk)
+    assert dd.partition == parts[1] and dd.media_offset == swap_off and dd.media_size == swap_size
+    assert dd.payload_offset == swap_off + lay.payload and dd.trailer_offset == swap_off + swap_size - 512
+    assert device.find_dump(disk, partition=2) == dd
+    with pytest.raises(NoDumpError) as e:
+        device.find_dump(disk, partition=3)
+    assert "no kernel dump" in str(e.value)
+    with pytest.raises(NoDumpError) as e:
+        device.find_dump(disk, partition=7)
+    assert "no partition 7" in str(e.value)
+    assert source.detect(disk) == "device"
+    with source.open_payload(disk) as p:
+        assert bytes(p.buffer[:21]) == b"minidump FreeBSD/i386"
+    res = device.extract(disk, tmp_path / "crash")
+    assert _same_bytes(res.vmcore, vmcore)
+    assert "(partition 2)" in res.info.read_text().splitlines()[0]
+
+
+def test_gpt_disk_without_a_dump_names_what_it_searched(tmp_path: Path) -> None:
+    disk, _, _ = _gpt_disk(tmp_path)
+    with pytest.raises(NoDumpError) as e:
+        device.find_dump(disk)
+    assert "p2 freebsd-swap" in str(e.value) and "3 partitions" in str(e.value)
+    # a corrupt GPT (header CRC) is not trusted: no partitions, plain "no dump"
+    with open(disk, "r+b") as f:
+        f.seek(512 + 40)
+        f.write(b"\xff")
+    assert device.partitions(disk) == []
