@@ -12,6 +12,8 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,11 +41,11 @@ def _keygen(path: Path, kind: str = "ed25519") -> None:
     subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", str(path)], check=True)
 
 
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory) -> SshServer:
+@contextmanager
+def running_sshd(root: Path) -> Iterator[SshServer]:
+    """Start sshd with its keys and config under `root` (an empty directory); stop it afterwards."""
     if not os.path.exists(SSHD) or shutil.which("ssh-keygen") is None:
-        pytest.skip("openssh-server is not installed (apt-get install openssh-server)")
-    root = tmp_path_factory.mktemp("sshd")
+        raise FileNotFoundError("openssh-server is not installed (apt-get install openssh-server)")
     _keygen(root / "host_ed25519")
     _keygen(root / "client_ed25519")
     (root / "authorized_keys").write_text((root / "client_ed25519.pub").read_text())
@@ -95,6 +97,15 @@ LogLevel VERBOSE
             proc.kill()
             proc.wait()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory) -> Iterator[SshServer]:
+    try:
+        with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
+            yield server
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture
