@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import reader
+import reader.kernel
 from tests.dumpwriter import (
     Mapping,
     write_amd64_full_dump,
@@ -312,3 +313,26 @@ def test_mutated_dumps_fail_cleanly(tmp_path, case, zero_fill):
                 _exercise(vm)
         except reader.ReaderError as exc:
             assert str(p) in str(exc) or (kpath is not None and str(kpath) in str(exc)), str(exc)
+
+
+@settings(max_examples=int(os.environ.get("FBSD_HIL_MUTATIONS", "150")) // 2, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_mutated_kernels_fail_cleanly(tmp_path, data):
+    _, kernel, _ = _templates()["amd64-full"]
+    raw = bytearray(kernel)
+    if data.draw(st.booleans()):
+        del raw[data.draw(st.integers(0, len(raw))):]
+    for _ in range(data.draw(st.integers(0, 4))):
+        if raw:
+            at = data.draw(st.integers(0, len(raw) - 1))
+            raw[at] = data.draw(st.integers(0, 255))
+    with tempfile.TemporaryDirectory(dir=tmp_path) as d:
+        k = Path(d) / "kernel"
+        k.write_bytes(raw)
+        try:
+            kern = reader.kernel.Kernel(k)
+            for name in ("kernbase", "KPML4phys"):
+                kern.get(name)
+        except reader.ReaderError as exc:
+            assert str(k) in str(exc)
