@@ -80,6 +80,29 @@ def _split_by_live(live: LiveMemory, first: int, count: int) -> list[tuple[int, 
     return out
 
 
+def _dump_view(dump: object, pa: int, size: int) -> memoryview | None:
+    """Zero-copy bytes of consecutive dumped pages, when the dump can hand them out; else None.
+
+    A public ``phys_view(pa, size)`` is used if the dump has one. `reader.Vmcore` keeps its payload
+    mapped (``_mv``) with a page index (``_phys.offsets_of``); consecutive physical pages of a minidump
+    or a full dump sit at consecutive payload offsets, so one slice serves a whole run. Anything else
+    (a page outside the file, a non-contiguous run) falls back to ``read_phys``.
+    """
+    view = getattr(dump, "phys_view", None)
+    if callable(view):
+        return view(pa, size)
+    phys, mv, fsize = getattr(dump, "_phys", None), getattr(dump, "_mv", None), getattr(dump, "_size", None)
+    if phys is None or mv is None or fsize is None or not hasattr(phys, "offsets_of"):
+        return None
+    n = size // PAGE_SIZE
+    first = pa // PAGE_SIZE
+    offs = phys.offsets_of(np.array([first, first + n - 1], dtype=np.int64))
+    start, last = int(offs[0]), int(offs[1])
+    if start < 0 or last != start + (n - 1) * PAGE_SIZE or start + size > fsize:
+        return None
+    return mv[start : start + size]
+
+
 def compare_pages(
     dump: DumpPhysicalPages, live: LiveMemory, *, chunk_bytes: int = CHUNK_BYTES
 ) -> PageComparison:
@@ -98,7 +121,9 @@ def compare_pages(
             while done < n:
                 k = min(chunk_pages, n - done)
                 pa = (pfn + done) * PAGE_SIZE
-                data = dump.read_phys(pa, k * PAGE_SIZE)
+                data = _dump_view(dump, pa, k * PAGE_SIZE)
+                if data is None:
+                    data = dump.read_phys(pa, k * PAGE_SIZE)
                 a = np.frombuffer(data, dtype=np.uint64).reshape(k, PAGE_SIZE // 8)
                 b = live.view(pa, k * PAGE_SIZE).view(np.uint64).reshape(k, PAGE_SIZE // 8)
                 bad = np.nonzero((a != b).any(axis=1))[0]
