@@ -717,6 +717,7 @@ def extract(
                 os.close(key_fd)
         core_fd = _create_exclusive(core_path)
         written.append(core_path)
+        copied = False
         try:
             if dd.is_textdump:
                 from reader import textdump
@@ -731,8 +732,15 @@ def extract(
                     sparse=not dd.encrypted and header.compression == kdh.KERNELDUMP_COMP_NONE,
                     src_path=dd.path,
                 )
+            copied = True
+        except OSError as e:
+            raise ExtractError(f"cannot write the core: {e.strerror}", path=core_path) from e
         finally:
             os.close(core_fd)
+            if not copied:
+                # our own half-written file (created O_EXCL above): do not leave a wrong vmcore behind
+                core_path.unlink(missing_ok=True)
+                written.remove(core_path)
         if decrypted_path is not None:
             from reader import ekcd
 

@@ -332,3 +332,46 @@ def test_gpt_disk_without_a_dump_names_what_it_searched(tmp_path: Path) -> None:
         f.seek(512 + 40)
         f.write(b"\xff")
     assert device.partitions(disk) == []
+
+
+def test_copy_from_a_device_that_ends_early(tmp_path: Path, lldb_vmcores) -> None:
+    """A short read (a block device smaller than its header says) is a TruncatedError naming the device."""
+    vmcore = lldb_vmcores["vmcore-i386-minidump"]
+    img, lay = _image(tmp_path, vmcore)
+    dd = device.find_dump(img)
+    out = tmp_path / "crash"
+    out.mkdir()
+    fd = os.open(out / "vmcore.x", os.O_WRONLY | os.O_CREAT)
+    try:
+        src = os.open(img, os.O_RDONLY)
+        with pytest.raises(TruncatedError) as e:
+            device.copy_range_sparse(src, dd.payload_offset, lay.media_size, fd, sparse=True, src_path=img)
+        os.close(src)
+    finally:
+        os.close(fd)
+    assert e.value.field == "dumplength" and str(img) in str(e.value)
+
+
+def test_failed_write_leaves_no_partial_vmcore(tmp_path: Path, lldb_vmcores) -> None:
+    """A real write failure (RLIMIT_FSIZE -> EFBIG, like a full disk) -> ExtractError, no half vmcore.N."""
+    import subprocess
+    import sys
+
+    img, _ = _image(tmp_path, lldb_vmcores["vmcore-i386-minidump"])
+    out = tmp_path / "crash"
+    code = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))\n"
+        "from reader import device\n"
+        "try:\n"
+        f"    device.extract({str(img)!r}, {str(out)!r})\n"
+        "except device.ExtractError as e:\n"
+        "    print('ExtractError', e)\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[2]
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ExtractError") and "vmcore.0" in r.stdout
+    assert not (out / "vmcore.0").exists() and (out / "info.0").exists()
