@@ -23,7 +23,7 @@ from images.cache import ImageCache, make_read_only
 from images.catalogue import Catalogue, CatalogueImage, load_catalogue
 from images.checksums import digest_for, sha256_file
 from images.convert import CHUNK, decompress_xz, qemu_img_convert, source_format
-from images.errors import ChecksumMismatchError, DownloadError, ImageError, NotCachedError
+from images.errors import CacheWriteError, ChecksumMismatchError, DownloadError, ImageError, NotCachedError
 
 USER_AGENT = "fbsd-hil/0.1 (+https://github.com/freebsd)"
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
@@ -168,18 +168,26 @@ def download(url: str, part: Path, *, progress: bool = True, timeout: float = 60
         written = offset
         with open(part, mode) as out, _progress_bar(progress, part.name.removesuffix(".part"), total) as bar:
             bar(written)
-            try:
-                while block := response.read(CHUNK):
+            while True:
+                try:
+                    block = response.read(CHUNK)
+                except (TimeoutError, OSError, HTTPException) as exc:
+                    raise DownloadError(
+                        f"{url}: connection lost at byte {written}"
+                        f"{f' of {total}' if total is not None else ''} ({exc}); "
+                        f"{part} is kept and the next fetch resumes from there",
+                        url=url, status=status, offset=written,
+                    ) from exc
+                if not block:
+                    break
+                try:
                     out.write(block)
-                    written += len(block)
-                    bar(written)
-            except (TimeoutError, OSError, HTTPException) as exc:
-                raise DownloadError(
-                    f"{url}: connection lost at byte {written}"
-                    f"{f' of {total}' if total is not None else ''} ({exc}); "
-                    f"{part} is kept and the next fetch resumes from there",
-                    url=url, status=status, offset=written,
-                ) from exc
+                except OSError as exc:  # disk full, quota: not the network's fault
+                    raise CacheWriteError(
+                        f"downloading {url}: cannot write {part} at byte {written}: {exc}"
+                    ) from exc
+                written += len(block)
+                bar(written)
     if total is not None and written != total:
         raise DownloadError(
             f"{url}: connection closed at byte {written} of {total} (HTTP {status}); "

@@ -25,6 +25,10 @@ class DownloadError(ImageError):
         self.offset = offset
 
 
+class CacheWriteError(ImageError):
+    """Writing into the cache failed (disk full, permissions): not retried, not the network's fault."""
+
+
 class ChecksumFileError(ImageError):
     """The published checksum file does not list our image, or cannot be parsed."""
 

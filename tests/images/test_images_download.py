@@ -256,3 +256,31 @@ def test_checksum_unreachable_with_a_cached_image_points_to_offline_mode(server,
         fetch(RELEASE, cache=cache_dir, catalogue=catalogue, progress=False)
     assert "HTTP 404" in str(excinfo.value) and str(path) in str(excinfo.value)
     assert "--offline" in str(excinfo.value)
+
+
+def test_cache_write_failure_is_reported_as_such_and_not_retried(server, cache_dir):
+    """A real EFBIG (RLIMIT_FSIZE in a child process) while writing the .part file: the error says
+    which file could not be written at which byte, and is not mistaken for a network problem."""
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import resource, signal, sys
+        from images import fetch
+        from images.catalogue import load_catalogue
+        from images.errors import CacheWriteError
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+        try:
+            fetch({RELEASE!r}, cache={str(cache_dir)!r}, catalogue=load_catalogue(mirror={server.url!r}),
+                  progress=False)
+        except CacheWriteError as exc:
+            print(exc)
+            sys.exit(3)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert f"cannot write {cache_dir / 'downloads' / (IMAGE_NAME + '.part')} at byte" in proc.stdout
+    assert "File too large" in proc.stdout
+    assert len(server.requests_for(IMAGE_PATH)) == 1
