@@ -148,7 +148,12 @@ def cmd_pages(args) -> int:
 
 def cmd_msgbuf(args) -> int:
     with _open(args) as vm:
-        text = vm.msgbuf()
+        if vm.kernel is None and vm.format == "minidump":
+            print("fbsd-vmcore: no --kernel: printing the msgbuf section in buffer order; after a "
+                  "wrap-around the oldest text is not first", file=sys.stderr)
+            text = vm.msgbuf_section().replace(b"\0", b"").decode("utf-8", "replace")
+        else:
+            text = vm.msgbuf()
     sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
     return 0
 

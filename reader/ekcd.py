@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reader.errors import DecryptionError, FormatError
+from reader.errors import DecryptionError, FormatError, ReaderError
 from reader.source import (
     ELF_MAGIC,
     GZIP_MAGIC,
@@ -346,6 +346,8 @@ def decrypt_file(
         )
         w.close()
         ok = True
+    except OSError as e:
+        raise ReaderError(f"cannot write the decrypted core: {e.strerror}", path=out) from e
     finally:
         os.close(fd)
         if not ok:

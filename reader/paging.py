@@ -85,18 +85,22 @@ class EntryFormat:
 class FlatTable:
     """One leaf entry per 4 KiB page of KVA starting at `base` (entries: numpy u4/u8 array)."""
 
-    def __init__(self, entries: np.ndarray, base: int, fmt: EntryFormat, dmap: DirectMap | None = None):
+    def __init__(self, entries: np.ndarray, base: int, fmt: EntryFormat, dmap: DirectMap | None = None,
+                 dmap_first: bool = False):
         self.entries = entries
         self.base = base
         self.fmt = fmt
         self.dmap = dmap
+        # libkvm's order: amd64 tries the page table for va >= kernbase first, arm64 the DMAP first
+        self.dmap_first = dmap_first
         self._mv = memoryview(entries).cast("B").cast("Q" if entries.itemsize == 8 else "I")
         self._n = len(entries)
         self.end = base + (self._n << PAGE_SHIFT)
 
     def translate(self, va: int) -> int:
-        if self.dmap is not None and self.dmap.contains(va):
-            return va - self.dmap.base + self.dmap.phys
+        d = self.dmap
+        if d is not None and d.contains(va) and (self.dmap_first or va < self.base):
+            return va - d.base + d.phys
         i = (va - self.base) >> PAGE_SHIFT
         if va < self.base or i >= self._n:
             raise AddressError(f"virtual address {va:#x} is outside the dumped kernel map "
@@ -136,8 +140,9 @@ class PdeTable:
         self._read_pages = read_pages
 
     def translate(self, va: int) -> int:
-        if self.dmap is not None and self.dmap.contains(va):
-            return va - self.dmap.base + self.dmap.phys
+        d = self.dmap
+        if d is not None and va < self.base and d.contains(va):
+            return va - d.base + d.phys
         i = (va - self.base) >> self.LARGE_SHIFT
         if va < self.base or i >= self._n:
             raise AddressError(f"virtual address {va:#x} is outside the dumped kernel map "

@@ -242,15 +242,25 @@ def spool_payload(
     """
     import tempfile
 
-    with tempfile.TemporaryFile(prefix="fbsd-vmcore-") as tf:
-        w = SparseWriter(tf.fileno(), path=path, limit=limit)
-        produce(w)
-        size = w.close()
-        if size == 0:
-            raise FormatError(
-                "the decoded payload is empty", path=path, offset=source_offset, expected="a non-empty dump"
-            )
-        m = mmap.mmap(tf.fileno(), size, access=mmap.ACCESS_READ)
+    try:
+        with tempfile.TemporaryFile(prefix="fbsd-vmcore-") as tf:
+            w = SparseWriter(tf.fileno(), path=path, limit=limit)
+            produce(w)
+            size = w.close()
+            if size == 0:
+                raise FormatError(
+                    "the decoded payload is empty",
+                    path=path,
+                    offset=source_offset,
+                    expected="a non-empty dump",
+                )
+            m = mmap.mmap(tf.fileno(), size, access=mmap.ACCESS_READ)
+    except OSError as e:
+        raise ReaderError(
+            f"cannot spool the decoded payload to a temporary file in {tempfile.gettempdir()} "
+            f"({e.strerror}); set TMPDIR to a file system with room for it",
+            path=path,
+        ) from e
     view = memoryview(m)
 
     def _close() -> None:

@@ -409,9 +409,18 @@ class Vmcore:
         return build_info(self)
 
     def msgbuf(self) -> str:
+        """The console log, oldest first (needs the kernel's `msgbufp` to know the write position)."""
         from .msgbuf import read_msgbuf
 
         return read_msgbuf(self)
+
+    def msgbuf_section(self) -> bytes:
+        """A minidump's raw msgbuf section: the circular buffer as stored, write position unknown."""
+        if self.format != "minidump":
+            raise FormatError("full dumps have no msgbuf section", path=self.path, field="msgbuf",
+                              expected="a minidump, or a kernel for msgbuf()")
+        off = self._md.offsets["msgbuf"]
+        return self._mv[off : off + self._md.header["msgbufsize"]].tobytes()
 
     def threads(self) -> list:
         from .threads import list_threads

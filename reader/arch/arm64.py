@@ -45,7 +45,7 @@ def dmap(hdr: dict) -> DirectMap | None:
 
 
 def minidump_translator(hdr: dict, section: memoryview, read_word, read_pages):
-    return FlatTable(as_entries(section, 8), hdr["kernbase"], L3_ENTRY, dmap=dmap(hdr))
+    return FlatTable(as_entries(section, 8), hdr["kernbase"], L3_ENTRY, dmap=dmap(hdr), dmap_first=True)
 
 
 def pcb_layout(osreldate: int | None) -> PcbLayout:

@@ -210,3 +210,17 @@ def test_kernel_page_map_offsets_point_at_page_data(tmp_path):
         for va, pa, off in zip(m.va.tolist(), m.pa.tolist(), m.offset.tolist(), strict=True):
             assert bytes(vm.page_data(off)) == page_pattern(pa) == vm.read(va, 4096)
         assert np.all(np.diff(m.va.astype(np.int64)) > 0)
+
+
+def test_msgbuf_section_without_kernel(tmp_path, capsys):
+    from reader.cli import main
+
+    spec = write_amd64_minidump(tmp_path / "vmcore", {0x1000: None}, [Mapping(K2, 0x1000)],
+                                msgbuf=b"boot\nlog\n\0\0")
+    with reader.open_vmcore(spec.path) as vm:
+        assert vm.msgbuf_section() == b"boot\nlog\n\0\0"
+        with pytest.raises(reader.SymbolError):
+            vm.msgbuf()
+    assert main(["msgbuf", str(spec.path)]) == 0
+    out, err = capsys.readouterr()
+    assert out == "boot\nlog\n" and "buffer order" in err
