@@ -218,47 +218,41 @@ def parse_backtrace(text: str) -> Backtrace:
     return Backtrace(pid, tid, td, frames, text)
 
 
-_PS_PROC = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\S+)\s+(.*?)\s*\[(.*)\]\s*$")
-_PS_THREAD = re.compile(r"^\s*(\d+)\s+(\S+)\s+(.*?)\s*\[(.*)\]\s*$")
+_PS_PROC = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\S+)\s*(.*)$")
+_PS_THREAD = re.compile(r"^\s*(\d+)\s+(\S+)\s*(.*)$")
+# After the state: "(threaded)" | "CPU n" | "wmesg 0xwchan" | nothing; then the name: "[name]" for
+# kernel processes and threads, the bare name for user processes.
+_PS_REST = re.compile(
+    r"^(?:(?P<threaded>\(threaded\))|CPU (?P<cpu>\d+)|(?P<wmesg>\S+)\s+(?P<wchan>0x[0-9a-fA-F]+)|)"
+    r"\s*(?:\[(?P<kname>.*)\]|(?P<uname>.*?))\s*$"
+)
 
 
-def _wait_columns(rest: str) -> tuple[str | None, int | None, int | None, bool]:
-    """(wmesg, wchan, cpu, threaded) from the middle columns of a ps row."""
-    rest = rest.strip()
-    if rest == "(threaded)":
-        return None, None, None, True
-    if m := re.fullmatch(r"CPU (\d+)", rest):
-        return None, None, int(m.group(1)), False
-    parts = rest.split()
-    wmesg = parts[0] if parts else None
-    wchan = int(parts[1], 16) if len(parts) > 1 and parts[1].startswith("0x") else None
-    return wmesg, wchan, None, False
+def _ps_rest(rest: str, line: str, text: str) -> tuple[re.Match[str], str, int | None]:
+    m = _PS_REST.match(rest.strip())
+    name = (m.group("kname") or m.group("uname")) if m else None
+    if m is None or not name:
+        raise DdbError(f"ps: cannot parse line {line!r}", tail=text)
+    return m, name, int(m.group("wchan"), 16) if m.group("wchan") else None
 
 
 def parse_ps(text: str) -> list[PsProcess]:
     """ddb ``ps``: process rows (pid ppid pgrp uid state ...) with their thread rows (tid state ...)."""
     procs: list[PsProcess] = []
     for line in text.splitlines():
-        if not line.strip() or line.strip().startswith("pid"):
+        if not line.strip() or line.split()[0] == "pid":
             continue
         if m := _PS_PROC.match(line):
-            wmesg, wchan, _cpu, threaded = _wait_columns(m.group(6))
-            procs.append(
-                PsProcess(
-                    int(m.group(1)),
-                    int(m.group(2)),
-                    int(m.group(3)),
-                    int(m.group(4)),
-                    m.group(5),
-                    wmesg,
-                    wchan,
-                    m.group(7),
-                    threaded,
-                )
-            )
+            r, name, wchan = _ps_rest(m.group(6), line, text)
+            pid, ppid, pgrp, uid = (int(m.group(i)) for i in range(1, 5))
+            threaded = r.group("threaded") is not None
+            procs.append(PsProcess(pid, ppid, pgrp, uid, m.group(5), r.group("wmesg"), wchan, name, threaded))
         elif (m := _PS_THREAD.match(line)) and procs:
-            wmesg, wchan, cpu, _ = _wait_columns(m.group(3))
-            procs[-1].threads.append(PsThread(int(m.group(1)), m.group(2), wmesg, wchan, cpu, m.group(4)))
+            r, name, wchan = _ps_rest(m.group(3), line, text)
+            cpu = int(r.group("cpu")) if r.group("cpu") else None
+            procs[-1].threads.append(
+                PsThread(int(m.group(1)), m.group(2), r.group("wmesg"), wchan, cpu, name)
+            )
         else:
             raise DdbError(f"ps: cannot parse line {line!r}", tail=text)
     return procs

@@ -238,3 +238,28 @@ def test_dump_deadline_is_generous_and_bounded():
     assert 200 < dump_deadline_seconds(512) < 400  # the recorded full dump of 512 MiB took 2.6 s
     assert dump_deadline_seconds(8192) < 3600
     assert dataclasses.is_dataclass(parse_dump_output(""))
+
+
+def test_ps_user_processes_zombies_and_kernel_threads():
+    # Rows in ddb's ps layout for what the 12.1 recordings (no userland) cannot show: user processes
+    # print their name without brackets, a zombie has no wait channel.
+    text = (
+        "  pid  ppid  pgrp   uid  state   wmesg   wchan               cmd\n"
+        " 1084  1083  1084     0  Ss+     ttyin   0xfffff800035a68a8  sh\n"
+        " 1090  1084  1084     0  Z+                                  defunct\n"
+        "  812     1   812     0  Ss      select  0xfffff80003512740  sshd\n"
+        "   11     0     0     0  WL      (threaded)                  [intr]\n"
+        "100005                   I                                   [swi5: fast taskq]\n"
+        "100002                   Run     CPU 0                       [idle: cpu0]\n"
+    )
+    procs = parse_ps(text)
+    assert [(p.pid, p.cmd, p.state, p.wmesg, p.wchan) for p in procs] == [
+        (1084, "sh", "Ss+", "ttyin", 0xFFFFF800035A68A8),
+        (1090, "defunct", "Z+", None, None),
+        (812, "sshd", "Ss", "select", 0xFFFFF80003512740),
+        (11, "intr", "WL", None, None),
+    ]
+    assert procs[3].threaded and [(t.tid, t.state, t.cpu, t.name) for t in procs[3].threads] == [
+        (100005, "I", None, "swi5: fast taskq"),
+        (100002, "Run", 0, "idle: cpu0"),
+    ]
