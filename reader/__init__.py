@@ -12,6 +12,7 @@ from .errors import (
     SymbolError,
     TruncatedError,
 )
+from .threads import Thread
 from .vmcore import PageMap, Vmcore, open_vmcore
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "PageMap",
     "ReaderError",
     "SymbolError",
+    "Thread",
     "TruncatedError",
     "Vmcore",
     "open_vmcore",
