@@ -324,7 +324,12 @@ def prepare(
     meta = target.with_suffix(".json")
     with cache.lock(target.stem):
         if target.is_file() and meta.is_file():
-            return PreparedImage.from_json(json.loads(meta.read_text()))
+            try:
+                return PreparedImage.from_json(json.loads(meta.read_text()))
+            except (OSError, ValueError, TypeError, KeyError):
+                # A record from another fbsd-hil version: ours to replace, prepare again.
+                target.unlink()
+                meta.unlink()
         with tempfile.TemporaryDirectory(prefix="prepare.", dir=cache.prepared_dir) as tmp:
             work = Path(tmp)
             dump_disk = work / "dump.raw"
