@@ -26,7 +26,8 @@ class ElfCoreError(Exception):
 class QemuElfCore:
     """Physical pages of a QEMU ELF core: one PT_LOAD per guest RAM block, addressed by ``p_paddr``."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, ram: list[tuple[int, int]] | None = None) -> None:
+        """``ram`` = [(pa, size)] keeps only guest RAM: QEMU's core also holds ROM and VGA memory."""
         self.path = Path(path)
         self.page_size = PAGE_SIZE
         with open(self.path, "rb") as f:
@@ -57,6 +58,14 @@ class QemuElfCore:
                     f"exceeds the file ({len(mm):#x} bytes)"
                 )
             self.segments.append((p_paddr, p_filesz, p_offset))
+        if ram is not None:
+            clipped = []
+            for pa, size, off in self.segments:
+                for rpa, rsize in ram:
+                    lo, hi = max(pa, rpa), min(pa + size, rpa + rsize)
+                    if hi > lo:
+                        clipped.append((lo, hi - lo, off + lo - pa))
+            self.segments = clipped
         self.segments.sort()
         self.info: dict[str, Any] = {
             "format": "qemu-elf-core",
