@@ -21,7 +21,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 from harness.deadline import Deadline, as_deadline
-from harness.freebsd.stages import FreeBSDStageError
+from harness.freebsd.stages import STAGE_PATTERNS, FreeBSDStageError, Stage
 
 PROMPT = r"(?:^|\n)db> $"
 DEFAULT_COMMAND_SECONDS = 60.0
@@ -389,15 +389,47 @@ class Ddb:
         """``c``: leave ddb (the kernel resumes; after a panic it goes on to dump and reboot)."""
         self._leave("c")
 
+    def continue_after_panic(self, deadline: Deadline | float | None = None) -> DumpResult:
+        """``c`` after a panic: the kernel writes its own dump (kern_reboot with RB_DUMP) and reboots.
+
+        Waits for "Automatic reboot in N seconds" / "Rebooting..." (or the firmware banner of the next
+        boot) and parses the dump text printed on the way. Raises `DumpFailed` unless it completed.
+        """
+        from harness.console import ConsoleClosed, ConsoleTimeout
+
+        seconds = dump_deadline_seconds(self.memory_mib) if deadline is None else deadline
+        dl = as_deadline(seconds, "automatic dump after panic")
+        started = time.monotonic()
+        self.continue_()
+        done = {"reboot": STAGE_PATTERNS[Stage.REBOOT], "firmware": STAGE_PATTERNS[Stage.FIRMWARE]}
+        try:
+            with self._quiet_failures():
+                m = self.console.expect(done, dl)
+        except (ConsoleTimeout, ConsoleClosed) as exc:
+            partial = self.console.pending() if hasattr(self.console, "pending") else ""
+            result = parse_dump_output(partial, time.monotonic() - started)
+            raise DumpFailed(
+                f"no automatic reboot within {dl.seconds:g} s after continuing from the panic "
+                f"({type(exc).__name__}); parsed so far: kind={result.kind}",
+                result,
+                tail=exc.tail,
+            ) from exc
+        result = parse_dump_output(m.before, time.monotonic() - started)
+        if not result.ok:
+            why = result.error or "no dump was written before the reboot (is a dump device configured?)"
+            raise DumpFailed(f"automatic dump after panic failed: {why}", result, tail=self.console.tail())
+        return result
+
     def reset(self) -> None:
         """``reset``: reboot at once, no dump, no sync."""
         self._leave("reset")
 
     def _leave(self, cmd: str) -> None:
+        dl = as_deadline(self.command_seconds, f"ddb {cmd}")
         with self._quiet_failures():
             if not self._pager_off:
-                self.command("set $lines 0")
+                self._raw("set $lines 0", dl)
+                self._pager_off = True
             self.console.sendline(cmd)
-            dl = as_deadline(self.command_seconds, f"ddb {cmd}")
             self.console.expect({"echo": re.escape(cmd) + r"\r*\n"}, dl)
         self.active = False

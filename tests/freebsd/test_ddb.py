@@ -15,7 +15,7 @@ from harness.freebsd.ddb import (
     parse_dump_output,
     parse_ps,
 )
-from harness.freebsd.replay import ALT_BREAK, RecordedTranscript
+from harness.freebsd.replay import ALT_BREAK, Gate, RecordedTranscript
 from tests.freebsd.conftest import load
 
 
@@ -263,3 +263,44 @@ def test_ps_user_processes_zombies_and_kernel_threads():
         (100005, "I", None, "swi5: fast taskq"),
         (100002, "Run", 0, "idle: cpu0"),
     ]
+
+
+def _panic_then(continuation: bytes) -> RecordedTranscript:
+    """The real panic recording up to its first db> prompt, then a synthetic continuation: what
+    kern_reboot()/doadump() print after `c` (strings from kern_shutdown.c and the recorded 12.1 dump
+    line); no recording of this path exists."""
+    real = load("panic")
+    first_prompt = real.serial.index(b"db> ", real.serial.index(b"Stopped at")) + 4
+    typed = b"set $lines 0\r\ndb> "
+    serial = real.serial[:first_prompt] + typed + b"c\r\n" + continuation
+    gates = [g for g in real.gates if g.offset < first_prompt] + [
+        Gate(first_prompt, "line", b"set $lines 0", "db>"),
+        Gate(first_prompt + len(typed), "line", b"c", "db>"),
+    ]
+    return RecordedTranscript("panic-continue", serial, gates)
+
+
+def test_continue_after_panic_parses_the_automatic_dump(replay):
+    t = _panic_then(
+        b"Uptime: 3s\r\nDumping 42 out of 500 MB:..38%..76%\r\nDump complete\r\n"
+        b"Automatic reboot in 15 seconds - press a key on the console to abort\r\n"
+    )
+    console, _ = replay(t)
+    console.expect({"prompt": r"mountroot> $"}, 10)
+    console.sendline("")
+    ddb = Ddb(console)
+    ddb.wait_prompt(10)
+    result = ddb.continue_after_panic(10)
+    assert (result.kind, result.dump_mb, result.progress, result.ok) == ("mini", 42, [38, 76], True)
+    assert not ddb.active
+
+
+def test_continue_after_panic_without_a_dump_device_fails(replay):
+    t = _panic_then(b"Uptime: 3s\r\nAutomatic reboot in 15 seconds - press a key on the console to abort\r\n")
+    console, _ = replay(t)
+    console.expect({"prompt": r"mountroot> $"}, 10)
+    console.sendline("")
+    ddb = Ddb(console)
+    ddb.wait_prompt(10)
+    with pytest.raises(DumpFailed, match="no dump was written before the reboot"):
+        ddb.continue_after_panic(10)
