@@ -192,6 +192,34 @@ class Vmcore:
             out[inside] = self._all_u64()[rows]
         return out, ok
 
+    def phys_view(self, pa: int, size: int) -> memoryview | None:
+        """Zero-copy view of physical [pa, pa+size) when those pages sit contiguously in the file.
+
+        None when they do not (absent page, run split across sections, cut-short file): use
+        `read_phys`, which raises the precise error.
+        """
+        if size <= 0 or pa < 0:
+            return None
+        first, last = pa >> PAGE_SHIFT, (pa + size - 1) >> PAGE_SHIFT
+        offs = self._phys.offsets_of(np.array([first, last], dtype=np.int64))
+        start, end = int(offs[0]), int(offs[1])
+        if start < 0 or end != start + ((last - first) << PAGE_SHIFT):
+            return None
+        start += pa & 0xFFF
+        if start + size > self._size:
+            return None
+        if last > first:
+            # contiguous ends do not prove a contiguous middle for bitmaps with gaps: check all
+            mid = self._phys.offsets_of(np.arange(first, last + 1, dtype=np.int64))
+            if not np.array_equal(mid, offs[0] + (np.arange(last - first + 1, dtype=np.int64) << PAGE_SHIFT)):
+                return None
+        return self._mv[start : start + size]
+
+    def phys_page_frames(self) -> np.ndarray:
+        """Every present physical frame number (pa >> 12), ascending, as one int64 array."""
+        chunks = list(self._phys.present_pfn_chunks())
+        return np.concatenate(chunks) if chunks else np.empty(0, dtype=np.int64)
+
     def phys_pages(self) -> Iterator[int]:
         """Every physical page address present in the dump, ascending."""
         for chunk in self._phys.present_pfn_chunks():

@@ -287,3 +287,16 @@ def test_amd64_thread_on_cpu_reads_stoppcbs(tmp_path):
     assert t.name == "(pid 42) worker (on CPU 3)" and t.pcb == 0xFFFFFE0000004000 + 3 * 512
     assert t.registers == {"r15": 0x15, "r14": 0x14, "r13": 0x13, "r12": 0x12, "rbp": 0xB0, "rsp": 0x5B,
                            "rbx": 0xBB, "rip": 0x1B}
+
+
+def test_phys_view_and_frames(tmp_path):
+    pas = [0x1000, 0x2000, 0x3000, 0x5000]
+    spec = write_amd64_minidump(tmp_path / "vmcore", dict.fromkeys(pas), [Mapping(K2, 0x1000)],
+                                pt_pages_at=0x9000)
+    with reader.open_vmcore(spec.path) as vm:
+        assert vm.phys_page_frames().tolist() == [1, 2, 3, 5, 9]
+        v = vm.phys_view(0x1000, 3 * 4096)
+        assert v is not None and bytes(v) == b"".join(page_pattern(p) for p in pas[:3])
+        assert bytes(vm.phys_view(0x2008, 8)) == struct.pack("<Q", 0x2008)
+        assert vm.phys_view(0x3000, 2 * 4096) is None      # 0x4000 absent
+        assert vm.phys_view(0x4000, 8) is None
