@@ -375,3 +375,37 @@ def test_failed_write_leaves_no_partial_vmcore(tmp_path: Path, lldb_vmcores) -> 
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("ExtractError") and "vmcore.0" in r.stdout
     assert not (out / "vmcore.0").exists() and (out / "info.0").exists()
+
+
+TRANSCRIPTS = Path(__file__).resolve().parents[1] / "data" / "transcripts" / "freebsd-12.1-amd64"
+
+
+def test_full_dump_sized_as_the_real_12_1_guest_wrote_it(tmp_path: Path, lldb_vmcores) -> None:
+    """The 12.1 transcript's dump disk and full-dump size, laid out as dump_start() places them.
+
+    `full.serial.log`: "vtblk1: 1024MB (2097152 512 byte sectors)" and "Dumping 511 MB (2 chunks)"
+    with chunk page counts; a full dump is one page of ELF headers (kern_dump.c, as in the LLDB
+    fixture: first PT_LOAD at 0x1000) plus those pages.
+    """
+    import re
+
+    log = (TRANSCRIPTS / "full.serial.log").read_text(errors="replace")
+    sectors, sector = map(int, re.search(r"vtblk1: \d+MB \((\d+) (\d+) byte sectors\)", log).groups())
+    pages = sum(int(n) for n in re.findall(r"chunk \d+: \d+MB \((\d+) pages\)", log))
+    assert (sectors * sector, sector, pages) == (GiB, 512, 130934)
+    size = 4096 + pages * 4096
+    payload = tmp_path / "payload"
+    with open(lldb_vmcores["vmcore-amd64-full"], "rb") as src, open(payload, "wb") as f:
+        f.truncate(size)
+        f.write(src.read(4096))  # the real ELF headers page
+    img, lay = _image(
+        tmp_path, payload, media_size=sectors * sector, versionstring="FreeBSD 12.1-STABLE DUMPTEST amd64\n"
+    )
+    dd = device.find_dump(img)
+    assert dd.payload_length == size and dd.payload_offset == GiB - 512 - size
+    assert dd.leader_offset >= 64 * 1024  # SIZEOF_METADATA is never touched
+    assert dd.header.versionstring == "FreeBSD 12.1-STABLE DUMPTEST amd64\n"
+    with source.open_payload(img) as p:
+        assert len(p.buffer) == size and bytes(p.buffer[:4]) == b"\x7fELF"
+    res = device.extract(img, tmp_path / "crash")
+    assert res.vmcore.stat().st_size == size and res.vmcore.stat().st_blocks * 512 <= 64 * 1024
