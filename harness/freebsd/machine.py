@@ -7,7 +7,7 @@ alone, so a test can stop anywhere (e.g. stay in ddb after `dump` to read live m
 
     m = FreeBSDMachine(guest, memory_mib=512, dump_disk_image=Path(".../dump.raw"),
                        ssh_key=key, ssh_host_key=pub)          # ssh_* only for SSH / savecore
-    m.wait_for(Stage.LOGIN, deadline=600)                      # or Stage.ROOT_WAIT for a bare kernel
+    m.wait_for(Stage.LOGIN, deadline=600)   # Enter at the loader countdown; ROOT_WAIT for a bare kernel
     shell = m.login()                                          # ConsoleShell (root, empty password)
     m.prepare(plan)                                            # dumpon/sysctls the plan needs
     entry = m.enter_ddb(plan.trigger)                          # DdbEntry; entry.ddb is the Ddb
@@ -24,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from harness.deadline import Deadline
+from harness.deadline import Deadline, as_deadline
 from harness.freebsd.ddb import Ddb, DumpResult
 from harness.freebsd.dumps import GUEST_PUBLIC_KEY, DumpPlan, RetrievalMethod
 from harness.freebsd.enter import DdbEntry, DdbRoute, enter_ddb, panic_at_mountroot
@@ -58,8 +58,21 @@ class FreeBSDMachine:
         self._bounds_before: int | None = None
 
     # ------------------------------------------------------------ states
-    def wait_for(self, *stages: Stage, deadline: Deadline | float = 600.0) -> StageEvent:
-        return wait_for_stage(self.console, stages, deadline)
+    def wait_for(
+        self, *stages: Stage, deadline: Deadline | float = 600.0, skip_loader_countdown: bool = True
+    ) -> StageEvent:
+        """Wait for one of `stages`; on the way, answer the loader's autoboot countdown with Enter
+        (saves its ten seconds per boot under TCG) unless asked not to."""
+        dl = as_deadline(deadline, "wait for " + "/".join(s.value for s in stages))
+        watch = list(stages)
+        if skip_loader_countdown and Stage.LOADER_COUNTDOWN not in watch:
+            watch.append(Stage.LOADER_COUNTDOWN)
+        while True:
+            event = wait_for_stage(self.console, watch, dl)
+            if event.stage in stages:
+                return event
+            self.console.sendline("")
+            watch.remove(Stage.LOADER_COUNTDOWN)  # once per boot is enough
 
     def login(self, deadline: Deadline | float = 600.0) -> ConsoleShell:
         self.shell = ConsoleShell(self.console)

@@ -62,3 +62,22 @@ def test_savecore_plan_needs_ssh(replay, tmp_path):
         m.validate(DumpPlan(minidump_via="ddb_write", retrieval="savecore"))
     with pytest.raises(FreeBSDStageError, match="host retrieval needs dump_disk_image"):
         m.validate(DumpPlan(minidump_via="ddb_write"))
+
+
+def test_wait_for_answers_the_loader_countdown(tmp_path):
+    """A stand-in loader (local sh) that waits for Enter at its countdown before 'booting' to login."""
+    import pexpect
+
+    from harness.console import Console
+
+    script = (
+        'echo "Consoles: serial port"; '
+        'echo "Autoboot in 10 seconds, hit [Enter] to boot or any other key to stop     "; '
+        'read answer; echo "---<<BOOT>>---"; echo "FreeBSD/amd64 (x) (ttyu0)"; printf "\\nlogin: "; sleep 5'
+    )
+    console = Console(pexpect.spawn("/bin/sh", ["-c", script]), name="fake-loader")
+    try:
+        m = FreeBSDMachine(ReplayGuest(console, None), memory_mib=512)
+        assert m.wait_for(Stage.LOGIN, deadline=20).stage == Stage.LOGIN
+    finally:
+        console.close()
