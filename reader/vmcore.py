@@ -65,9 +65,11 @@ class Vmcore:
         self._tcache: dict[int, int] = {}
         self._vcache: dict[int, int] = {}
         self._unpack_q = struct.Struct("<Q").unpack_from    # va page -> payload offset of its (present) page
-        # bytes(buf[a:b]): an mmap slices straight to bytes; a memoryview needs .tobytes()
-        self._slice = (buf.__getitem__ if isinstance(buf, (mmap.mmap, bytes))
-                       else lambda a, b: self._mv[a:b].tobytes())
+        # Slicing an mmap gives bytes in one step; find the mmap behind a memoryview payload when
+        # the view starts at its first byte (plain files), else slice the view and copy.
+        self._raw = _underlying_mmap(buf, self._mv)
+        raw = self._raw
+        self._slice = (lambda a, b: raw[a:b]) if raw is not None else (lambda a, b: self._mv[a:b].tobytes())
         self._kheader = getattr(self._payload, "header", None)
         if minidump.is_minidump(buf):
             md = minidump.parse(buf, self.path)
@@ -107,7 +109,7 @@ class Vmcore:
         return self._size < self._expected
 
     def close(self) -> None:
-        for name in ("_translator", "_phys", "_md", "_ed", "_u64"):
+        for name in ("_translator", "_phys", "_md", "_ed", "_u64", "_raw", "_slice"):
             if hasattr(self, name):
                 setattr(self, name, None)
         if hasattr(self, "_mv"):
@@ -316,13 +318,17 @@ class Vmcore:
         for i in range(0, len(m), step):
             yield from zip(m.va[i : i + step].tolist(), m.pa[i : i + step].tolist(), strict=True)
 
-    def iter_kernel_page_data(self, *, include_dmap: bool = False) -> Iterator[tuple[int, int, memoryview]]:
-        """(va, pa, zero-copy 4 KiB view) for every present kernel page: the fast bulk path.
+    def iter_kernel_page_data(self, *, include_dmap: bool = False,
+                              as_bytes: bool = False) -> Iterator[tuple[int, int, memoryview | bytes]]:
+        """(va, pa, 4 KiB page) for every present kernel page: the fast bulk path.
 
-        Pages a cut-short file lacks raise `TruncatedError`, or are zero pages with zero_fill.
+        Pages are zero-copy memoryviews, or `bytes` copies with `as_bytes`. Pages a cut-short file
+        lacks raise `TruncatedError`, or read as zeros with zero_fill.
         """
         m = self.kernel_page_map(include_dmap=include_dmap)
-        mv, size = self._mv, self._size
+        size = self._size
+        bytes_source = self._raw if self._raw is not None else _BytesSlicer(self._mv)
+        mv = bytes_source if as_bytes else self._mv
         step = 1 << 16
         for i in range(0, len(m), step):
             offs = m.offset[i : i + step]
@@ -336,7 +342,8 @@ class Vmcore:
                 if off + PAGE_SIZE <= size:
                     yield v, p, mv[off : off + PAGE_SIZE]
                 else:
-                    yield v, p, memoryview(self._file_bytes(off, PAGE_SIZE, p, v))
+                    data = self._file_bytes(off, PAGE_SIZE, p, v)
+                    yield v, p, data if as_bytes else memoryview(data)
 
     def page_data(self, offset: int) -> memoryview:
         """Zero-copy view of the 4 KiB page at payload `offset` (from `kernel_page_map()`)."""
@@ -454,6 +461,31 @@ class Vmcore:
         from .threads import list_threads
 
         return list_threads(self)
+
+
+class _BytesSlicer:
+    """`view[a:b]` as bytes, for payloads that are not a plain mmap."""
+
+    def __init__(self, mv: memoryview):
+        self._mv = mv
+
+    def __getitem__(self, sl: slice) -> bytes:
+        return self._mv[sl].tobytes()
+
+
+def _underlying_mmap(buf: Any, mv: memoryview) -> mmap.mmap | None:
+    """The mmap `buf` views from its first byte, if any (so slicing it directly is equivalent)."""
+    raw = buf if isinstance(buf, mmap.mmap) else getattr(mv, "obj", None)
+    if not isinstance(raw, mmap.mmap) or raw.closed or len(mv) == 0:
+        return None
+    if raw is buf:
+        return raw
+    try:
+        a = np.frombuffer(mv, dtype=np.uint8, count=1).__array_interface__["data"][0]
+        b = np.frombuffer(raw, dtype=np.uint8, count=1).__array_interface__["data"][0]
+    except (ValueError, TypeError, BufferError):
+        return None
+    return raw if a == b and len(raw) >= len(mv) else None
 
 
 def _amd64_entry():
