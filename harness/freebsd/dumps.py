@@ -149,7 +149,7 @@ class DumpPlan:
         if self.minidump_via == MinidumpVia.TUNABLE and not can_set_kenv and not has_shell:
             out.append(
                 "minidump via loader tunable needs the kernel environment at boot (bare-kernel --kenv) or a "
-                "shell to write /boot/loader.conf and reboot"
+                "shell to write /boot/loader.conf"
             )
         if self.compression != Compression.NONE and not has_shell:
             out.append(
@@ -221,8 +221,12 @@ class DumpPlan:
             "dumpon off",
             self.dumpon_command(public_key),
         ]
+        value = 1 if self.minidump else 0
         if self.minidump_via == MinidumpVia.SYSCTL:
-            cmds.append(f"sysctl debug.minidump={1 if self.minidump else 0}")
+            cmds.append(f"sysctl debug.minidump={value}")
+        elif self.minidump_via == MinidumpVia.TUNABLE:
+            # the tunable for the next boots (early panics), and the same RWTUN knob for this one
+            cmds += [f"sysrc -f /boot/loader.conf debug.minidump={value}", f"sysctl debug.minidump={value}"]
         cmds += [f"sysctl {k}={v}" for k, v in self.extra_sysctls.items()]
         return cmds
 

@@ -79,3 +79,9 @@ def test_plans_come_from_plain_strings_and_refuse_unknown_values():
     assert DumpPlan(trigger="panic").to_dict()["trigger"] == "panic"
     with pytest.raises(ValueError, match="'teleport' is not a valid DdbRoute"):
         DumpPlan(trigger="teleport")
+
+
+def test_tunable_plan_with_a_shell_writes_loader_conf_and_sets_the_knob_now():
+    cmds = DumpPlan(minidump=False, minidump_via="tunable").shell_commands()
+    assert cmds[-2:] == ["sysrc -f /boot/loader.conf debug.minidump=0", "sysctl debug.minidump=0"]
+    assert DumpPlan(minidump_via="tunable").problems(has_shell=True) == []
