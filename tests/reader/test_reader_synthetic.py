@@ -300,3 +300,32 @@ def test_phys_view_and_frames(tmp_path):
         assert bytes(vm.phys_view(0x2008, 8)) == struct.pack("<Q", 0x2008)
         assert vm.phys_view(0x3000, 2 * 4096) is None      # 0x4000 absent
         assert vm.phys_view(0x4000, 8) is None
+
+
+def test_full_dump_1g_page_and_segments_with_holes(tmp_path):
+    """A 1 GiB kernel mapping in a full dump whose physical memory has a hole (two PT_LOADs)."""
+    spec = write_amd64_full_dump(tmp_path / "vmcore", {0x3000: b"low", GB1 + 0x5000: b"high"},
+                                 [Mapping(K2 + GB1, GB1, GB1), Mapping(K2, 0x3000)],
+                                 ranges=[(0, 0x2000000), (GB1, GB1 + 0x100000)], tables_at=0x1F00000)
+    kernel = write_kernel_elf(tmp_path / "kernel", spec.symbols)
+    with reader.open_vmcore(spec.path, kernel) as vm:
+        assert [s["paddr"] for s in vm.info["header"]["segments"]] == [0, GB1]
+        assert vm.read(K2 + GB1 + 0x5000, 4) == b"high"
+        assert vm.read(K2, 3) == b"low"
+        assert vm.translate(K2 + GB1 + 0x3FFFFFFF) == 2 * GB1 - 1
+        with pytest.raises(reader.AddressError):
+            vm.read(K2 + GB1 + 0x200000, 8)        # mapped by the 1 GiB page, not in any PT_LOAD
+        kp = dict(vm.kernel_pages())
+        assert kp[K2 + GB1] == GB1 and kp[K2 + GB1 + 0xFF000] == GB1 + 0xFF000
+        assert K2 + GB1 + 0x100000 not in kp
+        assert len([va for va in kp if K2 + GB1 <= va < K2 + 2 * GB1]) == 0x100000 // 4096
+
+
+def test_include_dmap_lists_direct_map_aliases(tmp_path):
+    spec = write_amd64_minidump(tmp_path / "vmcore", {0x1000: None, 0x7000: None}, [Mapping(K2, 0x7000)],
+                                pt_pages_at=0x3000)
+    dmap = 0xFFFFF80000000000
+    with reader.open_vmcore(spec.path) as vm:
+        assert list(vm.kernel_pages()) == [(K2, 0x7000)]
+        assert list(vm.kernel_pages(include_dmap=True)) == [
+            (dmap + 0x1000, 0x1000), (dmap + 0x3000, 0x3000), (dmap + 0x7000, 0x7000), (K2, 0x7000)]
