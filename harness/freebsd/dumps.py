@@ -215,6 +215,8 @@ class DumpPlan:
     def shell_commands(self, public_key: str = GUEST_PUBLIC_KEY) -> list[str]:
         """Commands for a root shell in the guest, in order, before the trigger."""
         cmds = [
+            # release GENERIC kernels may lack options DDB: say so plainly instead of "unknown oid"
+            "sysctl -n debug.kdb.available | grep -qw ddb || (echo 'kernel has no ddb (options DDB)'; false)",
             # a pending textdump or a kdb.enter.panic ddb script would replace our dump with a textdump
             "sysctl debug.ddb.textdump.pending=0",
             "ddb unscript kdb.enter.panic >/dev/null 2>&1 || true",
