@@ -47,6 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--kernel", required=True, type=Path, help="the kernel ELF file")
     p.add_argument("--kenv", action="append", default=[], metavar="K=V",
                    help="kernel environment (repeatable)")
+    p.add_argument("--module", action="append", default=[], type=Path, metavar="PATH",
+                   help="kernel module (.ko) to load with kfreebsd_module_elf (repeatable)")
     p.add_argument("--root", help="root to mount, e.g. ufs:/dev/gpt/rootfs (default: none, the kernel waits)")
     p.add_argument("--boot-flags", default="-h", help="kernel boot flags (default: -h, serial console)")
     p.add_argument("--no-patch", action="store_true",
@@ -140,6 +142,6 @@ def _iso(args: argparse.Namespace) -> int:
     from images.grub_iso import build_kernel_iso
 
     out = build_kernel_iso(args.kernel, args.kenv, args.output, boot_flags=args.boot_flags, root=args.root,
-                           patch=not args.no_patch, cache=args.cache)
+                           patch=not args.no_patch, cache=args.cache, modules=args.module)
     print(out)
     return 0

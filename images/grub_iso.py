@@ -199,8 +199,13 @@ def grub_cfg(
     boot_flags: str = "-h",
     root: str | None = None,
     title: str | None = None,
+    modules: Iterable[str] = (),
 ) -> str:
-    """The grub.cfg text: serial terminal, no menu delay, kfreebsd + kFreeBSD.* variables."""
+    """The grub.cfg text: serial terminal, no menu delay, kfreebsd + kFreeBSD.* variables.
+
+    ``modules`` are file names under /boot/kernel/ loaded with ``kfreebsd_module_elf`` (kernel
+    modules your kernel config does not compile in, e.g. virtio_blk.ko).
+    """
     env = dict(DEFAULT_KENV)
     env.update(NO_ROOT_KENV if root is None else {"vfs.root.mountfrom": root})
     env.update(kenv)
@@ -220,6 +225,10 @@ def grub_cfg(
         "    echo 'GRUB: loading FreeBSD kernel'",
         f"    kfreebsd /boot/kernel/{kernel_name} {boot_flags}".rstrip(),
     ]
+    for module in modules:
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", module):
+            raise GrubError(f"module file name {module!r} may only use letters, digits, '_', '.', '-'")
+        lines.append(f"    kfreebsd_module_elf /boot/kernel/{module}")
     lines += [f"    set kFreeBSD.{key}='{value}'" for key, value in env.items()]
     lines += ["    echo 'GRUB: booting'", "}", ""]
     return "\n".join(lines)
@@ -237,6 +246,7 @@ def build_kernel_iso(
     cache: ImageCache | Path | str | None = None,
     title: str | None = None,
     timeout: float = 300.0,
+    modules: Iterable[Path | str] = (),
 ) -> Path:
     """Make a bootable GRUB ISO at ``out`` that boots ``kernel`` with ``kenv``.
 
@@ -248,6 +258,13 @@ def build_kernel_iso(
     out = Path(out)
     if not kernel.is_file():
         raise GrubError(f"kernel file {kernel} does not exist")
+    module_paths = [Path(m) for m in modules]
+    for module in module_paths:
+        if not module.is_file():
+            raise GrubError(f"kernel module file {module} does not exist")
+    names = [m.name for m in module_paths]
+    if len(set(names)) != len(names) or "kernel" in names:
+        raise GrubError(f"kernel module file names must be distinct (and not 'kernel'): {names}")
     if out.exists():
         raise GrubError(f"{out} already exists; refusing to overwrite it")
     mkrescue = shutil.which("grub-mkrescue")
@@ -257,13 +274,15 @@ def build_kernel_iso(
         )
     moddir = patched_grub_dir(grub_source, cache=cache) if patch else grub_source
     env = normalise_kenv(kenv)
-    cfg = grub_cfg("kernel", env, boot_flags=boot_flags, root=root,
+    cfg = grub_cfg("kernel", env, boot_flags=boot_flags, root=root, modules=names,
                    title=title or f"fbsd-hil: FreeBSD kernel {kernel.name} flags={boot_flags or '(none)'}")
     with tempfile.TemporaryDirectory(prefix="fbsd-hil-iso.") as tmp:
         tree = Path(tmp) / "iso"
         (tree / "boot" / "grub").mkdir(parents=True)
         (tree / "boot" / "kernel").mkdir(parents=True)
         shutil.copyfile(kernel, tree / "boot" / "kernel" / "kernel")
+        for module in module_paths:
+            shutil.copyfile(module, tree / "boot" / "kernel" / module.name)
         (tree / "boot" / "grub" / "grub.cfg").write_text(cfg, encoding="utf-8")
         partial = out.with_name(out.name + ".part")
         cmd = [mkrescue, "-d", str(moddir), "--fonts=", "--locales=", "--themes=", "-o", str(partial),
@@ -281,7 +300,8 @@ def build_kernel_iso(
         os.replace(partial, out)
     (out.with_name(out.name + ".json")).write_text(
         json.dumps(
-            {"kernel": str(kernel.resolve()), "kenv": env, "boot_flags": boot_flags, "root": root,
+            {"kernel": str(kernel.resolve()), "modules": [str(m.resolve()) for m in module_paths],
+             "kenv": env, "boot_flags": boot_flags, "root": root,
              "grub_modules": str(moddir), "relocator_patched": patch, "grub_cfg": cfg},
             indent=2,
         )

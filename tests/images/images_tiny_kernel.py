@@ -104,3 +104,17 @@ def build_tiny_kernel(workdir: Path) -> Path:
     data[7] = ELFOSABI_FREEBSD  # e_ident[EI_OSABI]
     elf.write_bytes(bytes(data))
     return elf
+
+
+def build_tiny_module(workdir: Path) -> Path:
+    """A relocatable ELF64 object named like a kernel module, for ``kfreebsd_module_elf``
+    (amd64 FreeBSD modules are relocatable objects; GRUB loads their sections after the kernel)."""
+    source = workdir / "fbsdhil_test.c"
+    module = workdir / "fbsdhil_test.ko"
+    source.write_text("int fbsdhil_test_module_marker = 0x46424844;\nint fbsdhil_test(void) { return 42; }\n")
+    cmd = ["gcc", "-ffreestanding", "-nostdlib", "-fno-pic", "-mcmodel=kernel", "-O2", "-c", "-o",
+           str(module), str(source)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr}")
+    return module

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from images_tiny_kernel import DEBUG_EXIT_STATUS, MARKER, build_tiny_kernel
+from images_tiny_kernel import DEBUG_EXIT_STATUS, MARKER, build_tiny_kernel, build_tiny_module
 
 from images.errors import GrubError
 from images.grub_iso import (
@@ -113,6 +113,11 @@ def test_kenv_and_grub_cfg():
     assert "nosuchdisk" not in rooted and "kfreebsd /boot/kernel/kernel -h -d" in rooted
     with pytest.raises(GrubError, match="boot flags"):
         grub_cfg("kernel", {}, boot_flags="-h; reboot")
+    with_module = grub_cfg("kernel", {}, modules=["virtio_blk.ko"])
+    assert with_module.index("kfreebsd /boot/kernel/kernel") < with_module.index(
+        "kfreebsd_module_elf /boot/kernel/virtio_blk.ko")
+    with pytest.raises(GrubError, match="module file name"):
+        grub_cfg("kernel", {}, modules=["../x.ko"])
 
 
 def test_build_refuses_missing_kernel_and_existing_output(tmp_path):
@@ -150,9 +155,12 @@ def test_patched_iso_hands_over_to_a_64bit_kernel_and_unpatched_triple_faults(tm
     kernel = build_tiny_kernel(tmp_path)
     cache = tmp_path / "cache"
 
-    patched = build_kernel_iso(kernel, ["debug.minidump=1"], tmp_path / "patched.iso", cache=cache)
+    module = build_tiny_module(tmp_path)
+    patched = build_kernel_iso(kernel, ["debug.minidump=1"], tmp_path / "patched.iso", cache=cache,
+                               modules=[module])
     status, serial, log = _boot(patched, tmp_path)
     assert "GRUB: booting" in serial, serial
+    assert "error:" not in serial, f"GRUB reported an error (kernel or module load):\n{serial}"
     line = re.search(re.escape(MARKER) + r"(0x[0-9a-f]{16})", serial)
     assert line, f"no marker from the tiny kernel; serial output:\n{serial[-2000:]}\n{log[-2000:]}"
     assert int(line[1], 16) >> 32 == 0xFFFFFFFF, "entered at the kernel's high virtual address"
