@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 
 from . import elfdump, minidump
-from ._payload import open_payload
 from .errors import AddressError, FormatError, ReaderError, SymbolError, TruncatedError
 from .kernel import Kernel
 from .paging import AMD64_LEVELS, MapBudget, RadixWalk
 from .physmem import PAGE_SHIFT, PAGE_SIZE, PhysIndex
+from .source import open_payload
 
 _TCACHE_MAX = 1 << 17
 
