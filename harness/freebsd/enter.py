@@ -151,6 +151,23 @@ def _parse_entry(text: str) -> dict:
     return info
 
 
+def _check_backend(shell, notes: list[str], console) -> None:
+    """With a shell, make sure ddb exists and is the current KDB backend (else a clear error now
+    instead of a timeout later: release GENERIC kernels may be built without options DDB)."""
+    r = shell.run("sysctl -n debug.kdb.available debug.kdb.current")
+    lines = (getattr(r, "output", "") or "").split("\n")
+    available, current = (lines + ["", ""])[0].split(), (lines + ["", ""])[1].strip()
+    if getattr(r, "status", 0) != 0 or "ddb" not in available:
+        raise DdbEntryError(
+            f"the guest kernel has no ddb backend (debug.kdb.available: {' '.join(available) or '?'}); "
+            "build it with options KDB and DDB",
+            tail=console.tail(),
+        )
+    if current != "ddb":
+        shell.run("sysctl debug.kdb.current=ddb", check=True)
+        notes.append(f"switched debug.kdb.current from {current or '?'} to ddb")
+
+
 def _wait_ddb(console, deadline: Deadline) -> str:
     """Wait for ``db> `` with failure patterns suspended (a panic is a way *into* ddb here)."""
     armed = list(getattr(console, "armed", {}) or {})
@@ -203,6 +220,8 @@ def enter_ddb(
             "(retried, 3 of 6 observed) or boot with vfs.mountroot.timeout so it waits quietly.",
             tail=console.tail(),
         )
+    if shell is not None:
+        _check_backend(shell, notes, console)
     if set_knob and shell is not None and info.knob and route != DdbRoute.NMI:
         shell.run(f"sysctl {info.knob}=1", check=True)
         notes.append(f"set {info.knob}=1")

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from harness.console import CommandResult
 from harness.freebsd.enter import (
     ALT_BREAK_SEQUENCE,
     ROUTES,
@@ -115,11 +116,13 @@ class RecordingShell:
     """Stand-in for a root shell that only records commands (the transcripts have no userland; the
     shell routes run for real in tests/freebsd/test_hil.py)."""
 
-    def __init__(self, console):
-        self.console, self.ran, self.started = console, [], []
+    def __init__(self, console, kdb="ddb gdb\nddb\n"):
+        self.console, self.ran, self.started, self.kdb = console, [], [], kdb
 
     def run(self, cmd, check=False):
         self.ran.append(cmd)
+        output = self.kdb if cmd.startswith("sysctl -n debug.kdb.") else ""
+        return CommandResult(cmd, output, 0)
 
     def start(self, cmd):
         self.started.append(cmd)
@@ -130,5 +133,28 @@ def test_with_a_shell_the_route_knob_is_set_first(replay):
     wait_for_stage(console, [Stage.ROOT_WAIT], 10)
     shell = RecordingShell(console)
     entry = enter_ddb(console, "alt_break", shell=shell, deadline=10)
-    assert shell.ran == ["sysctl debug.kdb.alt_break_to_debugger=1"] and shell.started == []
+    assert shell.ran == [
+        "sysctl -n debug.kdb.available debug.kdb.current",
+        "sysctl debug.kdb.alt_break_to_debugger=1",
+    ]
+    assert shell.started == []
     assert entry.notes == ["set debug.kdb.alt_break_to_debugger=1"]
+
+
+def test_with_a_shell_a_kernel_without_ddb_is_refused_at_once(replay):
+    console, spawn = replay("trial-altbreak-1")
+    wait_for_stage(console, [Stage.ROOT_WAIT], 10)
+    with pytest.raises(DdbEntryError, match="no ddb backend .*available: gdb"):
+        enter_ddb(console, "alt_break", shell=RecordingShell(console, kdb="gdb\ngdb\n"))
+    assert spawn.sent == b""
+
+
+def test_with_a_shell_ddb_is_made_the_current_backend(replay):
+    console, spawn = replay("trial-altbreak-1")
+    wait_for_stage(console, [Stage.ROOT_WAIT], 10)
+    shell = RecordingShell(console, kdb="ddb gdb\ngdb\n")
+    entry = enter_ddb(console, "alt_break", shell=shell, deadline=10)
+    assert (
+        "sysctl debug.kdb.current=ddb" in shell.ran
+        and "switched debug.kdb.current from gdb to ddb" in entry.notes
+    )
