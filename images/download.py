@@ -124,14 +124,11 @@ def download(url: str, part: Path, *, progress: bool = True, timeout: float = 60
             total = _total_from_unsatisfied(exc.headers.get("Content-Range"))
             if total == offset:
                 return Transfer(part, offset, offset)  # already complete
+            # Our partial file is longer than the server's file: a different file now. Start over.
+            print(f"fbsd-hil: {url}: HTTP 416 for bytes={offset}- (server size {total}); "
+                  f"discarding the stale partial download and starting again", file=sys.stderr)
             discard_partial(part)
-            raise DownloadError(
-                f"{url}: HTTP 416 for Range bytes={offset}- (server size {total}); "
-                f"discarded the stale partial download {part}, run again",
-                url=url,
-                status=416,
-                offset=offset,
-            ) from exc
+            return download(url, part, progress=progress, timeout=timeout)
         where = f" (Range from byte {offset})" if offset else ""
         raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}{where}", url=url, status=exc.code,
                             offset=offset) from exc

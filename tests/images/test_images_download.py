@@ -284,3 +284,14 @@ def test_cache_write_failure_is_reported_as_such_and_not_retried(server, cache_d
     assert f"cannot write {cache_dir / 'downloads' / (IMAGE_NAME + '.part')} at byte" in proc.stdout
     assert "File too large" in proc.stdout
     assert len(server.requests_for(IMAGE_PATH)) == 1
+
+
+def test_stale_partial_longer_than_the_server_file_is_discarded_and_refetched(server, catalogue, cache_dir,
+                                                                              image):
+    part = ImageCache(cache_dir).part_path(IMAGE_NAME)
+    part.parent.mkdir(parents=True, exist_ok=True)
+    part.write_bytes(b"x" * (len(image.xz) + 100))  # left by an older, bigger image
+    path = fetch(RELEASE, cache=cache_dir, catalogue=catalogue, progress=False)
+    assert [(r.range, r.status) for r in server.requests_for(IMAGE_PATH)] == [
+        (f"bytes={len(image.xz) + 100}-", 416), (None, 200)]
+    assert path.name == f"{image.xz_sha256}.qcow2"
