@@ -240,16 +240,19 @@ class Vmcore:
         hit = self._tcache.get(page)
         if hit is not None:
             return hit | (va & 0xFFF)
-        try:
-            pa = self.translator.translate(va)
-        except AddressError as exc:
-            if exc.path is not None:
-                raise
-            raise AddressError(exc.detail, address=va, path=self.path) from None
+        pa = self._translate_uncached(va)
         if len(self._tcache) >= _TCACHE_MAX:
             self._tcache.clear()
         self._tcache[page] = pa & ~0xFFF
         return pa
+
+    def _translate_uncached(self, va: int) -> int:
+        try:
+            return self.translator.translate(va)
+        except AddressError as exc:
+            if exc.path is not None:
+                raise
+            raise AddressError(exc.detail, address=va, path=self.path) from None
 
     def read(self, va: int, size: int) -> bytes:
         """`size` bytes of kernel virtual memory at `va`."""
@@ -259,14 +262,15 @@ class Vmcore:
         if po + size <= PAGE_SIZE:
             off = self._vcache.get(va >> PAGE_SHIFT)
             if off is None:
-                pa = self.translate(va)
-                off = self._page_offset(pa, va)
+                off = self._page_offset(self._translate_uncached(va), va)
                 if len(self._vcache) >= _TCACHE_MAX:
                     self._vcache.clear()
                 self._vcache[va >> PAGE_SHIFT] = off
             off += po
-            if off + size <= self._size:
-                return self._slice(off, off + size)
+            end = off + size
+            if end <= self._size:
+                raw = self._raw
+                return raw[off:end] if raw is not None else self._mv[off:end].tobytes()
             return self._file_bytes(off, size, self.translate(va), va)
         out = bytearray()
         while size > 0:
