@@ -114,8 +114,13 @@ def load_private_key(value: str | os.PathLike[str] | paramiko.PKey) -> paramiko.
 
 
 class _Refuse(paramiko.MissingHostKeyPolicy):
-    def missing_host_key(self, client, hostname, key):  # pragma: no cover - only without a pin
-        raise SshError(f"no pinned host key for {hostname} (presented {key.get_name()} {fingerprint(key)})")
+    """The server offered no key of the pinned type (e.g. pinned RSA, server presents ed25519)."""
+
+    def __init__(self, pinned: paramiko.PKey, address: str) -> None:
+        self.pinned, self.address = pinned, address
+
+    def missing_host_key(self, client, hostname, key):
+        raise HostKeyMismatch(self.address, self.pinned, key)
 
 
 class _Record(paramiko.MissingHostKeyPolicy):
@@ -156,7 +161,7 @@ class SshSession:
         record = _Record()
         if self.pinned is not None:
             self.client.get_host_keys().add(entry, self.pinned.get_name(), self.pinned)
-            self.client.set_missing_host_key_policy(_Refuse())
+            self.client.set_missing_host_key_policy(_Refuse(self.pinned, f"{self.host}:{self.port}"))
         else:
             self.client.set_missing_host_key_policy(record)
         try:
@@ -174,6 +179,9 @@ class SshSession:
         except paramiko.BadHostKeyException as exc:
             self.client.close()
             raise HostKeyMismatch(f"{self.host}:{self.port}", exc.expected_key, exc.key) from None
+        except HostKeyMismatch:
+            self.client.close()
+            raise
         except paramiko.AuthenticationException as exc:
             self.client.close()
             raise SshError(f"{self.address}: key authentication failed ({exc})") from exc

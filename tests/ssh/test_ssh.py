@@ -86,3 +86,16 @@ def test_sftp_fetch_resumes_a_partial_download_and_never_overwrites(sshd, tmp_pa
         with pytest.raises(SshError, match="cannot stat"):
             s.fetch(str(tmp_path / "missing"), tmp_path / "x")
     assert (tmp_path / "local").read_bytes() == data
+
+
+def test_pinned_key_of_another_type_refuses_too(sshd, tmp_path):
+    import subprocess
+
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-f", str(tmp_path / "rsa")], check=True
+    )
+    pinned = (tmp_path / "rsa.pub").read_text().strip()
+    with pytest.raises(HostKeyMismatch) as info:
+        session(sshd, pinned=pinned).connect()
+    assert "ssh-rsa" in str(info.value) and "ssh-ed25519" in str(info.value)
+    assert fingerprint(load_public_key(sshd.host_key_pub)) in str(info.value)
