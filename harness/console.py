@@ -450,7 +450,9 @@ class Console:
         token = f"{os.getpid():x}x{next(_counter)}x{secrets.token_hex(3)}"
         begin = re.compile(rf"__FBHB_{token}__\r*\n")
         end = re.compile(rf"\r*\n__FBHE_{token}_(\d+)__\r*\n")
-        self.sendline(f'echo "__FBH""B_{token}__"; {command}; printf "\\n__FBH""E_{token}_%s__\\n" $?')
+        # "cmd &" is already terminated: "cmd &;" would be a syntax error
+        sep = " " if command.rstrip().endswith("&") and not command.rstrip().endswith("&&") else ";"
+        self.sendline(f'echo "__FBH""B_{token}__"; {command}{sep} printf "\\n__FBH""E_{token}_%s__\\n" $?')
         self.expect({"begin": begin}, dl)
         m = self.expect({"end": end}, dl)
         output = m.before.replace("\r\n", "\n")

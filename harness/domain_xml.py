@@ -266,7 +266,8 @@ def build_domain_xml(
             "-netdev",
             f"user,id=fbhnet0,hostfwd=tcp:127.0.0.1:{host_port}-:{net.guest_port}",
             "-device",
-            f"{net.model},netdev=fbhnet0",
+            # an explicit slot libvirt never assigns: QEMU creates this device before libvirt's own
+            f"{net.model},netdev=fbhnet0,bus={'pcie.0' if spec.machine == 'q35' else 'pci.0'},addr=0x1e",
         ]
     qemu_args += list(spec.extra_qemu_args)
     if qemu_args:

@@ -160,6 +160,8 @@ class Guest:
         self.name = f"{spec.name_prefix}-{token}"
         self.dir = Path(workdir).resolve() / self.name
         self.console_log = self.dir / "console.log"
+        #: every serial <log> file of this guest in order (a restore in place starts a new one)
+        self.console_logs: list[Path] = []
         self.transcript_path = self.dir / "console.transcript"
         self.registry = REGISTRY_DIR / f"{self.name}.json"
         self.accel: str | None = None
@@ -244,6 +246,7 @@ class Guest:
                 dac_label=own_dac_label(),
             )
             self.started_at = time.monotonic()
+            self.console_logs.append(self.console_log)
             try:
                 self.domain = self.conn.createXML(self.domain_xml, libvirt.VIR_DOMAIN_START_PAUSED)
             except libvirt.libvirtError as exc:

@@ -123,11 +123,12 @@ def reap(uri: str | None = None, *, prefix: str = "fbsd-hil", conn=None) -> Reap
                 report.kept.append(name)
                 continue
             try:
+                persistent = dom.isPersistent()
                 if dom.isActive():
-                    dom.destroy()
-                if dom.isPersistent():
-                    dom.undefine()
+                    dom.destroy()  # a transient domain is gone after this
                 report.destroyed.append(name)
+                if persistent:
+                    dom.undefine()
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                     report.errors.append(f"cannot destroy {name}: {exc}")

@@ -198,6 +198,7 @@ def _restore_into(guest, saved: SavedState, *, same_guest: bool) -> None:
     guest.console_log = guest.dir / f"console-{tag}.log"
     for log in [*root.findall("./devices/serial/log"), *root.findall("./devices/console/log")]:
         log.set("file", str(guest.console_log))
+    guest.console_logs.append(guest.console_log)
     metadata = root.find("metadata")
     if metadata is None:
         metadata = ET.SubElement(root, "metadata")

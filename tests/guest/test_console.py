@@ -264,3 +264,9 @@ def test_run_deadline_and_close(sh_console):
     assert info.value.phase == "short"
     sh_console.sendline("exit")
     assert "exit" in sh_console.wait_closed(10) or sh_console.closed
+
+
+def test_run_background_command(sh_console):
+    r = sh_console.run("sleep 0.1 &", prompt=PROMPT, deadline=10)
+    assert r.status == 0
+    assert sh_console.run("echo after", prompt=PROMPT, deadline=10).output == "after\n"
