@@ -40,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prepare", help="boot the base once and prepare it for the harness (needs libvirt)")
     p.add_argument("release", nargs="?")
     p.add_argument("--offline", action="store_true", help="do not download the base")
-    p.add_argument("--dump-bus", choices=("virtio", "sata"), default="virtio", help="bus of the dump disk")
+    p.add_argument("--disk-bus", choices=("virtio", "sata"), default="virtio",
+                   help="bus of the boot and dump disks (dump device vtbd1 or ada1)")
     p.set_defaults(func=_prepare)
 
     p = sub.add_parser("iso", help="make a GRUB ISO that boots a FreeBSD kernel file with kfreebsd")
@@ -132,7 +133,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
     catalogue = _catalogue(args)
     prepared = prepare(_release(args, catalogue), cache=args.cache, offline=args.offline,
-                       catalogue=catalogue, dump_bus=args.dump_bus)
+                       catalogue=catalogue, disk_bus=args.disk_bus)
     print(prepared.image)
     return 0
 

@@ -32,7 +32,8 @@ from images.checksums import sha256_file
 from images.errors import PreparationError
 
 RECIPE_VERSION = 1
-#: dump disk device name in the guest by bus: the dump disk is the second disk on that bus
+#: dump disk device name in the guest by disk bus: the boot disk and the dump disk share one bus,
+#: so the dump disk is the second disk there (vtbd1 on virtio-blk, ada1 on SATA/AHCI)
 DUMP_DEVICES = {"virtio": "/dev/vtbd1", "sata": "/dev/ada1"}
 HOST_KEY_FILE = "/etc/ssh/ssh_host_ed25519_key.pub"
 #: replaces /etc/ddb.conf: the stock kdb.enter.panic script would make a textdump and reset
@@ -201,7 +202,7 @@ class PreparedImage:
     base: Path
     base_sha256: str
     release: str | None
-    dump_bus: str
+    disk_bus: str
     dump_device: str
     root: str
     ssh_private_key: Path
@@ -264,9 +265,10 @@ def _qemu_img(*args: str) -> None:
         raise PreparationError(f"`{' '.join(cmd)}` failed: {proc.stderr.strip()}")
 
 
-def _guest_spec(base: Path, dump_disk: Path, *, dump_bus: str, memory_mib: int, vcpus: int, accel: str,
+def _guest_spec(base: Path, dump_disk: Path, *, disk_bus: str, memory_mib: int, vcpus: int, accel: str,
                 uri: str | None):
-    """The preparation guest: the base (Guest puts a qcow2 overlay on it) + the raw dump disk."""
+    """The preparation guest: the base (Guest puts a qcow2 overlay on it) and the raw dump disk, both
+    on ``disk_bus`` so that the dump disk is the second disk of that bus (see DUMP_DEVICES)."""
     try:
         from harness.guest import DiskImageBoot, ExtraDisk, GuestSpec
     except ImportError as exc:  # pragma: no cover - depends on the guest layer being installed
@@ -275,8 +277,8 @@ def _guest_spec(base: Path, dump_disk: Path, *, dump_bus: str, memory_mib: int, 
         memory_mib=memory_mib,
         vcpus=vcpus,
         accel=accel,
-        boot=DiskImageBoot(image=base, format=_image_format(base), bus="virtio"),
-        disks=(ExtraDisk(path=dump_disk, format="raw", bus=dump_bus),),
+        boot=DiskImageBoot(image=base, format=_image_format(base), bus=disk_bus),
+        disks=(ExtraDisk(path=dump_disk, format="raw", bus=disk_bus),),
         uri=uri,
         name_prefix="fbsd-hil-prepare",
     )
@@ -288,7 +290,7 @@ def prepare(
     cache: ImageCache | Path | str | None = None,
     offline: bool = False,
     catalogue: Catalogue | None = None,
-    dump_bus: str = "virtio",
+    disk_bus: str = "virtio",
     memory_mib: int = 1024,
     vcpus: int = 2,
     accel: str = "auto",
@@ -304,8 +306,8 @@ def prepare(
     from images.download import fetch
 
     cache = cache if isinstance(cache, ImageCache) else ImageCache(cache)
-    if dump_bus not in DUMP_DEVICES:
-        raise PreparationError(f"dump bus {dump_bus!r} unknown; use one of {sorted(DUMP_DEVICES)}")
+    if disk_bus not in DUMP_DEVICES:
+        raise PreparationError(f"dump bus {disk_bus!r} unknown; use one of {sorted(DUMP_DEVICES)}")
     login, password, root_fs, release = "root", "", "ufs:/dev/gpt/rootfs", None
     if isinstance(release_or_base, Path) or Path(str(release_or_base)).is_file():
         base = Path(release_or_base)
@@ -317,10 +319,10 @@ def prepare(
         login, password, root_fs, release = image.login, image.password, image.root, image.release
 
     keys = ensure_ssh_keypair(cache)
-    dump_device = DUMP_DEVICES[dump_bus]
+    dump_device = DUMP_DEVICES[disk_bus]
     steps = recipe(dump_device=dump_device, authorized_key=keys.public_key)
     digest = recipe_digest(steps)
-    target = cache.prepared_dir / f"{base_sha[:16]}-r{RECIPE_VERSION}-{digest[:12]}-{dump_bus}.qcow2"
+    target = cache.prepared_dir / f"{base_sha[:16]}-r{RECIPE_VERSION}-{digest[:12]}-{disk_bus}.qcow2"
     meta = target.with_suffix(".json")
     with cache.lock(target.stem):
         if target.is_file() and meta.is_file():
@@ -338,7 +340,7 @@ def prepare(
             from harness.freebsd.session import ConsoleShell
             from harness.guest import Guest
 
-            spec = _guest_spec(base, dump_disk, dump_bus=dump_bus, memory_mib=memory_mib, vcpus=vcpus,
+            spec = _guest_spec(base, dump_disk, disk_bus=disk_bus, memory_mib=memory_mib, vcpus=vcpus,
                                accel=accel, uri=uri)
             with Guest(spec, work) as guest:
                 shell = ConsoleShell(guest.console)
@@ -362,7 +364,7 @@ def prepare(
             os.replace(partial, target)
             make_read_only(target)
         prepared = PreparedImage(
-            image=target, base=base, base_sha256=base_sha, release=release, dump_bus=dump_bus,
+            image=target, base=base, base_sha256=base_sha, release=release, disk_bus=disk_bus,
             dump_device=dump_device, root=root_fs, ssh_private_key=keys.private_key,
             ssh_public_key=keys.public_key, host_key=host_key, recipe_digest=digest,
             created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), steps=done,

@@ -41,8 +41,8 @@ def test_prepared_guest_has_serial_dumpdev_kdb_breaks_savecore_no_ddb_scripts_an
     os.truncate(dump, 256 << 20)
     spec = GuestSpec(
         memory_mib=1024, vcpus=2, accel=request.config.getoption("--accel"),
-        boot=DiskImageBoot(image=prepared.image, format="qcow2"),
-        disks=(ExtraDisk(path=dump, format="raw", bus=prepared.dump_bus),),
+        boot=DiskImageBoot(image=prepared.image, format="qcow2", bus=prepared.disk_bus),
+        disks=(ExtraDisk(path=dump, format="raw", bus=prepared.disk_bus),),
         network=UserNetwork(), uri=request.config.getoption("--libvirt-uri"),
     )
     with Guest(spec, tmp_path) as guest:

@@ -155,7 +155,7 @@ def test_ssh_keypair_is_created_once_and_private(tmp_path):
 def test_prepared_image_record_round_trips_and_pins_the_host_key(tmp_path):
     prepared = PreparedImage(
         image=tmp_path / "p.qcow2", base=tmp_path / "b.qcow2", base_sha256="ab" * 32, release="14.3",
-        dump_bus="virtio", dump_device="/dev/vtbd1", root="ufs:/dev/vtbd0p4",
+        disk_bus="virtio", dump_device="/dev/vtbd1", root="ufs:/dev/vtbd0p4",
         ssh_private_key=tmp_path / "id", ssh_public_key=KEY, host_key="ssh-ed25519 AAAAHOST",
     )
     assert PreparedImage.from_json(prepared.to_json()) == prepared
@@ -173,10 +173,11 @@ def test_preparation_guest_spec_is_valid_for_the_guest_layer(tmp_path):
     dump = tmp_path / "dump.raw"
     dump.write_bytes(b"")
     for bus in ("virtio", "sata"):
-        spec = _guest_spec(base, dump, dump_bus=bus, memory_mib=1024, vcpus=2, accel="tcg", uri=None)
+        spec = _guest_spec(base, dump, disk_bus=bus, memory_mib=1024, vcpus=2, accel="tcg", uri=None)
         spec.validate()
         xml = build_domain_xml(spec, name="fbsd-hil-prepare-test", accel="tcg",
                                console_log=tmp_path / "c.log", boot_disk=base)
-        disk = re.search(r"<disk[^>]*>(?:(?!</disk>).)*dump\.raw(?:(?!</disk>).)*</disk>", xml, re.S)
-        assert disk, xml
-        assert re.search(rf"bus=[\"']{bus}[\"']", disk.group(0)), disk.group(0)
+        disks = re.findall(r"<disk[^>]*>.*?</disk>", xml, re.S)
+        assert len(disks) == 2 and "dump.raw" in disks[1], xml
+        for disk in disks:  # boot and dump disk on the same bus: the dump disk is the second one
+            assert re.search(rf"bus=[\"']{bus}[\"']", disk), disk
