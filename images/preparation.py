@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -307,7 +308,7 @@ def prepare(
 
     cache = cache if isinstance(cache, ImageCache) else ImageCache(cache)
     if disk_bus not in DUMP_DEVICES:
-        raise PreparationError(f"dump bus {disk_bus!r} unknown; use one of {sorted(DUMP_DEVICES)}")
+        raise PreparationError(f"disk bus {disk_bus!r} unknown; use one of {sorted(DUMP_DEVICES)}")
     login, password, root_fs, release = "root", "", "ufs:/dev/gpt/rootfs", None
     if isinstance(release_or_base, Path) or Path(str(release_or_base)).is_file():
         base = Path(release_or_base)
@@ -324,6 +325,7 @@ def prepare(
     digest = recipe_digest(steps)
     target = cache.prepared_dir / f"{base_sha[:16]}-r{RECIPE_VERSION}-{digest[:12]}-{disk_bus}.qcow2"
     meta = target.with_suffix(".json")
+    transcript = target.with_suffix(".console.log")
     with cache.lock(target.stem):
         if target.is_file() and meta.is_file():
             try:
@@ -351,12 +353,16 @@ def prepare(
                     shell.start("shutdown -p now")
                     guest.console.wait_closed(Deadline(300, "clean shutdown"))
                     guest.wait_gone(60)
-                except PreparationError:
-                    raise
+                except PreparationError as exc:
+                    _keep_transcript(guest, transcript)
+                    raise PreparationError(f"{exc} (console transcript: {transcript})") from exc
                 except Exception as exc:
+                    _keep_transcript(guest, transcript)
                     raise PreparationError(
                         f"preparing {base} failed: {exc}\n--- console tail ---\n{guest.console.tail()}"
+                        f"\n(console transcript: {transcript})"
                     ) from exc
+                _keep_transcript(guest, transcript)
                 # The guest powered itself off: its overlay is consistent. Flatten it before the
                 # Guest removes it.
                 partial = target.with_name(target.name + ".tmp")
@@ -371,6 +377,13 @@ def prepare(
         )
         cache.write_json(meta, prepared.to_json())
         return prepared
+
+
+def _keep_transcript(guest, transcript: Path) -> None:
+    """Keep every byte of the preparation console next to the prepared image (it is evidence)."""
+    source = getattr(guest, "transcript_path", None)
+    if source is not None and Path(source).is_file():
+        shutil.copyfile(source, transcript)
 
 
 def _image_format(path: Path) -> str:
