@@ -228,14 +228,23 @@ def enter_ddb(
 
     attempts = 0
     text = ""
-    if route in (DdbRoute.SYSCTL, DdbRoute.PANIC):
+    if route in (DdbRoute.SYSCTL, DdbRoute.PANIC, DdbRoute.ALT_BREAK):
         attempts = 1
-        shell.start("sysctl debug.kdb.enter=1" if route == DdbRoute.SYSCTL else "sysctl debug.kdb.panic=1")
-        text = _wait_ddb(console, dl)
-    elif route == DdbRoute.ALT_BREAK:
-        attempts = 1
-        console.send(ALT_BREAK_SEQUENCE, char_delay=ALT_BREAK_CHAR_DELAY)
-        text = _wait_ddb(console, dl)
+        if route == DdbRoute.ALT_BREAK:
+            console.send(ALT_BREAK_SEQUENCE, char_delay=ALT_BREAK_CHAR_DELAY)
+        else:
+            shell.start(
+                "sysctl debug.kdb.enter=1" if route == DdbRoute.SYSCTL else "sysctl debug.kdb.panic=1"
+            )
+        try:
+            text = _wait_ddb(console, dl)
+        except ConsoleTimeout as exc:
+            need = f"{info.knob}=1" if info.knob else "securelevel <= 0 and a kernel with KDB+DDB"
+            raise DdbEntryError(
+                f"{route.value} did not reach db> within {dl.seconds:g} s (needs {need}; "
+                f"{'set/checked through the shell' if shell is not None else 'not checked: no shell'})",
+                tail=exc.tail,
+            ) from exc
     elif route == DdbRoute.BREAK:
         attempts = 1
         guest.send_break()

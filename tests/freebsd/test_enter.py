@@ -158,3 +158,13 @@ def test_with_a_shell_ddb_is_made_the_current_backend(replay):
         "sysctl debug.kdb.current=ddb" in shell.ran
         and "switched debug.kdb.current from gdb to ddb" in entry.notes
     )
+
+
+def test_alt_break_that_the_kernel_ignores_says_what_it_needs(replay):
+    # the waiting-NMI recording never answers an ALT break: like a kernel without the knob
+    console, spawn = replay("trial-waitnmi-1")
+    wait_for_stage(console, [Stage.ROOT_WAIT], 10)
+    with pytest.raises(
+        DdbEntryError, match=r"alt_break did not reach db> within 1 s \(needs debug.kdb.alt_break"
+    ):
+        enter_ddb(console, "alt_break", deadline=1)
