@@ -344,29 +344,32 @@ def prepare(
 
             spec = _guest_spec(base, dump_disk, disk_bus=disk_bus, memory_mib=memory_mib, vcpus=vcpus,
                                accel=accel, uri=uri)
-            with Guest(spec, work) as guest:
-                shell = ConsoleShell(guest.console)
-                try:
-                    shell.login(Deadline(boot_timeout, "first boot to login"), user=login, password=password)
-                    done = run_recipe(shell, steps)
-                    host_key = read_host_key(shell)
-                    shell.start("shutdown -p now")
-                    guest.console.wait_closed(Deadline(300, "clean shutdown"))
-                    guest.wait_gone(60)
-                except PreparationError as exc:
+            guest = None
+            try:
+                with Guest(spec, work) as guest:
+                    shell = ConsoleShell(guest.console)
+                    try:
+                        shell.login(Deadline(boot_timeout, "first boot to login"), user=login,
+                                    password=password)
+                        done = run_recipe(shell, steps)
+                        host_key = read_host_key(shell)
+                        shell.start("shutdown -p now")
+                        guest.console.wait_closed(Deadline(300, "clean shutdown"))
+                        guest.wait_gone(60)
+                    except PreparationError as exc:
+                        raise PreparationError(f"{exc} (console transcript: {transcript})") from exc
+                    except Exception as exc:
+                        raise PreparationError(
+                            f"preparing {base} failed: {exc}\n--- console tail ---\n{guest.console.tail()}"
+                            f"\n(console transcript: {transcript})"
+                        ) from exc
+                    # The guest powered itself off: its overlay is consistent. Flatten it before the
+                    # Guest removes it.
+                    partial = target.with_name(target.name + ".tmp")
+                    _qemu_img("convert", "-q", "-O", "qcow2", str(guest.overlay), str(partial))
+            finally:
+                if guest is not None:  # after the Guest closed its console: the transcript is complete
                     _keep_transcript(guest, transcript)
-                    raise PreparationError(f"{exc} (console transcript: {transcript})") from exc
-                except Exception as exc:
-                    _keep_transcript(guest, transcript)
-                    raise PreparationError(
-                        f"preparing {base} failed: {exc}\n--- console tail ---\n{guest.console.tail()}"
-                        f"\n(console transcript: {transcript})"
-                    ) from exc
-                _keep_transcript(guest, transcript)
-                # The guest powered itself off: its overlay is consistent. Flatten it before the
-                # Guest removes it.
-                partial = target.with_name(target.name + ".tmp")
-                _qemu_img("convert", "-q", "-O", "qcow2", str(guest.overlay), str(partial))
             os.replace(partial, target)
             make_read_only(target)
         prepared = PreparedImage(
