@@ -12,6 +12,7 @@ so a reader that maps an address to the wrong page is caught.
 """
 
 from .elf import write_amd64_full_dump, write_kernel_elf
+from .kstructs import ProcSpec, ThreadSpec, write_threads_dump
 from .minidump import (
     Mapping,
     MinidumpSpec,
@@ -24,10 +25,13 @@ from .minidump import (
 __all__ = [
     "Mapping",
     "MinidumpSpec",
+    "ProcSpec",
+    "ThreadSpec",
     "page_pattern",
     "write_amd64_full_dump",
     "write_amd64_minidump",
     "write_arm64_minidump",
     "write_i386_minidump",
     "write_kernel_elf",
+    "write_threads_dump",
 ]

@@ -22,11 +22,14 @@ import reader
 import reader.kernel
 from tests.dumpwriter import (
     Mapping,
+    ProcSpec,
+    ThreadSpec,
     write_amd64_full_dump,
     write_amd64_minidump,
     write_arm64_minidump,
     write_i386_minidump,
     write_kernel_elf,
+    write_threads_dump,
 )
 
 K2 = 0xFFFFFE0000000000
@@ -252,6 +255,14 @@ def _templates() -> dict[str, tuple[bytes, bytes | None, list[int]]]:
         k = write_kernel_elf(t / "kernel", s.symbols)
         _TEMPLATES["amd64-full"] = (s.path.read_bytes(), k.read_bytes(),
                                     [4, 5, 16, 18, 32, 54, 56, 64, 68, 72, 80, 88, 96, 104])
+        for arch in ("amd64", "arm64"):
+            sub = t / f"threads-{arch}"
+            sub.mkdir()
+            procs = [ProcSpec(0, "kernel", [ThreadSpec(100000, "swapper", [1] * 13),
+                                            ThreadSpec(100001, "k2", [2] * 13, oncpu=1)]),
+                     ProcSpec(7, "sysctl", [ThreadSpec(100100, "sysctl", [3] * 13, crashed=True)])]
+            v, k = write_threads_dump(sub, procs, arch=arch, msgbuf=(b"hello\n" * 50, 1000))
+            _TEMPLATES[f"{arch}-threads"] = (v.read_bytes(), k.read_bytes(), [24, 28, 32, 36, 40, 64])
     return _TEMPLATES
 
 
@@ -291,6 +302,10 @@ def _exercise(vm: reader.Vmcore) -> None:
     for va, pa in pages[:8]:
         vm.read(va, 8)
         vm.read_phys(pa, 8)
+    if vm.kernel is not None:
+        for call in (vm.threads, vm.msgbuf):
+            with contextlib.suppress(reader.ReaderError):
+                call()
     for va in (K2, 0xFFFFFFFF80000000, 0x800000, 0xFFFF000000000000):
         with contextlib.suppress(reader.ReaderError):
             vm.read(va, 16)

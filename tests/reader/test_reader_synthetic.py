@@ -10,12 +10,15 @@ import pytest
 import reader
 from tests.dumpwriter import (
     Mapping,
+    ProcSpec,
+    ThreadSpec,
     page_pattern,
     write_amd64_full_dump,
     write_amd64_minidump,
     write_arm64_minidump,
     write_i386_minidump,
     write_kernel_elf,
+    write_threads_dump,
 )
 
 MB2, GB1 = 2 << 20, 1 << 30
@@ -226,53 +229,13 @@ def test_msgbuf_section_without_kernel(tmp_path, capsys):
     assert out == "boot\nlog\n" and "buffer order" in err
 
 
-def _thread_dump(tmp_path, *, arch: str, osreldate: int | None, oncpu: int, pcb_words: list[int]):
-    """One process with one thread; its registers live in td_pcb or stoppcbs[oncpu]."""
-    kb = 0xFFFF000000000000 if arch == "arm64" else K2
-    offs = {"proc_off_p_pid": 0x20, "proc_off_p_comm": 0x30, "proc_off_p_list": 0x0,
-            "proc_off_p_threads": 0x10, "thread_off_td_tid": 0x0, "thread_off_td_name": 0x8,
-            "thread_off_td_oncpu": 0x20, "thread_off_td_pcb": 0x28, "thread_off_td_plist": 0x30}
-    proc_va, td_va, pcb_va, consts_va, stop_va = kb, kb + 0x1000, kb + 0x2000, kb + 0x3000, kb + 0x4000
-    proc = bytearray(0x100)
-    proc[0x10:0x18] = struct.pack("<Q", td_va)
-    proc[0x20:0x24] = struct.pack("<i", 42)
-    proc[0x30:0x38] = b"worker\0\0"
-    td = bytearray(0x100)
-    td[0:4] = struct.pack("<i", 100042)
-    td[8:16] = b"worker\0\0"
-    td[0x20:0x24] = struct.pack("<i", oncpu)
-    td[0x28:0x30] = struct.pack("<Q", pcb_va)
-    pcb = b"".join(struct.pack("<Q", w) for w in pcb_words)
-    consts = b"".join(struct.pack("<i", v) for v in offs.values())
-    consts += struct.pack("<iiiQ", 7, 512, osreldate or 0, proc_va)   # dumptid, pcb_size, osreldate, allproc
-    stop = bytearray(4096)
-    if oncpu >= 0:
-        stop[oncpu * 512 : oncpu * 512 + len(pcb)] = pcb
-    pages = {0x1000: bytes(proc), 0x2000: bytes(td), 0x3000: pcb if oncpu < 0 else bytes(8), 0x4000: consts,
-             0x5000: bytes(stop)}
-    mappings = [Mapping(kb + 0x1000 * i, 0x1000 * (i + 1)) for i in range(5)]
-    if arch == "arm64":
-        spec = write_arm64_minidump(tmp_path / "vmcore", pages, mappings, dmapphys=0, dmapbase=0, dmapend=0)
-        machine = 183
-    else:
-        spec = write_amd64_minidump(tmp_path / "vmcore", pages, mappings)
-        machine = 62
-    syms = {n: (consts_va + 4 * i, 4, False) for i, n in enumerate(offs)}
-    n = len(offs)
-    syms.update({"kernbase": (kb, 0, False), "dumptid": (consts_va + 4 * n, 4, False),
-                 "pcb_size": (consts_va + 4 * n + 4, 4, False), "allproc": (consts_va + 4 * n + 12, 8, False),
-                 "dumppcb": (kb + 0x3800, 512, True), "stoppcbs": (stop_va, 4096, False)})
-    if osreldate is not None:
-        syms["osreldate"] = (consts_va + 4 * n + 8, 4, False)
-    kernel = write_kernel_elf(tmp_path / "kernel", syms, machine=machine)
-    return spec.path, kernel
-
-
 def test_arm64_threads_freebsd14_pcb_layout(tmp_path):
     words = [0x1900 + i for i in range(10)] + [0xF0F0, 0x1111, 0x5500]   # x19..x28, fp, lr, sp
-    path, kernel = _thread_dump(tmp_path, arch="arm64", osreldate=1400084, oncpu=-1, pcb_words=words)
+    procs = [ProcSpec(42, "worker", [ThreadSpec(100042, "worker", words)])]
+    path, kernel = write_threads_dump(tmp_path, procs, arch="arm64", osreldate=1400084, hz=1000)
     with reader.open_vmcore(path, kernel) as vm:
         (t,) = vm.threads()
+        assert vm.info["hz"] == 1000 and vm.info["osreldate"] == 1400084
     assert t.name == "(pid 42) worker" and t.tid == 100042 and not t.crashed
     assert t.registers["x19"] == 0x1900 and t.registers["x28"] == 0x1909
     assert (t.registers["fp"], t.registers["lr"], t.registers["sp"], t.registers["pc"]) == (
@@ -281,10 +244,12 @@ def test_arm64_threads_freebsd14_pcb_layout(tmp_path):
 
 def test_amd64_thread_on_cpu_reads_stoppcbs(tmp_path):
     words = [0x15, 0x14, 0x13, 0x12, 0xB0, 0x5B, 0xBB, 0x1B]   # r15 r14 r13 r12 rbp rsp rbx rip
-    path, kernel = _thread_dump(tmp_path, arch="amd64", osreldate=None, oncpu=3, pcb_words=words)
+    path, kernel = write_threads_dump(tmp_path, [ProcSpec(42, "worker", [ThreadSpec(100042, "worker", words,
+                                                                                     oncpu=3)])])
     with reader.open_vmcore(path, kernel) as vm:
         (t,) = vm.threads()
-    assert t.name == "(pid 42) worker (on CPU 3)" and t.pcb == 0xFFFFFE0000004000 + 3 * 512
+        stoppcbs = vm.symbol("stoppcbs")
+    assert t.name == "(pid 42) worker (on CPU 3)" and t.pcb == stoppcbs + 3 * 512
     assert t.registers == {"r15": 0x15, "r14": 0x14, "r13": 0x13, "r12": 0x12, "rbp": 0xB0, "rsp": 0x5B,
                            "rbx": 0xBB, "rip": 0x1B}
 
@@ -329,3 +294,18 @@ def test_include_dmap_lists_direct_map_aliases(tmp_path):
         assert list(vm.kernel_pages()) == [(K2, 0x7000)]
         assert list(vm.kernel_pages(include_dmap=True)) == [
             (dmap + 0x1000, 0x1000), (dmap + 0x3000, 0x3000), (dmap + 0x7000, 0x7000), (K2, 0x7000)]
+
+
+def test_thread_list_order_names_and_crashed_first(tmp_path):
+    procs = [ProcSpec(0, "kernel", [ThreadSpec(100000, "swapper", [1] * 8),
+                                    ThreadSpec(100001, "kernel", [2] * 8)]),
+             ProcSpec(12, "sysctl", [ThreadSpec(100100, "sysctl", [3] * 8, crashed=True)]),
+             ProcSpec(11, "idle", [ThreadSpec(100003, "idle: cpu0", [4] * 8, oncpu=0)])]
+    path, kernel = write_threads_dump(tmp_path, procs, msgbuf=(b"line one\nline two\n", 18))
+    with reader.open_vmcore(path, kernel) as vm:
+        threads = vm.threads()
+        assert vm.msgbuf() == "line one\nline two\n"
+    assert [t.name for t in threads] == ["(pid 12) sysctl (crashed)", "(pid 0) kernel/swapper",
+                                         "(pid 0) kernel", "(pid 11) idle/idle: cpu0 (on CPU 0)"]
+    assert [t.registers["rip"] for t in threads] == [3, 1, 2, 4]
+    assert threads[0].to_json()["name"] == "(pid 12) sysctl (crashed)"
