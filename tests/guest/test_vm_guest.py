@@ -349,3 +349,51 @@ def test_q35_guest_with_extra_disks_and_port_forward(libvirt_uri, linux_guest_fi
                 time.sleep(0.5)
         assert got.strip() == f"hello-{tag}".encode()
     assert os.path.exists(virtio_disk)  # extra disks are the caller's: never removed
+
+
+# --------------------------------------------------------------------------- RAM above 4 GiB
+def qemu_ram_ranges(guest: Guest) -> list[tuple[int, int]]:
+    """Guest RAM as QEMU itself maps it (HMP `info mtree -f`, address space "memory")."""
+    text = guest.hmp("info mtree -f")
+    ranges: list[tuple[int, int]] = []
+    in_memory = False
+    for line in text.splitlines():
+        if line.startswith("FlatView"):
+            if ranges:
+                break
+            in_memory = False
+        if line.startswith(" AS ") and '"memory"' in line:
+            in_memory = True
+        m = re.match(r"\s+([0-9a-f]+)-([0-9a-f]+) \(prio \d+, ram\): pc\.ram", line)
+        if in_memory and m:
+            start, end = int(m.group(1), 16), int(m.group(2), 16) + 1
+            if ranges and ranges[-1][0] + ranges[-1][1] == start:
+                ranges[-1] = (ranges[-1][0], end - ranges[-1][0])
+            else:
+                ranges.append((start, end - start))
+    return ranges
+
+
+@pytest.mark.parametrize(("machine", "mib"), [("pc", 4096), ("q35", 2816)])
+def test_ram_layout_matches_qemu_above_4g(libvirt_uri, tiny_base, tmp_path, machine, mib):
+    boot = DiskImageBoot(tiny_base)
+    spec = GuestSpec(machine=machine, memory_mib=mib, accel="tcg", boot=boot, uri=libvirt_uri)
+    with Guest(spec, tmp_path) as g:
+        ours = g.ram_ranges()
+        assert len(ours) == 2 and ours[1][0] == 4 * 1024**3
+        qemu = qemu_ram_ranges(g)
+        assert qemu, "no pc.ram ranges in `info mtree -f`"
+        assert qemu[-1] == ours[1]  # RAM above 4 GiB: same start and size
+        low_end = max(s + n for s, n in qemu if s < 4 * 1024**3)
+        assert low_end == ours[0][1]  # RAM below the PCI hole ends where we think it does
+        for s, n in qemu:  # every piece QEMU maps as RAM lies inside our ranges
+            assert any(a <= s and s + n <= a + b for a, b in ours), (hex(s), hex(n))
+        assert len(g.read_phys(ours[1][0] + ours[1][1] - 4096, 4096)) == 4096
+        if machine == "q35":
+            g.pause()
+            with g.memory_image(tmp_path / "ram.img", pause=False) as img:
+                assert [r[:2] for r in img.ranges] == ours
+                assert img.path.stat().st_size == mib * 1024 * 1024
+                for pa in (ours[0][1] - 1024 * 1024, ours[1][0], ours[1][0] + ours[1][1] - 65536):
+                    assert img.read(pa, 65536) == g.read_phys(pa, 65536)
+            (tmp_path / "ram.img").unlink()
