@@ -77,10 +77,8 @@ def _open(args):
 
 
 def _load_key(path: str | None):
-    if path is None:
-        return None
-    with open(path, "rb") as f:
-        return f.read()
+    """The key file path as given: the container layer loads it and names it in its errors."""
+    return path
 
 
 def cmd_info(args) -> int:
