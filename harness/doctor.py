@@ -397,6 +397,30 @@ def check_libvirt_python(report: Report, fix: bool) -> None:
     report.did("libvirt-python", f"installed into {sys.prefix}")
 
 
+def check_leftover_guests(report: Report) -> None:
+    """Reap domains and overlays whose owning run died (SIGKILL, CI timeout); see harness.reaper."""
+    try:
+        importlib.import_module("libvirt")
+    except ImportError:
+        return
+    from harness.reaper import reap
+
+    try:
+        r = reap()
+    except Exception as exc:  # noqa: BLE001 - a report line, not a crash, when libvirt is unhappy
+        report.note("leftover guests", f"could not check: {str(exc).splitlines()[0]}")
+        return
+    if r.destroyed or r.removed_files:
+        report.did(
+            "leftover guests",
+            f"reaped {len(r.destroyed)} domain(s) and {len(r.removed_files)} file(s) of dead runs",
+        )
+    else:
+        report.ok("leftover guests", f"none ({len(r.kept)} live guest(s) of running owners left alone)")
+    for err in r.errors:
+        report.problem("leftover guests", err)
+
+
 # ------------------------------------------------------------------ entry
 def run_doctor(*, fix: bool = False, state_file: Path | None = None, probe_kvm: bool = True) -> Report:
     report = Report()
@@ -412,4 +436,6 @@ def run_doctor(*, fix: bool = False, state_file: Path | None = None, probe_kvm: 
     if probe_kvm:
         check_kvm(report)
     check_libvirt_python(report, fix)
+    if not any(p.startswith("libvirt") for p in report.problems):
+        check_leftover_guests(report)
     return report

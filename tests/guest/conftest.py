@@ -21,10 +21,12 @@ def libvirt_uri() -> str:
     """libvirtd must answer; start it (as root) like `fbsd-hil doctor --fix` would, else skip."""
     from harness import doctor
     from harness.libvirt_conn import LibvirtUnavailable, connect, default_uri
+    from harness.reaper import reap
 
     uri = default_uri()
     try:
         connect(uri).close()
+        reap(uri)  # domains/overlays of an earlier run that was killed
         return uri
     except LibvirtUnavailable:
         pass
