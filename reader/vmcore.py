@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 import struct
@@ -319,8 +320,10 @@ class Vmcore:
         """
         m = self.kernel_page_map(include_dmap=include_dmap)
         step = 1 << 16
-        for i in range(0, len(m), step):
-            yield from zip(m.va[i : i + step].tolist(), m.pa[i : i + step].tolist(), strict=True)
+        # chained zips: the per-page work runs in C, Python only runs once per 64k pages
+        return itertools.chain.from_iterable(
+            zip(m.va[i : i + step].tolist(), m.pa[i : i + step].tolist(), strict=True)
+            for i in range(0, len(m), step))
 
     def iter_kernel_page_data(self, *, include_dmap: bool = False,
                               as_bytes: bool = False) -> Iterator[tuple[int, int, memoryview | bytes]]:
@@ -330,24 +333,27 @@ class Vmcore:
         lacks raise `TruncatedError`, or read as zeros with zero_fill.
         """
         m = self.kernel_page_map(include_dmap=include_dmap)
-        size = self._size
-        bytes_source = self._raw if self._raw is not None else _BytesSlicer(self._mv)
-        mv = bytes_source if as_bytes else self._mv
+        mv = (self._raw if self._raw is not None else _BytesSlicer(self._mv)) if as_bytes else self._mv
         step = 1 << 16
-        for i in range(0, len(m), step):
-            offs = m.offset[i : i + step]
-            va, pa = m.va[i : i + step].tolist(), m.pa[i : i + step].tolist()
-            if len(offs) and int(offs.max()) + PAGE_SIZE <= size:
-                # all inside the file: slicing and zipping run in C, no per-page Python frame
-                views = map(mv.__getitem__, map(slice, offs.tolist(), (offs + PAGE_SIZE).tolist()))
-                yield from zip(va, pa, views, strict=True)
-                continue
-            for v, p, off in zip(va, pa, offs.tolist(), strict=True):
-                if off + PAGE_SIZE <= size:
-                    yield v, p, mv[off : off + PAGE_SIZE]
-                else:
-                    data = self._file_bytes(off, PAGE_SIZE, p, v)
-                    yield v, p, data if as_bytes else memoryview(data)
+        return itertools.chain.from_iterable(
+            self._page_data_chunk(m.va[i : i + step], m.pa[i : i + step], m.offset[i : i + step], mv,
+                                  as_bytes)
+            for i in range(0, len(m), step))
+
+    def _page_data_chunk(self, va: np.ndarray, pa: np.ndarray, offs: np.ndarray, mv: Any, as_bytes: bool):
+        if len(offs) and int(offs.max()) + PAGE_SIZE <= self._size:
+            # all inside the file: slicing and zipping run in C, no per-page Python frame
+            views = map(mv.__getitem__, map(slice, offs.tolist(), (offs + PAGE_SIZE).tolist()))
+            return zip(va.tolist(), pa.tolist(), views, strict=True)
+        return self._page_data_slow(va.tolist(), pa.tolist(), offs.tolist(), mv, as_bytes)
+
+    def _page_data_slow(self, va: list, pa: list, offs: list, mv: Any, as_bytes: bool):
+        for v, p, off in zip(va, pa, offs, strict=True):
+            if off + PAGE_SIZE <= self._size:
+                yield v, p, mv[off : off + PAGE_SIZE]
+            else:
+                data = self._file_bytes(off, PAGE_SIZE, p, v)   # TruncatedError unless zero_fill
+                yield v, p, data if as_bytes else memoryview(data)
 
     def page_data(self, offset: int) -> memoryview:
         """Zero-copy view of the 4 KiB page at payload `offset` (from `kernel_page_map()`)."""
