@@ -19,6 +19,7 @@ from .kernel import Kernel
 from .paging import AMD64_LEVELS, MapBudget, RadixWalk
 from .physmem import PAGE_SHIFT, PAGE_SIZE, PhysIndex
 from .source import open_payload
+from .threads import Thread
 
 _TCACHE_MAX = 1 << 17
 
@@ -149,7 +150,7 @@ class Vmcore:
     def read_phys(self, pa: int, size: int) -> bytes:
         """`size` bytes of physical memory at `pa` (every page must be in the dump)."""
         if size < 0 or pa < 0:
-            raise AddressError(f"bad physical read {pa:#x}+{size}", address=pa)
+            raise AddressError(f"bad physical read {pa:#x}+{size}", address=pa, path=self.path)
         po = pa & 0xFFF
         if po + size <= PAGE_SIZE:
             return self._file_bytes(self._page_offset(pa) + po, size, pa, None)
@@ -258,7 +259,7 @@ class Vmcore:
     def read(self, va: int, size: int) -> bytes:
         """`size` bytes of kernel virtual memory at `va`."""
         if size < 0:
-            raise AddressError(f"negative read size {size}", address=va)
+            raise AddressError(f"negative read size {size}", address=va, path=self.path)
         po = va & 0xFFF
         if po + size <= PAGE_SIZE:
             off = self._vcache.get(va >> PAGE_SHIFT)
@@ -448,7 +449,8 @@ class Vmcore:
 
     # ---- higher level ----------------------------------------------------------------------
     @property
-    def info(self) -> dict:
+    def info(self) -> dict[str, Any]:
+        """Decoded header fields and kernel facts (version, hz, panic, ...), JSON-serialisable."""
         from .info import build_info
 
         return build_info(self)
@@ -467,7 +469,8 @@ class Vmcore:
         off = self._md.offsets["msgbuf"]
         return self._mv[off : off + self._md.header["msgbufsize"]].tobytes()
 
-    def threads(self) -> list:
+    def threads(self) -> list[Thread]:
+        """Every thread in `allproc` with its saved registers; the dumping thread first."""
         from .threads import list_threads
 
         return list_threads(self)

@@ -47,7 +47,7 @@ class Arch:
     minidump_translator: Callable[..., Any]
     #: osreldate (or None) -> PCB layout
     pcb_layout: Callable[[int | None], PcbLayout]
-    #: page-table section sanity: (header) -> list of (field, problem) strings
+    #: decoded minidump header -> the direct map window, if the architecture has one
     dmap: Callable[[dict], DirectMap | None] = field(default=lambda hdr: None)
     #: lowest kernel VA for `kernel_pages()` of a full dump (None: not supported)
     full_dump_kva_min: int | None = None
