@@ -485,6 +485,51 @@ class Console:
             )
             self._reader.start()
 
+    @classmethod
+    def open_virsh(
+        cls,
+        uri: str,
+        domain: str,
+        transcript: str | os.PathLike[str] | IO[bytes] | None,
+        *,
+        connect_timeout: float = 60.0,
+        **kwargs: Any,
+    ) -> Console:
+        """Drive the console through ``virsh console`` (a libvirt stream): works for remote URIs such
+        as ``qemu+ssh://host/system`` where the guest's pty is on another machine.
+
+        virsh's own banner ("Connected to domain ...") is consumed before the transcript starts, so
+        the transcript still holds exactly the guest's bytes.
+        """
+        spawn = cls.virsh_spawn(uri, domain, connect_timeout)
+        kwargs.setdefault("name", f"console:virsh:{domain}")
+        return cls(spawn, transcript=transcript, **kwargs)
+
+    @staticmethod
+    def virsh_spawn(uri: str, domain: str, connect_timeout: float = 60.0) -> pexpect.spawn:
+        spawn = pexpect.spawn(
+            "virsh", ["-c", uri, "console", "--force", domain], env={**os.environ, "LC_ALL": "C"}
+        )
+        try:
+            spawn.expect(rb"Escape character is [^\r\n]*\r?\n", timeout=connect_timeout)
+        except (pexpect.EOF, pexpect.TIMEOUT) as exc:
+            before = spawn.before.decode(errors="replace") if isinstance(spawn.before, bytes) else ""
+            spawn.close(force=True)
+            raise ConsoleClosed(
+                f"virsh console to {domain} on {uri} did not connect: {type(exc).__name__}",
+                phase="attach console",
+                expectation="virsh banner 'Escape character is ...'",
+                tail=before,
+            ) from exc
+        if spawn.buffer:  # guest bytes that came with the banner must not be lost
+            raise ConsoleClosed(
+                "guest output arrived before the console was attached (start the domain paused)",
+                phase="attach console",
+                expectation="no guest output before attach",
+                tail=spawn.buffer.decode(errors="replace"),
+            )
+        return spawn
+
     @staticmethod
     def pty_spawn(path: str | os.PathLike[str]) -> fdpexpect.fdspawn:
         """A raw-mode fdspawn on a pty path (what `open_pty` and `reattach` callers use)."""

@@ -96,6 +96,9 @@ class GuestSpec:
     on_reboot: str = "restart"  # "restart" | "destroy"
     cpu_model: str | None = None  # None: host-passthrough under KVM, QEMU's default under TCG
     extra_qemu_args: tuple[str, ...] = ()
+    #: how the serial console is attached: "pty" (open QEMU's pty, local only), "virsh" (`virsh
+    #: console`, a libvirt stream: works for remote URIs), "auto" (pty when local, else virsh)
+    console: str = "auto"
 
     def validate(self) -> None:
         if self.boot is None:
@@ -108,6 +111,8 @@ class GuestSpec:
             raise SpecError(f"GuestSpec.accel must be auto, kvm or tcg, got {self.accel!r}")
         if self.machine not in ("pc", "q35"):
             raise SpecError(f"GuestSpec.machine must be pc or q35, got {self.machine!r}")
+        if self.console not in ("auto", "pty", "virsh"):
+            raise SpecError(f"GuestSpec.console must be auto, pty or virsh, got {self.console!r}")
         if self.on_reboot not in ("restart", "destroy"):
             raise SpecError(f"GuestSpec.on_reboot must be restart or destroy, got {self.on_reboot!r}")
         if not self.name_prefix.replace("-", "").replace("_", "").isalnum():

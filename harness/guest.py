@@ -28,7 +28,7 @@ from typing import Any
 
 from harness import memory as memory_mod
 from harness.accel import resolve_accel
-from harness.console import Console
+from harness.console import Console, ConsoleClosed
 from harness.deadline import Deadline, as_deadline
 from harness.domain_xml import (
     SERIAL_CHARDEV,
@@ -207,11 +207,6 @@ class Guest:
 
     def start(self, *, paused_hook=None) -> Guest:
         """Create the domain paused, attach the console, resume."""
-        if not self.local:
-            raise SpecError(
-                f"{self.uri}: guests on remote libvirt hosts are not supported by this Guest yet "
-                "(its console is the host-local serial pty); run the tests on that host instead"
-            )
         libvirt = import_libvirt()
         _live_guests.add(self)
         try:
@@ -243,7 +238,7 @@ class Guest:
                 boot_disk=self.overlay,
                 owner=owner,
                 host_port=self.ssh_port,
-                dac_label=own_dac_label(),
+                dac_label=own_dac_label() if self.local else None,
             )
             self.started_at = time.monotonic()
             self.console_logs.append(self.console_log)
@@ -287,14 +282,28 @@ class Guest:
             )
         return src.get("path")
 
+    @property
+    def console_via(self) -> str:
+        if self.spec.console != "auto":
+            return self.spec.console
+        return "pty" if self.local else "virsh"
+
     def _attach_console(self, *, new: bool) -> None:
         try:
+            if self.console_via == "virsh":
+                if new or self.console is None:
+                    self.console = Console.open_virsh(
+                        self.uri, self.name, self.transcript_path, name=f"{self.name} serial"
+                    )
+                else:
+                    self.console.reattach(Console.virsh_spawn(self.uri, self.name))
+                return
             path = self.pty_path()
             if new or self.console is None:
                 self.console = Console.open_pty(path, self.transcript_path, name=f"{self.name} serial")
             else:
                 self.console.reattach(Console.pty_spawn(path))
-        except OSError as exc:
+        except (OSError, ConsoleClosed) as exc:
             raise GuestLaunchError(
                 f"{self.name}: cannot open the serial console: {exc}",
                 domain_xml=self.domain_xml,
@@ -372,6 +381,8 @@ class Guest:
 
     def log_tail(self, lines: int = 40) -> str:
         """Tail of QEMU's own log for this domain (command line, warnings, why it exited)."""
+        if not self.local:
+            return f"(QEMU's log is on the libvirt host of {self.uri}: /var/log/libvirt/qemu/{self.name}.log)"
         path = self._qemu_log_path()
         try:
             with open(path, "rb") as f:

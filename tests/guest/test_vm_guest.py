@@ -397,3 +397,20 @@ def test_ram_layout_matches_qemu_above_4g(libvirt_uri, tiny_base, tmp_path, mach
                 for pa in (ours[0][1] - 1024 * 1024, ours[1][0], ours[1][0] + ours[1][1] - 65536):
                     assert img.read(pa, 65536) == g.read_phys(pa, 65536)
             (tmp_path / "ram.img").unlink()
+
+
+# --------------------------------------------------------------------------- console over a libvirt stream
+def test_console_through_virsh_stream(libvirt_uri, linux_guest_files, tmp_path):
+    """The console path used for remote URIs (qemu+ssh://): `virsh console`, here on the local URI."""
+    spec = linux_spec(linux_guest_files, uri=libvirt_uri, console="virsh", memory_mib=256)
+    with Guest(spec, tmp_path) as g:
+        assert g.console_via == "virsh"
+        wait_ready(g)
+        assert sh(g, "echo via-stream") == "via-stream\n"
+        deadline = time.monotonic() + 15
+        while g.transcript_path.read_bytes() != g.console_log.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert g.transcript_path.read_bytes() == g.console_log.read_bytes()
+        g.save_state(tmp_path / "saved")  # the stream is re-attached to the restored domain
+        prompt_again(g)
+        assert sh(g, "echo after-restore") == "after-restore\n"
