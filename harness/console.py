@@ -169,9 +169,11 @@ class Console:
         transcript: str | os.PathLike[str] | IO[bytes] | None = None,
         newline: str = "\r",
         name: str = "console",
+        settle: float = 0.05,
     ) -> None:
         self.spawn = spawn
         self.newline = newline
+        self.settle = settle
         self.name = name
         self._own_transcript = False
         self._transcript: IO[bytes] | None
@@ -345,6 +347,9 @@ class Console:
                         key = (m.start(), rank)
                         if best is None or key < best[:2]:
                             best = (m.start(), rank, name, m)
+                settle_until = self._settle_until(best[3], dl) if best is not None else None
+                if settle_until is not None:
+                    best = None  # the match touches the end of what arrived so far: let it settle
                 if best is not None:
                     _, rank, name, m = best
                     before = self._pending[: m.start()]
@@ -366,13 +371,28 @@ class Console:
                         **self._evidence(dl, wanted),
                     )
                 remaining = dl.remaining()
-                if remaining <= 0:
+                if remaining <= 0 and settle_until is None:
                     raise ConsoleTimeout(
                         f"{self.name}: deadline of {dl.seconds:g} s for phase {dl.phase!r} passed",
                         deadline=dl,
                         **self._evidence(dl, wanted),
                     )
-                self._cond.wait(min(remaining, 1.0))
+                if settle_until is not None:
+                    self._cond.wait(max(0.001, settle_until - time.monotonic()))
+                else:
+                    self._cond.wait(min(remaining, 1.0))
+
+    def _settle_until(self, m: re.Match[str], dl: Deadline) -> float | None:
+        """When to look again, while a match ends exactly at the end of the received text and bytes
+        arrived less than `settle` seconds ago: a greedy pattern such as ``panic: [^\\r\\n]*`` must
+        see the whole line, not the piece of it that arrived first. Prompts (nothing follows) match
+        after `settle` seconds of quiet. None: the match stands."""
+        if m.end() < len(self._pending) or self._closed_reason is not None or self.last_byte_at is None:
+            return None
+        until = self.last_byte_at + self.settle
+        if time.monotonic() >= until or dl.expired():
+            return None
+        return until
 
     def _evidence(self, dl: Deadline, wanted: Mapping[str, re.Pattern[str]]) -> dict[str, Any]:
         return {

@@ -299,6 +299,15 @@ def check_daemons(report: Report, fix: bool, prefix: list[str] | None, wait: flo
     report.ok("libvirt", f"qemu:///system answers (waited {time.monotonic() - t0:.1f} s)")
 
 
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for its parent to reap it counts as stopped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def _kill(pid: int, sig: signal.Signals, prefix: list[str]) -> None:
     if prefix:
         _run([*prefix, "kill", f"-{sig.name.removeprefix('SIG')}", str(pid)])
@@ -331,10 +340,10 @@ def stop_started(state_file: Path, report: Report) -> None:
         prefix = entry.get("prefix") or []
         _kill(pid, signal.SIGTERM, prefix)
         for _ in range(100):
-            if not Path(f"/proc/{pid}").exists():
+            if not _alive(pid):
                 break
             time.sleep(0.1)
-        if Path(f"/proc/{pid}").exists():
+        if _alive(pid):
             _kill(pid, signal.SIGKILL, prefix)
         report.did(name, f"stopped pid {pid}")
     state["started"] = []

@@ -270,3 +270,23 @@ def test_run_background_command(sh_console):
     r = sh_console.run("sleep 0.1 &", prompt=PROMPT, deadline=10)
     assert r.status == 0
     assert sh_console.run("echo after", prompt=PROMPT, deadline=10).output == "after\n"
+
+
+def test_greedy_failure_pattern_sees_the_whole_line(guest_pty, pty_console):
+    """A line that arrives in pieces: `[^\\r\\n]*` must not match only the first piece."""
+    pty_console.arm_failure("panic", r"panic: [^\r\n]*")
+
+    def dribble():
+        for piece in (b"panic: page ", b"fault while in ", b"kernel mode\r\n"):
+            guest_pty.write(piece)
+            time.sleep(0.01)
+
+    threading.Thread(target=dribble).start()
+    with pytest.raises(ConsoleFailure) as info:
+        pty_console.expect({"login": "login: "}, 10)
+    assert info.value.matched == "panic: page fault while in kernel mode"
+    # a prompt (nothing follows it) still matches, after a short quiet period
+    guest_pty.write(b"db> ")
+    t0 = time.monotonic()
+    pty_console.expect({"ddb": r"db> $"}, 10)
+    assert time.monotonic() - t0 < 2

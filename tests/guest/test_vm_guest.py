@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from linux_guest.builder import PROMPT_RE
-from linux_guest.session import linux_spec, prompt_again, wait_ready
+from linux_guest.session import PANIC_RE, linux_spec, prompt_again, wait_ready
 
 from harness import savestate
 from harness.console import ConsoleClosed, ConsoleFailure, ConsoleTimeout
@@ -91,7 +91,8 @@ def test_transcript_has_every_byte_from_the_first(booted_guest):
 def test_nmi_is_delivered(booted_guest):
     booted_guest.console.discard_pending()
     booted_guest.inject_nmi()
-    m = booted_guest.console.expect({"nmi": r"NMI received for unknown reason[^\r\n]*"}, Deadline(60, "NMI"))
+    nmi = r"NMI received for unknown reason[^\r\n]*\r?\n"
+    m = booted_guest.console.expect({"nmi": nmi}, Deadline(60, "NMI"))
     assert "CPU" in m.match.group(0)
     prompt_again(booted_guest)
     assert sh(booted_guest, "echo alive") == "alive\n"
@@ -231,7 +232,7 @@ def test_hanging_guest_ends_with_deadline_and_tail(fresh_guest):
 
 
 def test_panicking_guest_ends_the_wait_with_evidence(fresh_guest):
-    fresh_guest.console.arm_failure("kernel-panic", r"Kernel panic - not syncing[^\r\n]*")
+    fresh_guest.console.arm_failure("kernel-panic", PANIC_RE)
     t0 = time.monotonic()
     with pytest.raises(ConsoleFailure) as info:
         fresh_guest.console.run(

@@ -9,7 +9,7 @@ from harness.guest import Guest
 from .builder import PROMPT_RE, READY_BANNER, TestGuestFiles
 
 BOOT_SECONDS = 240  # TCG on two busy cores; a normal boot takes ~10 s
-PANIC_RE = r"Kernel panic - not syncing[^\r\n]*"
+PANIC_RE = r"Kernel panic - not syncing[^\r\n]*\r?\n"
 
 
 def linux_spec(files: TestGuestFiles, **kw) -> GuestSpec:
