@@ -210,7 +210,10 @@ class Guest:
         libvirt = import_libvirt()
         _live_guests.add(self)
         try:
-            self.accel = resolve_accel(self.spec.accel)
+            if self.local or self.spec.accel != "auto":
+                self.accel = resolve_accel(self.spec.accel)
+            else:  # the KVM probe runs locally and says nothing about a remote host
+                self.accel = os.environ.get("FBSD_HIL_ACCEL", "tcg")
             self.dir.mkdir(parents=True, exist_ok=False)
             boot = self.spec.boot
             if isinstance(boot, DiskImageBoot):

@@ -415,3 +415,25 @@ def test_console_through_virsh_stream(libvirt_uri, linux_guest_files, tmp_path):
         g.save_state(tmp_path / "saved")  # the stream is re-attached to the restored domain
         prompt_again(g)
         assert sh(g, "echo after-restore") == "after-restore\n"
+
+
+# --------------------------------------------------------------------------- ISO boot
+@pytest.mark.parametrize("machine", ["pc", "q35"])
+def test_iso_boot(libvirt_uri, tmp_path, machine):
+    """An El Torito (no emulation) CD whose boot sector prints a banner on COM1: the CD is the boot
+    device, and the console sees its first bytes."""
+    from harness.accel import BOOT_BANNER, probe_boot_sector
+    from harness.domain_xml import IsoBoot
+
+    root = tmp_path / "iso"
+    root.mkdir()
+    (root / "boot.img").write_bytes(probe_boot_sector())
+    iso = tmp_path / "boot.iso"
+    subprocess.run(
+        ["xorriso", "-as", "mkisofs", "-quiet", "-b", "boot.img", "-no-emul-boot", "-boot-load-size", "1",
+         "-o", str(iso), str(root)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    spec = GuestSpec(machine=machine, memory_mib=64, accel="tcg", boot=IsoBoot(iso), uri=libvirt_uri)
+    with Guest(spec, tmp_path) as g:
+        g.console.expect({"banner": BOOT_BANNER.decode()}, Deadline(60, "boot sector on the CD"))
