@@ -174,6 +174,7 @@ class Guest:
         self.started_at: float | None = None
         self.resumed_at: float | None = None
         self._closed = False
+        self._owner_dict: dict[str, str] = {}
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ lifecycle
@@ -322,14 +323,18 @@ class Guest:
         _live_guests.discard(self)
         if self.console is not None:
             self.console.close()
+        failure: Exception | None = None
         if self.domain is not None and not self.keep:
             libvirt = import_libvirt()
             try:
                 self.domain.destroy()
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() not in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID):
-                    raise
-        if not self.keep:
+                    failure = exc
+        if self.keep and self.registry.exists():
+            # kept on purpose (--keep-vm): the reaper must leave this domain and its files alone
+            write_registry(self.registry, {**self._registry_record(), "kept": True})
+        if not self.keep and failure is None:
             for f in self.created_files:
                 with contextlib.suppress(FileNotFoundError):
                     f.unlink()
@@ -338,6 +343,8 @@ class Guest:
             with contextlib.suppress(Exception):
                 self._conn.close()
             self._conn = None
+        if failure is not None:  # the registry stays, so a later reap() can finish the job
+            raise GuestError(f"{self.name}: could not destroy the domain: {failure}") from failure
 
     # ------------------------------------------------------------------ state
     def is_active(self) -> bool:

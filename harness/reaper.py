@@ -91,6 +91,14 @@ class ReapReport:
     errors: list[str] = field(default_factory=list)
 
 
+def _kept(owner: dict[str, str]) -> bool:
+    """The run closed this guest with keep=True (e.g. --keep-vm): it stays until a human removes it."""
+    try:
+        return bool(json.loads(Path(owner.get("registry", "")).read_text()).get("kept"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _remove_listed_files(record: dict, report: ReapReport) -> None:
     for f in record.get("files", []):
         p = Path(f)
@@ -119,7 +127,7 @@ def reap(uri: str | None = None, *, prefix: str = "fbsd-hil", conn=None) -> Reap
                 owner = owner_from_xml(dom.XMLDesc(0))
             except libvirt.libvirtError:
                 continue  # vanished meanwhile
-            if owner is None or not owner_gone(owner):
+            if owner is None or not owner_gone(owner) or _kept(owner):
                 report.kept.append(name)
                 continue
             try:
@@ -144,6 +152,7 @@ def reap(uri: str | None = None, *, prefix: str = "fbsd-hil", conn=None) -> Reap
                 continue
             if record.get("name") in live or not owner_gone(record.get("owner", {})):
                 continue
-            _remove_listed_files(record, report)
+            if not record.get("kept"):  # a kept guest's files stay for inspection
+                _remove_listed_files(record, report)
             reg.unlink(missing_ok=True)
     return report

@@ -437,3 +437,29 @@ def test_iso_boot(libvirt_uri, tmp_path, machine):
     spec = GuestSpec(machine=machine, memory_mib=64, accel="tcg", boot=IsoBoot(iso), uri=libvirt_uri)
     with Guest(spec, tmp_path) as g:
         g.console.expect({"banner": BOOT_BANNER.decode()}, Deadline(60, "boot sector on the CD"))
+
+
+def test_kept_guest_survives_its_owner_and_the_reaper(libvirt_uri, tiny_base, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c",
+         "import sys; from pathlib import Path; from harness.guest import Guest, GuestSpec, DiskImageBoot\n"
+         f"g = Guest(GuestSpec(memory_mib=64, accel='tcg', boot=DiskImageBoot(Path({str(tiny_base)!r})),"
+         f" uri={libvirt_uri!r}), {str(tmp_path)!r}, keep=True)\n"
+         "with g: print(g.name, g.overlay)"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    name, overlay = proc.stdout.split()
+    try:
+        assert domain_exists(libvirt_uri, name)  # the owner exited, the domain was kept
+        report = reap(libvirt_uri)
+        assert name in report.kept and name not in report.destroyed
+        assert Path(overlay).exists()
+    finally:
+        conn = connect(libvirt_uri)
+        try:
+            conn.lookupByName(name).destroy()
+        finally:
+            conn.close()
+    report = reap(libvirt_uri)  # domain gone: the registry entry goes, the kept files stay
+    assert not (REGISTRY_DIR / f"{name}.json").exists()
+    assert Path(overlay).exists()
