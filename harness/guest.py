@@ -292,6 +292,19 @@ class Guest:
             return self.spec.console
         return "pty" if self.local else "virsh"
 
+    def disk_paths(self) -> dict[str, Path]:
+        """Target device (``vda``, ``sdb``...) -> host file of every disk of the running domain.
+
+        For a guest restored from saved state the extra disks are private copies: read them here.
+        """
+        root = ET.fromstring(self.domain.XMLDesc(0))
+        out = {}
+        for d in root.findall("./devices/disk"):
+            src, tgt = d.find("source"), d.find("target")
+            if src is not None and tgt is not None and src.get("file"):
+                out[tgt.get("dev")] = Path(src.get("file"))
+        return out
+
     def _attach_console(self, *, new: bool) -> None:
         try:
             if self.console_via == "virsh":

@@ -7,8 +7,9 @@ as they were at the save:
   its own new qcow2 overlay on top (cheap, any number of restores);
 - extra disks (e.g. a raw dump disk the host reads directly) are copied sparsely; every restore gets
   its own sparse copy, so the host-side file stays a plain raw disk.
-The saved guest itself carries on running from the same state (restored in place), so a session
-fixture can save once and keep using its guest.
+The saved guest itself carries on running from the same state (restored in place, still writing
+its own extra disk files), so a session fixture can save once and keep using its guest. Restored
+guests name their disk copies in `Guest.disk_paths()`.
 
 `restore(saved, workdir)` restores under a new unique name (libvirt accepts a changed name, disk
 paths and serial log path in the restore XML), paused; the console is attached before it resumes.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import shutil
 import struct
 import subprocess
@@ -179,6 +181,8 @@ def _restore_into(guest, saved: SavedState, *, same_guest: bool) -> None:
     root.find("name").text = guest.name
     new_paths: dict[str, Path] = {}
     for d in saved.disks:
+        if same_guest and not d.boot:
+            continue  # the saved guest itself carries on with its own extra disks (the frozen copy is saved)
         if d.mode == "overlay":
             path = guest.dir / f"{d.target}-{tag}.qcow2"
             guest_mod.create_overlay(d.frozen, path, d.format)
@@ -195,6 +199,14 @@ def _restore_into(guest, saved: SavedState, *, same_guest: bool) -> None:
             disk.find("source").set("file", str(new_paths[target]))
             if any(sd.target == target and sd.mode == "overlay" for sd in saved.disks):
                 disk.find("driver").set("type", "qcow2")
+    if not same_guest and guest.spec.network is not None:
+        # the saved guest may still hold its forward port: a new guest forwards from its own port
+        guest.ssh_port = guest_mod.free_local_port()
+        for arg in root.iter(f"{{{QEMU_NS}}}arg"):
+            value = arg.get("value", "")
+            if "hostfwd=tcp:127.0.0.1:" in value:
+                new = f"hostfwd=tcp:127.0.0.1:{guest.ssh_port}-"
+                arg.set("value", re.sub(r"hostfwd=tcp:127\.0\.0\.1:\d+-", new, value))
     guest.console_log = guest.dir / f"console-{tag}.log"
     for log in [*root.findall("./devices/serial/log"), *root.findall("./devices/console/log")]:
         log.set("file", str(guest.console_log))

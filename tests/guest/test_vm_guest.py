@@ -349,6 +349,19 @@ def test_q35_guest_with_extra_disks_and_port_forward(libvirt_uri, linux_guest_fi
             except OSError:
                 time.sleep(0.5)
         assert got.strip() == f"hello-{tag}".encode()
+
+        saved = g.save_state(tmp_path / "saved")
+        assert g.disk_paths()["vda"] == virtio_disk  # the saved guest keeps writing its own disks
+        sh(g, f"echo AFTER-SAVE-{tag} | dd of=/dev/vda bs=512 seek=8 conv=fsync 2>/dev/null")
+        assert virtio_disk.read_bytes()[4096:4096 + 30].startswith(f"AFTER-SAVE-{tag}".encode())
+        with savestate.restore(saved, tmp_path) as r:
+            prompt_again(r)
+            paths = r.disk_paths()
+            assert paths["vda"] not in (virtio_disk, saved.dir / "disk-vda.raw")  # a private copy
+            assert paths["vda"].read_bytes()[4096:4096 + 30].startswith(f"FBHDISK-vda-{tag}".encode())
+            seen = sh(r, "dd if=/dev/sda bs=512 skip=8 count=1 2>/dev/null | head -c 28")
+            assert seen == f"FBHDISK-sda-{tag}"
+            assert r.ssh_port != g.ssh_port
     assert os.path.exists(virtio_disk)  # extra disks are the caller's: never removed
 
 
