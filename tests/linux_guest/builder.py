@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import struct
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -168,12 +169,21 @@ def _newc_entry(
     return out
 
 
+def _elf_interpreter(elf: bytes) -> bool:
+    """True when a 64-bit little-endian ELF has a PT_INTERP program header (dynamically linked)."""
+    if elf[:4] != b"\x7fELF" or elf[4] != 2:
+        raise GuestBuildError("busybox is not a 64-bit ELF executable")
+    phoff, = struct.unpack_from("<Q", elf, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
+    return any(struct.unpack_from("<I", elf, phoff + i * phentsize)[0] == 3 for i in range(phnum))
+
+
 def build_initramfs(out: Path, kernel: LinuxKernel, *, extra_files: dict[str, bytes] | None = None) -> Path:
     """Write a newc initramfs with busybox, /init, /dev/console and the kernel's modules."""
     busybox = next((Path(p) for p in BUSYBOX_CANDIDATES if Path(p).is_file()), None)
     if busybox is None:
         raise GuestBuildError("busybox not found: apt-get install busybox-static")
-    if b"ld-linux" in busybox.read_bytes()[:8192] and "static" not in _run(["file", str(busybox)]):
+    if _elf_interpreter(busybox.read_bytes()):
         raise GuestBuildError(f"{busybox} is dynamically linked: apt-get install busybox-static")
     entries: list[bytes] = []
     ino = 1
