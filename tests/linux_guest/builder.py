@@ -15,6 +15,7 @@ seconds after the one download.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -220,7 +221,17 @@ class TestGuestFiles:
 
 
 def ensure_test_guest(cache: Path = TEST_KERNEL_DIR) -> TestGuestFiles:
-    """Kernel (cached download) + initramfs (rebuilt when busybox, /init or modules change)."""
+    """Kernel (cached download) + initramfs (rebuilt when busybox, /init or modules change).
+
+    Serialised with a lock file: pytest-xdist workers may all ask for it at once.
+    """
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _ensure_test_guest_locked(cache)
+
+
+def _ensure_test_guest_locked(cache: Path) -> TestGuestFiles:
     kernel = ensure_kernel(cache)
     initramfs = kernel.vmlinuz.parent / "initramfs.cpio"
     stamp_src = INIT_SCRIPT + "".join(
