@@ -15,7 +15,7 @@ Choices that matter (measured on Debian 12, libvirt 9.0, QEMU 7.2):
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
@@ -99,6 +99,19 @@ class GuestSpec:
     #: how the serial console is attached: "pty" (open QEMU's pty, local only), "virsh" (`virsh
     #: console`, a libvirt stream: works for remote URIs), "auto" (pty when local, else virsh)
     console: str = "auto"
+
+    def absolute(self) -> GuestSpec:
+        """The same spec with every path made absolute (libvirtd does not share our working directory)."""
+        boot = self.boot
+        if isinstance(boot, DiskImageBoot):
+            boot = replace(boot, image=Path(boot.image).absolute())
+        elif isinstance(boot, IsoBoot):
+            boot = replace(boot, iso=Path(boot.iso).absolute())
+        elif isinstance(boot, KernelBoot):
+            initrd = Path(boot.initrd).absolute() if boot.initrd is not None else None
+            boot = replace(boot, kernel=Path(boot.kernel).absolute(), initrd=initrd)
+        disks = tuple(replace(d, path=Path(d.path).absolute()) for d in self.disks)
+        return replace(self, boot=boot, disks=disks)
 
     def validate(self) -> None:
         if self.boot is None:

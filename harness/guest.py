@@ -150,7 +150,7 @@ class Guest:
         conn: Any = None,
     ) -> None:
         spec.validate()
-        self.spec = spec
+        self.spec = spec.absolute()
         self.uri = spec.uri or default_uri()
         self.local = is_local(self.uri)
         self.keep = keep

@@ -90,6 +90,15 @@ def test_spec_validation_names_the_field(kw, msg):
         GuestSpec(**kw).validate()
 
 
+def test_relative_paths_become_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = GuestSpec(boot=KernelBoot(Path("k"), Path("i")), disks=[ExtraDisk(Path("d.raw"))]).absolute()
+    assert spec.boot.kernel == tmp_path / "k" and spec.boot.initrd == tmp_path / "i"
+    assert spec.disks[0].path == tmp_path / "d.raw"
+    assert GuestSpec(boot=IsoBoot(Path("x.iso"))).absolute().boot.iso == tmp_path / "x.iso"
+    assert GuestSpec(boot=DiskImageBoot(Path("b.qcow2"))).absolute().boot.image == tmp_path / "b.qcow2"
+
+
 def test_unresolved_accel_is_refused():
     with pytest.raises(SpecError, match="resolved"):
         xml_for(GuestSpec(boot=KernelBoot(Path("/k"))), accel="auto")
