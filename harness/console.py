@@ -236,7 +236,7 @@ class Console:
                 if not stop.is_set():
                     self._mark_closed(f"console read failed: {exc}")
                 return
-            if data and not stop.is_set():
+            if data:  # bytes already read are kept even while stopping: the transcript has them all
                 self._feed(data)
 
     def _feed(self, data: bytes | str) -> None:
