@@ -42,11 +42,37 @@ class DumpFailed(DdbError):
 def dump_deadline_seconds(memory_mib: int | None) -> float:
     """A generous but bounded deadline for ``dump``.
 
-    Measured under TCG here: a full dump of a 512 MiB guest took 1.2-2.6 s, a minidump 0.5 s. We allow
-    two minutes plus a quarter second per MiB of guest memory (512 MiB -> 248 s; 8 GiB -> 2168 s): two
-    orders of magnitude of slack for a loaded CI machine, still finite.
+    Measured under TCG here: a full dump of a 512 MiB guest took 1.2-2.6 s (~200-400 MiB/s), a minidump
+    0.5 s. We allow two minutes plus a quarter second per MiB of guest memory (512 MiB -> 248 s; 4 GiB
+    -> 1144 s, about 50x the ~20 s a 4 GiB full dump needs at the measured rate; 8 GiB -> 2168 s).
+    Unknown memory size counts as 4 GiB. A dump that stops printing is caught much earlier by
+    `DUMP_STALL_SECONDS`.
     """
     return 120.0 + 0.25 * (memory_mib if memory_mib else 4096)
+
+
+#: A dump prints at least every 16 MiB (the full dump's per-chunk countdown, kern_dump.c) or every tenth
+#: (minidump percentages); under TCG that is well under a second apart. This long without a byte ends the
+#: wait early, naming the last progress seen, instead of sitting out the whole size-based deadline.
+DUMP_STALL_SECONDS = 180.0
+
+
+def expect_while_printing(console, patterns, deadline: Deadline, stall_seconds: float, what: str):
+    """`console.expect(patterns, deadline)`, but give up with ConsoleTimeout once the console has been
+    silent for `stall_seconds` (the thing we wait for has stopped making progress)."""
+    from harness.console import ConsoleTimeout
+
+    while True:
+        step = deadline.sub(min(stall_seconds, 30.0), what)
+        try:
+            return console.expect(patterns, step)
+        except ConsoleTimeout:
+            if deadline.expired():
+                raise
+            last = getattr(console, "last_byte_at", None)
+            quiet = time.monotonic() - last if last is not None else step.seconds
+            if quiet >= stall_seconds:
+                raise
 
 
 # ----------------------------------------------------------------------------- parsed results
@@ -115,6 +141,13 @@ class DumpResult:
     retries: int  # "Dump map grown while dumping. Retrying..."
     seconds: float
     text: str
+    # How the dump was made: "ddb" (ddb's `dump`, kernel still in ddb afterwards) or "panic" (the kernel
+    # dumped by itself on its way from a panic to the reboot; see harness.freebsd.panicdump).
+    flow: str = "ddb"
+    panic: str | None = None  # the panic message (panic flow)
+    uptime: str | None = None  # "Uptime: 5s" printed by kern_reboot() before the automatic dump
+    held: bool = False  # panic flow: the kernel waits for a key ("--> Press a key ..."), other CPUs stopped
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -188,6 +221,20 @@ def parse_dump_output(text: str, seconds: float = 0.0) -> DumpResult:
         seconds,
         text,
     )
+
+
+def describe_progress(result: DumpResult) -> str:
+    """Where a dump got to, for error messages: "minidump 42 MB, 38%..76%" / "full dump, chunk 1 ..."."""
+    if result.kind == "mini":
+        pct = "..".join(f"{p}%" for p in result.progress) or "no percentage yet"
+        return f"minidump of {result.dump_mb} MB, {pct}"
+    if result.kind == "full":
+        if not result.chunks:
+            return f"full dump of {result.dump_mb} MB, no chunk line yet"
+        c = result.chunks[-1]
+        left = f", {c.countdown[-1]} MB left" if c.countdown else ""
+        return f"full dump of {result.dump_mb} MB, chunk {c.index} of {result.chunk_count}{left}"
+    return "no 'Dumping ...' line yet"
 
 
 _REG = re.compile(r"^(\w+)\s+(0x[0-9a-fA-F]+|-?\d+)(?:\s+(\S+))?\s*$")
@@ -295,16 +342,22 @@ class Ddb:
         with self._quiet_failures():
             return self.console.expect({"db": PROMPT}, as_deadline(deadline, "ddb prompt")).before
 
-    def _raw(self, cmd: str, deadline: Deadline) -> str:
+    def _raw(self, cmd: str, deadline: Deadline, stall_seconds: float | None = None) -> str:
         if not self.active:
             raise DdbError(f"ddb {cmd!r}: the session was left (continue/reset)", tail=self.console.tail())
         self.console.sendline(cmd)
         self.console.expect({"echo": re.escape(cmd) + r"[ \t]*\r*\n"}, deadline)
-        m = self.console.expect({"db": PROMPT}, deadline)
+        if stall_seconds is None:
+            m = self.console.expect({"db": PROMPT}, deadline)
+        else:
+            m = expect_while_printing(self.console, {"db": PROMPT}, deadline, stall_seconds, f"ddb {cmd}")
         return m.before.replace("\r\n", "\n").replace("\r", "")
 
-    def command(self, cmd: str, deadline: Deadline | float | None = None) -> str:
-        """Run one ddb command, return its output (echo and prompt stripped)."""
+    def command(
+        self, cmd: str, deadline: Deadline | float | None = None, *, stall_seconds: float | None = None
+    ) -> str:
+        """Run one ddb command, return its output (echo and prompt stripped). With `stall_seconds`, a
+        console silent that long ends the wait early (for long commands that print progress)."""
         if "\n" in cmd or "\r" in cmd:
             raise ValueError(f"ddb command must be one line, got {cmd!r}")
         dl = as_deadline(self.command_seconds if deadline is None else deadline, f"ddb {cmd}")
@@ -312,7 +365,7 @@ class Ddb:
             if not self._pager_off:
                 self._raw("set $lines 0", dl)
                 self._pager_off = True
-            out = self._raw(cmd, dl)
+            out = self._raw(cmd, dl, stall_seconds)
         return out.rstrip("\n")
 
     # ------------------------------------------------------------ typed helpers
@@ -361,21 +414,36 @@ class Ddb:
             raise DdbError(f"write/l do_minidump {want}: unexpected answer {out!r}", tail=self.console.tail())
         return int(m.group(1), 0)
 
-    def dump(self, deadline: Deadline | float | None = None, *, check: bool = True) -> DumpResult:
-        """Run ``dump`` and parse the result; with `check`, anything but "Dump complete" raises DumpFailed."""
+    def dump(
+        self,
+        deadline: Deadline | float | None = None,
+        *,
+        check: bool = True,
+        stall_seconds: float = DUMP_STALL_SECONDS,
+    ) -> DumpResult:
+        """Run ``dump`` and parse the result; with `check`, anything but "Dump complete" raises DumpFailed.
+
+        Bounded twice: `deadline` (default `dump_deadline_seconds` of the guest's memory) and
+        `stall_seconds` without any console output."""
         from harness.console import ConsoleClosed, ConsoleTimeout
 
         seconds = dump_deadline_seconds(self.memory_mib) if deadline is None else deadline
         dl = as_deadline(seconds, "ddb dump")
         started = time.monotonic()
         try:
-            out = self.command("dump", dl)
+            out = self.command("dump", dl, stall_seconds=stall_seconds)
         except (ConsoleTimeout, ConsoleClosed) as exc:
             partial = self.console.pending() if hasattr(self.console, "pending") else ""
             result = parse_dump_output(partial, time.monotonic() - started)
+            waited = time.monotonic() - started
+            why = (
+                f": no console output for {stall_seconds:g} s"
+                if isinstance(exc, ConsoleTimeout) and not dl.expired()
+                else f" within {dl.seconds:g} s"
+            )
             raise DumpFailed(
-                f"ddb dump did not return to db> within {dl.seconds:g} s ({type(exc).__name__}); "
-                f"parsed so far: kind={result.kind} progress={result.progress or result.chunks}",
+                f"ddb dump did not return to db>{why} (waited {waited:.0f} s, {type(exc).__name__}); "
+                f"last progress: {describe_progress(result)}",
                 result,
                 tail=exc.tail,
             ) from exc
@@ -401,7 +469,11 @@ class Ddb:
         dl = as_deadline(seconds, "automatic dump after panic")
         started = time.monotonic()
         self.continue_()
-        done = {"reboot": STAGE_PATTERNS[Stage.REBOOT], "firmware": STAGE_PATTERNS[Stage.FIRMWARE]}
+        done = {
+            "reboot": STAGE_PATTERNS[Stage.REBOOT],
+            "held": STAGE_PATTERNS[Stage.REBOOT_WAIT],  # kern.panic_reboot_wait_time=-1: no countdown
+            "firmware": STAGE_PATTERNS[Stage.FIRMWARE],
+        }
         try:
             with self._quiet_failures():
                 m = self.console.expect(done, dl)

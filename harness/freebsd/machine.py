@@ -16,6 +16,14 @@ alone, so a test can stop anywhere (e.g. stay in ddb after `dump` to read live m
     # or all at once:
     entry, result, dump = m.crash_and_retrieve(plan, outdir)
 
+Kernels without ddb (release GENERIC): `m.facts` (read from the boot banner by every `wait_for`) says
+so, `m.select_flow(trigger)` picks the panic flow and says why, and
+
+    result = m.panic_dump("alt_break")      # DumpResult(flow="panic", held=True): the kernel dumped by
+                                            # itself and waits at "Press a key on the console to reboot"
+    dump = m.retrieve(plan, outdir)         # host retrieval as after ddb's dump
+    # or: choice, entry, result = m.crash(plan)   (ddb or panic flow, whichever fits the kernel)
+
 Every wait has a deadline; a panic during any non-ddb wait raises `GuestPanicked` with the evidence.
 """
 
@@ -27,10 +35,12 @@ from typing import Any
 from harness.deadline import Deadline, as_deadline
 from harness.freebsd.ddb import Ddb, DumpResult
 from harness.freebsd.dumps import GUEST_PUBLIC_KEY, DumpPlan, RetrievalMethod
-from harness.freebsd.enter import DdbEntry, DdbRoute, enter_ddb, panic_at_mountroot
+from harness.freebsd.enter import DdbEntry, DdbRoute, current_stage, enter_ddb, panic_at_mountroot
+from harness.freebsd.kernel import KernelFacts, kernel_facts
+from harness.freebsd.panicdump import DumpFlow, FlowChoice, choose_flow, panic_dump
 from harness.freebsd.retrieve import RetrievedDump, from_dump_disk, via_savecore
 from harness.freebsd.session import ConsoleShell
-from harness.freebsd.stages import FreeBSDStageError, Stage, StageEvent, wait_for_stage
+from harness.freebsd.stages import TAIL_WINDOW, FreeBSDStageError, Stage, StageEvent, wait_for_stage
 
 
 class FreeBSDMachine:
@@ -45,6 +55,7 @@ class FreeBSDMachine:
         ssh_host: str = "127.0.0.1",
         public_key: str | Path | None = None,
         private_key: Any = None,
+        kenv: dict[str, str] | None = None,
     ) -> None:
         self.guest = guest
         self.console = guest.console
@@ -56,6 +67,15 @@ class FreeBSDMachine:
         self.shell: ConsoleShell | None = None
         self.entry: DdbEntry | None = None
         self._bounds_before: int | None = None
+        self.kenv = dict(kenv or {})  # the kernel environment it was booted with (bare kernel), if known
+        self._facts = KernelFacts()
+        self.last_dump: DumpResult | None = None
+
+    @property
+    def facts(self) -> KernelFacts:
+        """What the boot banner said (debugger backends, version), refreshed from the console."""
+        self._facts = self._facts.merge(kernel_facts(self.console.tail(TAIL_WINDOW)))
+        return self._facts
 
     # ------------------------------------------------------------ states
     def wait_for(
@@ -68,7 +88,8 @@ class FreeBSDMachine:
         if skip_loader_countdown and Stage.LOADER_COUNTDOWN not in watch:
             watch.append(Stage.LOADER_COUNTDOWN)
         while True:
-            event = wait_for_stage(self.console, watch, dl)
+            event = wait_for_stage(self.console, watch, dl, guest=self.guest)
+            _ = self.facts  # remember the banner before it scrolls out of the console tail
             if event.stage in stages:
                 return event
             self.console.sendline("")
@@ -141,7 +162,69 @@ class FreeBSDMachine:
         ddb = self.ddb
         for cmd in plan.ddb_commands():
             ddb.command(cmd)
-        return ddb.dump(deadline)
+        self.last_dump = ddb.dump(deadline)
+        return self.last_dump
+
+    # ------------------------------------------------------------ kernels without ddb
+    def alt_break_enabled(self) -> bool | None:
+        """Whether debug.kdb.alt_break_to_debugger=1 is known (kenv we booted with, or the shell)."""
+        if self.kenv.get("debug.kdb.alt_break_to_debugger") is not None:
+            return self.kenv["debug.kdb.alt_break_to_debugger"].strip() not in ("0", "")
+        if self.shell is not None:
+            r = self.shell.run("sysctl -n debug.kdb.alt_break_to_debugger")
+            return r.output.strip() == "1" if r.status == 0 else None
+        return None
+
+    def select_flow(self, trigger: DdbRoute | str, *, force: DumpFlow | str | None = None) -> FlowChoice:
+        """Which dump flow fits this kernel (ddb, or panic for kernels without ddb) and why."""
+        return choose_flow(
+            self.facts,
+            trigger,
+            has_shell=self.shell is not None,
+            state=current_stage(self.console),
+            alt_break_enabled=self.alt_break_enabled(),
+            force=force,
+        )
+
+    def panic_dump(
+        self,
+        trigger: DdbRoute | str = DdbRoute.ALT_BREAK,
+        *,
+        choice: FlowChoice | None = None,
+        deadline: Deadline | float | None = None,
+        hold: bool = True,
+    ) -> DumpResult:
+        """Panic the kernel, let it write its own dump, abort the automatic reboot (with `hold`): the
+        kernel then waits at "Press a key on the console to reboot" with the other CPUs stopped, so the
+        caller can take the live image and `retrieve` the dump. Returns `DumpResult(flow="panic")`."""
+        if choice is None:
+            choice = self.select_flow(trigger, force=DumpFlow.PANIC)
+        if self.shell is not None and choice.method is not None and choice.method.value == "alt_panic":
+            self.shell.run("sysctl debug.kdb.alt_break_to_debugger=1", check=True)
+        self.last_dump = panic_dump(
+            self.console,
+            choice,
+            guest=self.guest,
+            shell=self.shell,
+            memory_mib=self.memory_mib,
+            deadline=deadline,
+            hold=hold,
+        )
+        return self.last_dump
+
+    def crash(self, plan: DumpPlan) -> tuple[FlowChoice, DdbEntry | None, DumpResult]:
+        """Make the plan's dump by whichever flow fits the kernel: ddb (enter + `dump`, still in ddb
+        afterwards) or panic (held at "Press a key"). Validate/prepare first, as in crash_and_retrieve."""
+        choice = self.select_flow(plan.trigger)
+        if choice.flow == DumpFlow.DDB:
+            entry = self.enter_ddb(plan.trigger)
+            return choice, entry, self.dump(plan)
+        if plan.minidump_via.value == "ddb_write":
+            raise FreeBSDStageError(
+                f"plan {plan.describe()}: minidump via ddb `write` needs ddb; this kernel has none "
+                "(set debug.minidump in the kernel environment instead: minidump_via=tunable)"
+            )
+        return choice, None, self.panic_dump(plan.trigger, choice=choice)
 
     def retrieve(
         self,
@@ -157,9 +240,11 @@ class FreeBSDMachine:
             return from_dump_disk(
                 self.dump_disk_image, outdir, guest=self.guest, private_key=self.private_key, kernel=kernel
             )
-        # savecore: leave ddb by resetting, let rc's savecore run, then fetch over SFTP
+        # savecore: leave ddb by resetting (or let a held panic reboot), let rc's savecore run, fetch
         if self.entry is not None and self.entry.ddb.active:
             self.entry.ddb.reset()
+        elif self.last_dump is not None and self.last_dump.held:
+            self.console.send("\r")  # cngetc() in shutdown_panic(): any key reboots
         wait_for_stage(self.console, [Stage.LOGIN], reboot_deadline)
         with self.ssh() as ssh:
             return via_savecore(

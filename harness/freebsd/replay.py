@@ -12,7 +12,8 @@ that replays those bytes and answers what is sent the way the recording shows:
 * a ``db> `` / ``mountroot> `` prompt followed by an echoed line is a gate that opens when the client
   sends exactly that line (anything else raises `ReplayMismatch` from `send`, with both texts);
 * a ``[monitor] (qemu) nmi`` marker is a gate that opens on `inject_nmi()`; ``sending ALT break`` opens
-  when the client has sent CR ``~`` Ctrl-B; ``sending BREAK`` opens on `send_break()`;
+  when the client has sent CR ``~`` Ctrl-B (``sending ALT panic``: CR ``~`` Ctrl-P; ``sending key``: a
+  CR, both only in the edited transcripts); ``sending BREAK`` opens on `send_break()`;
 * at the end of the recording the double stays silent, like an idle guest (waits time out).
 
 So `Ddb.dump()`, ddb entry routes and the stage recogniser run unmodified against it. It is a replay,
@@ -41,6 +42,7 @@ _PROMPT = re.compile(rb"db> |mountroot> ")
 _LEAVES_DDB = {b"c", b"cont", b"continue", b"reset", b"reboot", b"halt", b"call cpu_reset"}
 
 ALT_BREAK = b"\r~\x02"
+ALT_PANIC = b"\r~\x10"  # CR ~ Ctrl-P: the panic sequence (edited transcripts of kernels without ddb)
 
 
 class ReplayMismatch(AssertionError):
@@ -123,6 +125,10 @@ def _derive_gates(serial: bytes, markers: list[tuple[int, str]]) -> list[Gate]:
             gates.append(Gate(offset, "nmi", note=text))
         elif text.startswith("sending ALT break"):
             gates.append(Gate(offset, "bytes", ALT_BREAK, note=text))
+        elif text.startswith("sending ALT panic"):
+            gates.append(Gate(offset, "bytes", ALT_PANIC, note=text))
+        elif text.startswith("sending key"):
+            gates.append(Gate(offset, "bytes", b"\r", note=text))
         elif text.startswith("sending BREAK"):
             gates.append(Gate(offset, "break", note=text))
     trigger_offsets = {g.offset for g in gates}

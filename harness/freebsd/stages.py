@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from harness.console import ConsoleTimeout
 from harness.deadline import Deadline, as_deadline
 
 
@@ -44,6 +45,7 @@ class Stage(enum.StrEnum):
     DUMP_PROGRESS = "dump_progress"  # Dumping N out of M MB / Dumping N MB (K chunks)
     DUMP_COMPLETE = "dump_complete"
     REBOOT = "reboot"  # Automatic reboot / Rebooting...
+    REBOOT_WAIT = "reboot_wait"  # "--> Press a key on the console to reboot": halted after a panic
 
 
 # Patterns are searched in decoded console text (CR LF line ends kept). Group 1, where present, is the
@@ -74,7 +76,15 @@ STAGE_PATTERNS: dict[Stage, str] = {
     Stage.PANIC: r"(?:^|[\r\n]|> )panic: ([^\r\n]*)",
     Stage.DUMP_PROGRESS: r"Dumping (\d+) out of (\d+) MB:|Dumping (\d+) MB \((\d+) chunks\)",
     Stage.DUMP_COMPLETE: r"Dump complete|Textdump complete\.",
+    # kern_shutdown.c shutdown_panic()/shutdown_reset(): the countdown (kern.panic_reboot_wait_time, 15 s
+    # by default) and the reset itself.
     Stage.REBOOT: r"Automatic reboot in (\d+) seconds|Rebooting\.\.\.|cpu_reset: Stopping other CPUs",
+    # After a key was pressed during the countdown (or at once with kern.panic_reboot_wait_time=-1) the
+    # kernel waits in cngetc() with the other CPUs stopped. 12+ prints "--> Press a key on the console to
+    # reboot,\n--> or switch off the system now.\n"; older kernels "--> Press a key on the console to
+    # reboot <--" (both in the history of sys/kern/kern_shutdown.c).
+    Stage.REBOOT_WAIT: r"--> Press a key on the console to reboot(?:,\r*\n--> or switch off the system now\."
+    r"| <--)",
 }
 
 # Stages whose pattern must sit at the very end of the text seen so far (prompts: nothing follows them
@@ -88,6 +98,9 @@ FAILURE_PATTERNS: dict[str, str] = {
     "freebsd.panic": STAGE_PATTERNS[Stage.PANIC],
     "freebsd.fatal_trap": r"(?:^|[\r\n])Fatal (?:double fault|trap \d+: [^\r\n]*)",
 }
+
+
+TAIL_WINDOW = 256 * 1024  # how much console text stage analysis looks back at (Console keeps this much)
 
 
 class FreeBSDStageError(RuntimeError):
@@ -106,6 +119,22 @@ class GuestPanicked(FreeBSDStageError):
             f"FreeBSD kernel panicked while waiting for {waiting_for}: {panic_message}", tail=tail
         )
         self.panic_message = panic_message
+
+
+class StageTimeout(ConsoleTimeout):
+    """A stage wait ran out of time; the message names the last stage the console showed (and, when
+    GRUB handed over to a kernel that never printed anything, says exactly that)."""
+
+    def __init__(self, message: str, *, last_stage: Stage | None, cause: ConsoleTimeout) -> None:
+        self.last_stage = last_stage
+        super().__init__(
+            message,
+            deadline=cause.deadline,
+            phase=cause.phase,
+            expectation=cause.expectation,
+            tail=cause.tail,
+            transcript=cause.transcript,
+        )
 
 
 @dataclass(frozen=True)
@@ -156,6 +185,47 @@ def stage_sequence(text: str) -> list[Stage]:
     return out
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+#: What a kernel booted by GRUB (no loader(8)) needs to talk on COM1; see `harness.freebsd.kernel`.
+SERIAL_CONSOLE_HINT = (
+    "a kernel booted by GRUB only uses COM1 when its environment says so: add "
+    "hw.uart.console=io:1016,br:115200 (what loader(8) sets, stand/i386/libi386/comconsole.c; amd64 "
+    "GENERIC compiles in no device hints); a triple fault at the hand-over shows in the QEMU log"
+)
+
+
+def last_stage(text: str) -> StageEvent | None:
+    """The last recognisable stage in `text` (None if nothing is recognisable)."""
+    events = recognise(text)
+    return events[-1] if events else None
+
+
+def kernel_silent_after_grub(text: str) -> bool:
+    """GRUB printed its hand-over and nothing visible came after it (the kernel never spoke)."""
+    last = last_stage(text)
+    if last is None or last.stage != Stage.GRUB:
+        return False
+    after = _ANSI.sub("", text[last.offset + len(last.text) :])
+    return not after.strip()
+
+
+def describe_timeout(text: str, seconds: float, waiting_for: str, log_tail: str | None = None) -> str:
+    """One message for a stage wait that ran out: the last stage seen, or GRUB's silent hand-over."""
+    if kernel_silent_after_grub(text):
+        msg = (
+            f"GRUB handed over but the kernel printed nothing in {seconds:.0f} s (waiting for "
+            f"{waiting_for}); {SERIAL_CONSOLE_HINT}"
+        )
+    else:
+        last = last_stage(text)
+        seen = f"{last.stage.value} ({last.text.strip()[:100]!r})" if last else "nothing recognisable"
+        msg = f"no {waiting_for} within {seconds:.0f} s; last stage seen: {seen}"
+    if log_tail:
+        msg += "\n--- QEMU log tail ---\n" + log_tail.rstrip()
+    return msg
+
+
 def wait_for_stage(
     console,
     targets: Iterable[Stage],
@@ -163,12 +233,14 @@ def wait_for_stage(
     *,
     patterns: Mapping[Stage, str] | None = None,
     allow_panic: bool = False,
+    guest=None,
 ) -> StageEvent:
     """Wait on `console` until one of `targets` appears; a panic ends the wait with `GuestPanicked`.
 
     `patterns` overrides the regex of a stage (e.g. a SHELL prompt we set ourselves). With
     `allow_panic` (used when a panic is what we want, as a ddb trigger), PANIC may be a target and the
-    panic failure patterns are not armed.
+    panic failure patterns are not armed. Running out of time raises `StageTimeout` (a
+    `ConsoleTimeout`) naming the last stage seen; with `guest`, its QEMU log tail is added.
     """
     from harness.console import ConsoleFailure
 
@@ -182,6 +254,23 @@ def wait_for_stage(
         console.arm_failure(name, FAILURE_PATTERNS[name])
     try:
         m = console.expect(regexes, deadline)
+    except StageTimeout:
+        raise
+    except ConsoleTimeout as exc:
+        text = console.tail(TAIL_WINDOW)
+        log = None
+        if guest is not None and hasattr(guest, "log_tail"):
+            try:
+                log = guest.log_tail()
+            except Exception as log_exc:  # noqa: BLE001 - evidence only, never hide the timeout
+                log = f"(QEMU log unavailable: {log_exc})"
+        waiting = "/".join(t.value for t in targets)
+        last = last_stage(text)
+        raise StageTimeout(
+            describe_timeout(text, deadline.elapsed(), waiting, log),
+            last_stage=last.stage if last else None,
+            cause=exc,
+        ) from exc
     except ConsoleFailure as exc:
         text = getattr(exc, "tail", "") or ""
         matched = getattr(exc, "matched", "") or ""

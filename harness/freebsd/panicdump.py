@@ -1,0 +1,398 @@
+"""The dump flow for kernels without ddb: panic -> the kernel's own dump -> hold it at "Press a key".
+
+Why: release GENERIC kernels carry ``options KDB`` (for panic backtraces) but no ddb backend, so there is
+no ``db>`` to stop at and no ``dump`` command. What such a kernel still does, all in
+``sys/kern/kern_shutdown.c``:
+
+1. ``vpanic()`` prints ``panic: <msg>``, ``cpuid = N``, ``time = T``, a ``KDB: stack backtrace:``, stops
+   the other CPUs (``stop_cpus_hard``) and calls ``kern_reboot(RB_AUTOBOOT | RB_DUMP)``;
+2. ``kern_reboot()`` prints ``Uptime: ...`` and ``doadump(TRUE)`` writes the dump to the configured dump
+   device (``dumpdev`` from the kernel environment works before rc runs) with the same console text as
+   ddb's ``dump`` (``Dumping N out of M MB:..x%`` / ``Dumping N MB (K chunks)``, ``Dump complete``);
+   with no dump device nothing is printed at all;
+3. ``shutdown_panic()`` prints ``Automatic reboot in N seconds - press a key on the console to abort``
+   (``kern.panic_reboot_wait_time``, 15 by default; -1 skips the countdown, 0 reboots at once) and polls
+   the console; after a key it prints ``--> Press a key on the console to reboot,`` / ``--> or switch
+   off the system now.`` and waits in ``cngetc()`` for ever. That is where we hold it: memory is quiet,
+   the other CPUs are stopped, the host can take the live image and read the dump disk.
+
+Which triggers can panic such a kernel (facts, not hopes):
+
+* ``sysctl debug.kdb.panic=1`` (a shell): ``panic("kdb_sysctl_panic")`` — no backend needed;
+* ALT break *panic* sequence CR ``~`` Ctrl-P on the console: ``kdb_alt_break_internal()`` calls
+  ``kdb_panic("Panic sequence on console")`` (prints ``KDB: panic``) — needs only
+  ``debug.kdb.alt_break_to_debugger=1`` (a tunable: put it in the kernel environment) (``subr_kdb.c``);
+* an empty answer at the interactive ``mountroot>`` prompt: ``panic("mountroot: unable to (re-)mount
+  root.")`` (``sys/kern/vfs_mountroot.c``);
+* NOT an NMI: ``nmi_call_kdb()`` (``sys/x86/x86/cpu_machdep.c``, 12.x-14.x) prints ``NMI/cpuN ... going
+  to debugger`` and calls ``kdb_trap()``, which returns at once without a backend;
+  ``machdep.panic_on_nmi`` only covers NMIs the chipset flags as hardware failures. We still try it
+  briefly (a newer kernel may panic on unclaimed NMIs) and then fall back, saying so.
+* NOT ``sysctl debug.kdb.enter=1``, a serial BREAK or CR ``~`` Ctrl-B: all end in ``kdb_enter()``, which
+  does nothing without a backend.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import time
+from dataclasses import dataclass, field
+
+from harness.deadline import Deadline, as_deadline
+from harness.freebsd.ddb import (
+    DUMP_STALL_SECONDS,
+    PROMPT,
+    Ddb,
+    DumpFailed,
+    DumpResult,
+    describe_progress,
+    dump_deadline_seconds,
+    expect_while_printing,
+    parse_dump_output,
+)
+from harness.freebsd.enter import ALT_BREAK_CHAR_DELAY, DdbRoute
+from harness.freebsd.kernel import KernelFacts
+from harness.freebsd.stages import STAGE_PATTERNS, FreeBSDStageError, Stage
+
+ALT_PANIC_SEQUENCE = "\r~\x10"  # CR ~ Ctrl-P (subr_kdb.c kdb_alt_break_state: KDB_REQ_PANIC)
+KEY = "\r"  # any key aborts the countdown / is read by cngetc(); CR is harmless everywhere
+
+#: Kernel environment for the panic flow on a bare kernel (GRUB ``kFreeBSD.*``): the ALT panic sequence
+#: must be enabled at boot (no shell to set it later), and -1 makes the kernel skip the 15 s countdown
+#: and wait for a key at once, so a slow host can never miss the window.
+PANIC_FLOW_KENV = {"debug.kdb.alt_break_to_debugger": "1", "kern.panic_reboot_wait_time": "-1"}
+
+PANIC_SECONDS = 60.0  # trigger -> "panic:" (observed ~1 s under TCG: the panic route reached db> in 1 s)
+NMI_PROBE_SECONDS = 10.0  # how long an NMI gets to panic a kernel without backend before the fallback
+KEY_WINDOW_SECONDS = 60.0  # key sent -> "--> Press a key on the console to reboot"
+
+_COUNTDOWN = r"Automatic reboot in (-?\d+) seconds - press a key on the console to abort"
+_NMI_IGNORED = r"NMI/cpu\d+ \.\.\. going to debugger"
+_UPTIME = re.compile(r"Uptime: ((?:\d+d)?(?:\d+h)?(?:\d+m)?\d+s)")
+
+
+class DumpFlow(enum.StrEnum):
+    DDB = "ddb"  # stop in ddb, `dump` there, kernel stays in ddb
+    PANIC = "panic"  # panic, the kernel dumps by itself, held at "Press a key on the console to reboot"
+
+
+class PanicMethod(enum.StrEnum):
+    SYSCTL_PANIC = "sysctl_panic"  # shell: sysctl debug.kdb.panic=1
+    ALT_PANIC = "alt_panic"  # console: CR ~ Ctrl-P
+    MOUNTROOT_EMPTY = "mountroot_empty"  # console: empty line at mountroot>
+    NMI = "nmi"  # hypervisor NMI (only panics kernels that panic on unclaimed NMIs)
+
+
+class PanicDumpError(DumpFailed):
+    """The panic flow did not end with a complete dump and a held kernel; `result` has what was parsed."""
+
+
+@dataclass(frozen=True)
+class FlowChoice:
+    """Which dump flow to use for this kernel and trigger, and why (one line each)."""
+
+    flow: DumpFlow
+    trigger: DdbRoute
+    method: PanicMethod | None = None  # panic flow: how to panic
+    fallback: PanicMethod | None = None  # panic flow: if `method` (an NMI) does not panic
+    why: str = ""
+    cannot: list[str] = field(default_factory=list)  # routes that cannot work here, one line each
+    needs: list[str] = field(default_factory=list)  # preconditions we could not check
+
+    def describe(self) -> str:
+        lines = [f"dump flow: {self.flow.value} ({self.why})"]
+        lines += [f"cannot work: {c}" for c in self.cannot]
+        lines += [f"needs: {n}" for n in self.needs]
+        return "\n".join(lines)
+
+
+_NO_BACKEND_ROUTE = {
+    DdbRoute.NMI: "an NMI only reaches kdb_trap(), which returns at once without a debugger backend "
+    "(sys/x86/x86/cpu_machdep.c nmi_call_kdb; machdep.panic_on_nmi covers hardware-failure NMIs only)",
+    DdbRoute.BREAK: "a serial BREAK ends in kdb_enter(), which does nothing without a debugger backend",
+    DdbRoute.SYSCTL: "sysctl debug.kdb.enter=1 ends in kdb_enter(), which does nothing without a debugger "
+    "backend",
+}
+
+
+def choose_flow(
+    facts: KernelFacts,
+    trigger: DdbRoute | str,
+    *,
+    has_shell: bool,
+    state: Stage | None = None,
+    alt_break_enabled: bool | None = None,
+    force: DumpFlow | str | None = None,
+) -> FlowChoice:
+    """Pick the dump flow for `facts` (from the boot banner) and the requested `trigger`.
+
+    ddb present (or unknown: the banner was not seen) -> the ddb flow with `trigger`. No ddb -> the panic
+    flow, with the panic method that works for `trigger` in this state; routes that cannot work on this
+    kernel are named in `cannot` (one line each) before anything is tried. `alt_break_enabled`: whether
+    ``debug.kdb.alt_break_to_debugger=1`` is known to be set (kenv/sysctl); None = unknown.
+    """
+    trigger = DdbRoute(trigger)
+    force = DumpFlow(force) if force is not None else None
+    has_ddb = facts.has_ddb
+    if force == DumpFlow.DDB or (force is None and has_ddb is not False):
+        why = (
+            "the kernel has the ddb backend" if has_ddb else "debugger backends unknown (boot banner not "
+            "seen); assuming ddb, enter_ddb fails clearly if it is missing"
+        )
+        cannot = []
+        if has_ddb is False:
+            cannot.append("the ddb flow was forced but the kernel printed no ddb backend at boot")
+        return FlowChoice(DumpFlow.DDB, trigger, why=f"{why}: enter ddb via {trigger.value}, then `dump`",
+                          cannot=cannot)
+
+    reason = "no ddb backend" if has_ddb is False else "panic flow requested"
+    cannot: list[str] = []
+    needs: list[str] = []
+    method: PanicMethod
+    fallback: PanicMethod | None = None
+    console_panic = PanicMethod.MOUNTROOT_EMPTY if state == Stage.MOUNTROOT_PROMPT else PanicMethod.ALT_PANIC
+    if trigger in (DdbRoute.PANIC, DdbRoute.SYSCTL) and has_shell:
+        method = PanicMethod.SYSCTL_PANIC
+        if trigger == DdbRoute.SYSCTL and has_ddb is False:
+            cannot.append(
+                f"route sysctl: {_NO_BACKEND_ROUTE[DdbRoute.SYSCTL]}; using sysctl debug.kdb.panic=1"
+            )
+    elif trigger == DdbRoute.NMI:
+        method = PanicMethod.NMI
+        fallback = PanicMethod.SYSCTL_PANIC if has_shell else console_panic
+        if has_ddb is False:
+            cannot.append(
+                f"route nmi: {_NO_BACKEND_ROUTE[DdbRoute.NMI]}; trying it for {NMI_PROBE_SECONDS:g} s, then "
+                f"{fallback.value}"
+            )
+    else:
+        method = PanicMethod.SYSCTL_PANIC if has_shell and trigger == DdbRoute.BREAK else console_panic
+        if trigger in _NO_BACKEND_ROUTE and has_ddb is False:
+            cannot.append(f"route {trigger.value}: {_NO_BACKEND_ROUTE[trigger]}; using {method.value}")
+        elif trigger == DdbRoute.ALT_BREAK and method == PanicMethod.ALT_PANIC:
+            pass  # CR ~ Ctrl-P instead of Ctrl-B: same knob, panics instead of entering the debugger
+        elif trigger == DdbRoute.ALT_BREAK and method == PanicMethod.MOUNTROOT_EMPTY:
+            cannot.append("route alt_break at mountroot>: the prompt reads the CR; answering it empty panics")
+    for m in (method, fallback):
+        if m == PanicMethod.ALT_PANIC and not has_shell:
+            if alt_break_enabled is False:
+                raise FreeBSDStageError(
+                    "the panic flow needs the ALT panic sequence (CR ~ Ctrl-P) on a kernel without ddb and "
+                    "without a shell, but debug.kdb.alt_break_to_debugger is not 1: boot with "
+                    "kenv debug.kdb.alt_break_to_debugger=1"
+                )
+            if alt_break_enabled is None:
+                needs.append("debug.kdb.alt_break_to_debugger=1 in the kernel environment (not checkable "
+                             "without a shell) for CR ~ Ctrl-P")
+    return FlowChoice(
+        DumpFlow.PANIC,
+        trigger,
+        method=method,
+        fallback=fallback,
+        why=f"{reason}: panic via {method.value}, the kernel writes its own dump, then we hold it at "
+        "'Press a key on the console to reboot'",
+        cannot=cannot,
+        needs=needs,
+    )
+
+
+# ----------------------------------------------------------------------------- running it
+def _fire(method: PanicMethod, console, *, guest=None, shell=None) -> None:
+    if method == PanicMethod.SYSCTL_PANIC:
+        if shell is None:
+            raise FreeBSDStageError("sysctl debug.kdb.panic=1 needs a root shell")
+        shell.start("sysctl debug.kdb.panic=1")
+    elif method == PanicMethod.ALT_PANIC:
+        console.send(ALT_PANIC_SEQUENCE, char_delay=ALT_BREAK_CHAR_DELAY)
+    elif method == PanicMethod.MOUNTROOT_EMPTY:
+        console.sendline("")
+    elif method == PanicMethod.NMI:
+        if guest is None:
+            raise FreeBSDStageError("an NMI needs the Guest (libvirt) to inject it")
+        guest.inject_nmi()
+
+
+def _text(*parts: str) -> str:
+    return "".join(parts)
+
+
+def panic_dump(
+    console,
+    choice: FlowChoice,
+    *,
+    guest=None,
+    shell=None,
+    memory_mib: int | None = None,
+    deadline: Deadline | float | None = None,
+    hold: bool = True,
+    panic_seconds: float = PANIC_SECONDS,
+    nmi_probe_seconds: float = NMI_PROBE_SECONDS,
+    stall_seconds: float = DUMP_STALL_SECONDS,
+    check: bool = True,
+) -> DumpResult:
+    """Panic the kernel by `choice.method`, parse the dump it writes by itself and (with `hold`) press a
+    key to abort the automatic reboot, so the guest stays at "Press a key on the console to reboot" with
+    the other CPUs stopped. Returns the parsed `DumpResult` (``flow="panic"``, ``held``, ``panic``,
+    ``uptime``). A kernel with ddb that stops at ``db>`` on the way is continued (``c``).
+
+    Every wait is bounded: `panic_seconds` from the trigger to ``panic:``, `deadline` (default: the
+    size-based dump deadline) for the dump, `stall_seconds` of console silence, `KEY_WINDOW_SECONDS` for
+    the key press. Anything but a complete dump raises `PanicDumpError` (after the key press, so the guest
+    is still there for evidence) unless `check` is False.
+    """
+    from harness.console import ConsoleClosed, ConsoleTimeout
+
+    if choice.flow != DumpFlow.PANIC or choice.method is None:
+        raise ValueError(f"panic_dump needs a panic-flow choice, got {choice.flow.value}")
+    started = time.monotonic()
+    notes: list[str] = [choice.describe()]
+    total = as_deadline(
+        dump_deadline_seconds(memory_mib) + panic_seconds if deadline is None else deadline, "panic dump"
+    )
+    console.discard_pending()  # older text (e.g. a replayed msgbuf) must not count as this panic
+    armed = list(getattr(console, "armed", {}) or {})
+    suspended = console.suspended(*armed) if armed and hasattr(console, "suspended") else None
+    collected: list[str] = []
+    panic_msg: str | None = None
+
+    def fail(message: str, exc: Exception | None = None, *, tail: str | None = None) -> PanicDumpError:
+        partial = _text(*collected, console.pending() if hasattr(console, "pending") else "")
+        result = _result(partial, started, panic_msg, notes, held=False)
+        err = PanicDumpError(
+            f"{message}; last progress: {describe_progress(result)}",
+            result,
+            tail=tail if tail is not None else (getattr(exc, "tail", "") or console.tail()),
+        )
+        return err
+
+    panicked = {"panic": STAGE_PATTERNS[Stage.PANIC], "db": PROMPT}
+    with suspended if suspended is not None else _nothing():
+        # 1. trigger -> panic
+        method = choice.method
+        _fire(method, console, guest=guest, shell=shell)
+        try:
+            if method == PanicMethod.NMI:
+                try:
+                    m = console.expect(panicked, total.sub(nmi_probe_seconds, "NMI -> panic"))
+                except ConsoleTimeout:
+                    ignored = re.search(_NMI_IGNORED, console.pending())
+                    notes.append(
+                        f"NMI did not panic the kernel within {nmi_probe_seconds:g} s"
+                        + (" (it printed 'going to debugger' and went on: no backend)" if ignored else "")
+                    )
+                    if choice.fallback is None:
+                        raise
+                    method = choice.fallback
+                    notes.append(f"falling back to {method.value}")
+                    console.discard_pending()
+                    _fire(method, console, guest=guest, shell=shell)
+                    m = console.expect(panicked, total.sub(panic_seconds, f"{method.value} -> panic"))
+            else:
+                m = console.expect(panicked, total.sub(panic_seconds, f"{method.value} -> panic"))
+        except (ConsoleTimeout, ConsoleClosed) as exc:
+            hint = ""
+            if method == PanicMethod.ALT_PANIC:
+                hint = " (is debug.kdb.alt_break_to_debugger=1 in the kernel environment?)"
+            raise fail(f"{method.value} did not panic the kernel{hint}", exc) from exc
+        collected.append(m.text)
+        if m.name == "panic":
+            panic_msg = m.match.group(1).strip()
+        notes.append(f"panicked via {method.value}: {panic_msg or '(ddb prompt first)'}")
+
+        # 2. the kernel's own dump, up to the reboot countdown / the held state
+        ends = {
+            "countdown": _COUNTDOWN,
+            "held": STAGE_PATTERNS[Stage.REBOOT_WAIT],
+            "rebooting": r"Rebooting\.\.\.|cpu_reset: Stopping other CPUs",
+            "firmware": STAGE_PATTERNS[Stage.FIRMWARE],
+            "db": PROMPT,
+        }
+        continued = 0
+        while True:
+            try:
+                m = expect_while_printing(console, ends, total, stall_seconds, "automatic dump after panic")
+            except (ConsoleTimeout, ConsoleClosed) as exc:
+                why = (
+                    f"no console output for {stall_seconds:g} s"
+                    if isinstance(exc, ConsoleTimeout) and not total.expired()
+                    else f"not within {total.seconds:g} s"
+                    if isinstance(exc, ConsoleTimeout)
+                    else "the console closed"
+                )
+                raise fail(f"no reboot countdown after the panic ({why})", exc) from exc
+            collected.append(m.text)
+            if m.name != "db":
+                break
+            # A kernel with ddb stops in ddb on the panic (debug.debugger_on_panic=1): continue.
+            if continued >= 2:
+                raise fail("the kernel keeps stopping in ddb after the panic")
+            continued += 1
+            notes.append("the kernel stopped in ddb on the panic; continuing (c) so it dumps by itself")
+            ddb = Ddb(console, memory_mib=memory_mib)
+            ddb._pager_off = True  # nothing to page: `c` prints no output
+            ddb.continue_()
+            if panic_msg is None:
+                pm = re.search(STAGE_PATTERNS[Stage.PANIC], _text(*collected))
+                panic_msg = pm.group(1).strip() if pm else None
+
+        held = m.name == "held"
+        if m.name == "countdown":
+            seconds = int(m.match.group(1))
+            if hold:
+                console.send(KEY)
+                notes.append(f"pressed a key during the {seconds} s reboot countdown")
+                try:
+                    k = console.expect(
+                        {"held": STAGE_PATTERNS[Stage.REBOOT_WAIT], "rebooting": ends["rebooting"],
+                         "firmware": ends["firmware"]},
+                        total.sub(max(KEY_WINDOW_SECONDS, seconds + 10.0), "key press -> held"),
+                    )
+                except (ConsoleTimeout, ConsoleClosed) as exc:
+                    raise fail(
+                        "no '--> Press a key on the console to reboot' after our key press", exc
+                    ) from exc
+                collected.append(k.text)
+                if k.name != "held":
+                    raise fail(
+                        f"the kernel rebooted before our key press aborted the {seconds} s countdown; boot "
+                        "with kenv kern.panic_reboot_wait_time=-1 so it waits for a key at once"
+                    )
+                held = True
+            else:
+                notes.append(f"not holding: the kernel reboots in {seconds} s")
+        elif m.name in ("rebooting", "firmware"):
+            result = _result(_text(*collected), started, panic_msg, notes, held=False)
+            if result.ok:
+                raise PanicDumpError(
+                    "the dump completed but the kernel rebooted at once (kern.panic_reboot_wait_time=0?): "
+                    "the dump disk is usable, live memory is gone; boot with kern.panic_reboot_wait_time=-1",
+                    result,
+                    tail=console.tail(),
+                )
+            raise fail("the kernel rebooted without writing a dump")
+
+    result = _result(_text(*collected), started, panic_msg, notes, held=held)
+    if check and not result.ok:
+        why = result.error or "no dump was written before the reboot countdown (no dump device: dumpdev?)"
+        raise PanicDumpError(f"automatic dump after panic failed: {why}", result, tail=console.tail())
+    return result
+
+
+def _result(text: str, started: float, panic_msg: str | None, notes: list[str], *, held: bool) -> DumpResult:
+    result = parse_dump_output(text, time.monotonic() - started)
+    result.flow = "panic"
+    result.panic = panic_msg
+    up = _UPTIME.search(text)
+    result.uptime = up.group(1) if up else None
+    result.held = held
+    result.notes = list(notes)
+    return result
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
