@@ -165,7 +165,16 @@ def patched_grub_dir(
 
 
 _KEY = re.compile(r"^[A-Za-z0-9_.\-]+$")
-DEFAULT_KENV = {"console": "comconsole", "boot_serial": "YES"}
+# hw.uart.console: GRUB is not loader(8), which sets it ("io:%d,br:%d", stand/i386/libi386/comconsole.c);
+# without it a kernel with no compiled-in hints (amd64 GENERIC) finds no uart console and stays silent on
+# COM1. debug.kdb.alt_break_to_debugger: lets the harness panic a kernel without ddb (CR ~ Ctrl-P) and
+# enter ddb (CR ~ Ctrl-B) with no shell; both are tunables. (Added by the freebsd-layer helper.)
+DEFAULT_KENV = {
+    "console": "comconsole",
+    "boot_serial": "YES",
+    "hw.uart.console": "io:1016,br:115200",
+    "debug.kdb.alt_break_to_debugger": "1",
+}
 NO_ROOT_KENV = {"vfs.root.mountfrom": "devfs:/dev/nosuchdisk", "vfs.mountroot.timeout": "3600"}
 
 
