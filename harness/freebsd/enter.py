@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 
 from harness.deadline import Deadline, as_deadline
 from harness.freebsd.ddb import PROMPT, Ddb
-from harness.freebsd.stages import STAGE_PATTERNS, FreeBSDStageError, Stage, recognise
+from harness.freebsd.kernel import kernel_facts
+from harness.freebsd.stages import STAGE_PATTERNS, TAIL_WINDOW, FreeBSDStageError, Stage, recognise
 
 
 class DdbRoute(enum.StrEnum):
@@ -97,6 +98,11 @@ DEFAULT_MOUNTROOT_NMI_ATTEMPTS = 4  # 3/6 success each -> ~94 % after four, boun
 
 class DdbEntryError(FreeBSDStageError):
     """The route could not bring the kernel into ddb (or must not be tried in this state)."""
+
+
+class NoDdbBackend(DdbEntryError):
+    """The kernel has no ddb backend (its boot banner said so): no route can reach ``db>``. Use the
+    panic flow instead (`harness.freebsd.panicdump`, `FreeBSDMachine.panic_dump`)."""
 
 
 class MountrootPromptError(DdbEntryError):
@@ -203,6 +209,13 @@ def enter_ddb(
     started = time.monotonic()
     if state == Stage.DDB_PROMPT:
         raise DdbEntryError(f"enter ddb via {route.value}: the kernel is already at db>", tail=console.tail())
+    facts = kernel_facts(console.tail(TAIL_WINDOW))
+    if facts.has_ddb is False:
+        raise NoDdbBackend(
+            f"route {route.value} cannot reach ddb: {facts.describe()}; use the panic flow "
+            "(FreeBSDMachine.panic_dump / harness.freebsd.panicdump), the kernel dumps by itself",
+            tail=console.tail(),
+        )
     if info.needs_shell and shell is None:
         raise DdbEntryError(
             f"route {route.value} needs a root shell on the guest (console or SSH); "

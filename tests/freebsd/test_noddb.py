@@ -327,3 +327,16 @@ def test_grub_iso_default_kenv_speaks_on_com1():
 
     assert DEFAULT_KENV["hw.uart.console"] == "io:1016,br:115200"
     assert DEFAULT_KENV["debug.kdb.alt_break_to_debugger"] == "1"
+
+
+def test_enter_ddb_refuses_in_one_line_before_trying(replay):
+    from harness.freebsd.enter import NoDdbBackend, enter_ddb
+
+    console, spawn = replay(edited("edited-noddb-nmi"))
+    wait_for_stage(console, [Stage.ROOT_WAIT], 10)
+    t = time.monotonic()
+    with pytest.raises(NoDdbBackend) as exc:
+        enter_ddb(console, "nmi", guest=ReplayGuest(console, spawn), deadline=30)
+    assert time.monotonic() - t < 2 and spawn.nmis_injected == 0  # nothing was tried
+    first = str(exc.value).splitlines()[0]
+    assert first.startswith("route nmi cannot reach ddb: ") and "panic_dump" in first
