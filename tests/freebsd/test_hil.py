@@ -16,9 +16,15 @@ from harness.freebsd.retrieve import parse_info_file
 pytestmark = pytest.mark.hil
 
 
-def _machine(guest, target) -> FreeBSDMachine:
+def _machine(guest, target, *, needs_ddb: bool = True) -> FreeBSDMachine:
     m = FreeBSDMachine(guest, memory_mib=target.memory_mib, dump_disk_image=guest.spec.disks[0].path)
     m.shell = getattr(guest, "shell", None)
+    if target.kernel is not None:
+        from images.grub_iso import DEFAULT_KENV
+
+        m.kenv = dict(DEFAULT_KENV) | dict(target.kenv)  # what the plugin's GRUB ISO passed
+    if needs_ddb and m.facts.has_ddb is False:
+        pytest.skip(f"{m.facts.describe()}: test_panic_flow_* covers kernels without ddb")
     return m
 
 
@@ -52,11 +58,11 @@ def test_nmi_ddb_session_minidump_from_the_dump_disk(fbsd_guest, fbsd_target, tm
 
 
 def test_alt_break_full_dump_via_ddb_write(fbsd_guest, fbsd_target, tmp_path):
-    if fbsd_guest.shell is None and fbsd_target.kenv.get("debug.kdb.alt_break_to_debugger") != "1":
+    m = _machine(fbsd_guest, fbsd_target)
+    if fbsd_guest.shell is None and m.kenv.get("debug.kdb.alt_break_to_debugger") != "1":
         pytest.skip(
             "bare kernel: pass --fbsd-kenv debug.kdb.alt_break_to_debugger=1 (GENERIC lacks the option)"
         )
-    m = _machine(fbsd_guest, fbsd_target)
     plan = DumpPlan(
         minidump=False, minidump_via="ddb_write", trigger="alt_break", dump_disk=_dump_device(fbsd_target)
     )
@@ -89,3 +95,24 @@ def test_sysctl_route_continue_and_savecore_in_the_guest(fbsd_guest, fbsd_target
     info = parse_info_file(shell.run(f"cat /var/crash/info.{n}", check=True).output)
     assert info.get("Dump Status") == "good", r.output
     assert re.search(rf"\bvmcore\.{n}\b", shell.run("ls /var/crash", check=True).output)
+
+
+def test_panic_flow_dump_held_then_host_retrieval(fbsd_guest, fbsd_target, tmp_path):
+    """Kernels without ddb (release GENERIC) and with it (forced): panic, the kernel's own dump, key
+    press, held at "Press a key on the console to reboot"; the dump disk then holds a good dump."""
+    m = _machine(fbsd_guest, fbsd_target, needs_ddb=False)
+    bare = fbsd_target.kernel is not None
+    plan = DumpPlan(
+        minidump=True,
+        minidump_via="tunable" if bare else "sysctl",
+        trigger="alt_break" if bare else "panic",
+        dump_disk=_dump_device(fbsd_target),
+    )
+    m.prepare(plan)
+    choice = m.select_flow(plan.trigger, force="panic")
+    result = m.panic_dump(plan.trigger, choice=choice)
+    assert result.ok and result.held and result.flow == "panic" and result.panic, result.notes
+    dump = m.retrieve(plan, tmp_path / "crash")
+    assert dump.kind == result.kind and dump.method == "host"
+    with reader.open_vmcore(dump.vmcore) as vm:
+        assert vm.info["arch"] == "amd64"
