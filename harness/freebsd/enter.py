@@ -26,7 +26,14 @@ from dataclasses import dataclass, field
 from harness.deadline import Deadline, as_deadline
 from harness.freebsd.ddb import PROMPT, Ddb
 from harness.freebsd.kernel import kernel_facts
-from harness.freebsd.stages import STAGE_PATTERNS, TAIL_WINDOW, FreeBSDStageError, Stage, recognise
+from harness.freebsd.stages import (
+    STAGE_PATTERNS,
+    TAIL_WINDOW,
+    FreeBSDStageError,
+    Stage,
+    last_stage,
+    recognise,
+)
 
 
 class DdbRoute(enum.StrEnum):
@@ -142,6 +149,13 @@ def current_stage(console, window: int = 64 * 1024) -> Stage | None:
     return last.stage
 
 
+def _last_seen(text: str) -> str:
+    last = last_stage(text or "")
+    if last is None:
+        return "last stage seen: nothing recognisable"
+    return f"last stage seen: {last.stage.value} ({last.text.strip()[:80]!r})"
+
+
 def _parse_entry(text: str) -> dict:
     info: dict = {"why": None, "panic": None, "pid": None, "tid": None, "stopped_at": None}
     for e in recognise(text):
@@ -255,7 +269,8 @@ def enter_ddb(
             need = f"{info.knob}=1" if info.knob else "securelevel <= 0 and a kernel with KDB+DDB"
             raise DdbEntryError(
                 f"{route.value} did not reach db> within {dl.seconds:g} s (needs {need}; "
-                f"{'set/checked through the shell' if shell is not None else 'not checked: no shell'})",
+                f"{'set/checked through the shell' if shell is not None else 'not checked: no shell'}); "
+                f"{_last_seen(exc.tail)}",
                 tail=exc.tail,
             ) from exc
     elif route == DdbRoute.BREAK:
@@ -300,7 +315,7 @@ def enter_ddb(
             error = MountrootPromptError if state == Stage.MOUNTROOT_PROMPT else DdbEntryError
             raise error(
                 f"NMI did not reach ddb before the deadline ({'; '.join(notes)}); is machdep.kdb_on_nmi=1 "
-                "and the kernel built with KDB+DDB?",
+                f"and the kernel built with KDB+DDB? {_last_seen(console.tail(TAIL_WINDOW))}",
                 tail=last_exc.tail if last_exc else console.tail(),
             )
     parsed = _parse_entry(text)
