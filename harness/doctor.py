@@ -57,6 +57,8 @@ PACKAGE_EVIDENCE = {
     "xorriso": "xorriso",
     "mtools": "mcopy",
     "binutils": "objdump",
+    "openssl": "openssl",
+    "tcsh": "tcsh",
 }
 
 

@@ -290,3 +290,18 @@ def test_greedy_failure_pattern_sees_the_whole_line(guest_pty, pty_console):
     t0 = time.monotonic()
     pty_console.expect({"ddb": r"db> $"}, 10)
     assert time.monotonic() - t0 < 2
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/tcsh"), reason="tcsh not installed (apt-get install tcsh)")
+def test_run_under_csh(tmp_path):
+    """FreeBSD's root shell before 14.0 is csh: the marker wrapping must work there too."""
+    child = pexpect.spawn("/usr/bin/tcsh", ["-f", "-i"], env={"PATH": os.environ["PATH"], "TERM": "dumb"})
+    with Console(child, transcript=tmp_path / "csh.log", newline="\n") as con:
+        con.sendline("set prompt='CSHPROMPT%% '")
+        con.expect({"prompt": r"CSHPROMPT% $"}, 10)
+        prompt = r"CSHPROMPT% $"
+        r = con.run("echo hello; echo world", prompt=prompt, deadline=10)
+        assert (r.output, r.status) == ("hello\nworld\n", 0)
+        assert con.run("false", prompt=prompt, deadline=10).status == 1
+        assert con.run("printf abc", prompt=prompt, deadline=10).output == "abc"
+        assert con.run("sleep 0.1 &", prompt=prompt, deadline=10).status == 0
