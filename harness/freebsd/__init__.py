@@ -26,6 +26,7 @@ from harness.freebsd.panicdump import (
     PanicMethod,
     choose_flow,
     panic_dump,
+    select_flow,
 )
 from harness.freebsd.retrieve import RetrievedDump, RetrieveError, from_dump_disk, via_savecore
 from harness.freebsd.session import ConsoleShell, LoginFailed
@@ -72,6 +73,7 @@ __all__ = [
     "make_dump_keypair",
     "panic_dump",
     "recognise",
+    "select_flow",
     "via_savecore",
     "wait_for_stage",
 ]

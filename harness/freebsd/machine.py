@@ -35,9 +35,9 @@ from typing import Any
 from harness.deadline import Deadline, as_deadline
 from harness.freebsd.ddb import Ddb, DumpResult
 from harness.freebsd.dumps import GUEST_PUBLIC_KEY, DumpPlan, RetrievalMethod
-from harness.freebsd.enter import DdbEntry, DdbRoute, current_stage, enter_ddb, panic_at_mountroot
+from harness.freebsd.enter import DdbEntry, DdbRoute, enter_ddb, panic_at_mountroot
 from harness.freebsd.kernel import KernelFacts, kernel_facts
-from harness.freebsd.panicdump import DumpFlow, FlowChoice, choose_flow, panic_dump
+from harness.freebsd.panicdump import DumpFlow, FlowChoice, panic_dump, select_flow
 from harness.freebsd.retrieve import RetrievedDump, from_dump_disk, via_savecore
 from harness.freebsd.session import ConsoleShell
 from harness.freebsd.stages import TAIL_WINDOW, FreeBSDStageError, Stage, StageEvent, wait_for_stage
@@ -166,24 +166,10 @@ class FreeBSDMachine:
         return self.last_dump
 
     # ------------------------------------------------------------ kernels without ddb
-    def alt_break_enabled(self) -> bool | None:
-        """Whether debug.kdb.alt_break_to_debugger=1 is known (kenv we booted with, or the shell)."""
-        if self.kenv.get("debug.kdb.alt_break_to_debugger") is not None:
-            return self.kenv["debug.kdb.alt_break_to_debugger"].strip() not in ("0", "")
-        if self.shell is not None:
-            r = self.shell.run("sysctl -n debug.kdb.alt_break_to_debugger")
-            return r.output.strip() == "1" if r.status == 0 else None
-        return None
-
     def select_flow(self, trigger: DdbRoute | str, *, force: DumpFlow | str | None = None) -> FlowChoice:
         """Which dump flow fits this kernel (ddb, or panic for kernels without ddb) and why."""
-        return choose_flow(
-            self.facts,
-            trigger,
-            has_shell=self.shell is not None,
-            state=current_stage(self.console),
-            alt_break_enabled=self.alt_break_enabled(),
-            force=force,
+        return select_flow(
+            self.console, trigger, shell=self.shell, kenv=self.kenv, force=force, facts=self.facts
         )
 
     def panic_dump(

@@ -197,6 +197,38 @@ def choose_flow(
     )
 
 
+def select_flow(
+    console,
+    trigger: DdbRoute | str,
+    *,
+    shell=None,
+    kenv: dict[str, str] | None = None,
+    force: DumpFlow | str | None = None,
+    facts: KernelFacts | None = None,
+) -> FlowChoice:
+    """`choose_flow` with the facts read from `console` (boot banner, current stage; or `facts` if
+    given), and whether the ALT sequences are enabled from `kenv` (what the kernel was booted with) or
+    else the `shell`."""
+    from harness.freebsd.enter import current_stage
+    from harness.freebsd.kernel import kernel_facts
+    from harness.freebsd.stages import TAIL_WINDOW
+
+    alt: bool | None = None
+    if kenv and kenv.get("debug.kdb.alt_break_to_debugger") is not None:
+        alt = kenv["debug.kdb.alt_break_to_debugger"].strip() not in ("0", "")
+    elif shell is not None:
+        r = shell.run("sysctl -n debug.kdb.alt_break_to_debugger")
+        alt = r.output.strip() == "1" if r.status == 0 else None
+    return choose_flow(
+        facts if facts is not None else kernel_facts(console.tail(TAIL_WINDOW)),
+        trigger,
+        has_shell=shell is not None,
+        state=current_stage(console),
+        alt_break_enabled=alt,
+        force=force,
+    )
+
+
 # ----------------------------------------------------------------------------- running it
 def _fire(method: PanicMethod, console, *, guest=None, shell=None) -> None:
     if method == PanicMethod.SYSCTL_PANIC:

@@ -340,3 +340,19 @@ def test_enter_ddb_refuses_in_one_line_before_trying(replay):
     assert time.monotonic() - t < 2 and spawn.nmis_injected == 0  # nothing was tried
     first = str(exc.value).splitlines()[0]
     assert first.startswith("route nmi cannot reach ddb: ") and "panic_dump" in first
+
+
+def test_select_flow_from_the_console_alone(replay):
+    """What the pipeline calls: facts, state and the ALT knob (from the kenv it booted with)."""
+    from harness.freebsd.panicdump import select_flow
+
+    console, spawn = replay(edited("edited-noddb-altpanic"))
+    wait_for_stage(console, [Stage.ROOT_WAIT], 10)
+    c = select_flow(console, "nmi", kenv={"debug.kdb.alt_break_to_debugger": "1"})
+    assert (c.flow, c.method, c.fallback) == (DumpFlow.PANIC, PanicMethod.NMI, PanicMethod.ALT_PANIC)
+    assert not c.needs
+    with pytest.raises(FreeBSDStageError, match="alt_break_to_debugger=1"):
+        select_flow(console, "alt_break", kenv={"debug.kdb.alt_break_to_debugger": "0"})
+    ddb_console, _ = replay("trial-waitnmi-1")
+    wait_for_stage(ddb_console, [Stage.ROOT_WAIT], 10)
+    assert select_flow(ddb_console, "nmi").flow == DumpFlow.DDB
