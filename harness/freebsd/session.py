@@ -19,7 +19,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from harness.deadline import Deadline, as_deadline
-from harness.freebsd.stages import FAILURE_PATTERNS, STAGE_PATTERNS, FreeBSDStageError, GuestPanicked, Stage
+from harness.freebsd.stages import (
+    FAILURE_PATTERNS,
+    STAGE_PATTERNS,
+    TAIL_WINDOW,
+    FreeBSDStageError,
+    GuestPanicked,
+    Stage,
+    StageTimeout,
+    describe_timeout,
+    last_stage,
+)
 
 
 class LoginFailed(FreeBSDStageError):
@@ -77,6 +87,14 @@ class ConsoleShell:
                 self.console.expect({"prompt": self.prompt}, dl)
             except ConsoleFailure as exc:
                 raise self._panicked(exc, "login") from exc
+            except ConsoleTimeout as exc:
+                text = self.console.tail(TAIL_WINDOW)
+                last = last_stage(text)
+                raise StageTimeout(
+                    describe_timeout(text, dl.elapsed(), f"console login ({exc.phase})"),
+                    last_stage=last.stage if last else None,
+                    cause=exc,
+                ) from exc
         self.logged_in = True
 
     def attach(self, deadline: Deadline | float = 30.0) -> None:

@@ -356,3 +356,11 @@ def test_select_flow_from_the_console_alone(replay):
     ddb_console, _ = replay("trial-waitnmi-1")
     wait_for_stage(ddb_console, [Stage.ROOT_WAIT], 10)
     assert select_flow(ddb_console, "nmi").flow == DumpFlow.DDB
+
+
+def test_console_login_timeout_names_the_last_stage(replay):
+    from harness.freebsd.session import ConsoleShell
+
+    console, spawn = replay("trial-waitnmi-1")  # a bare kernel: waits for root, never a login prompt
+    with pytest.raises(StageTimeout, match=r"no console login \(.*\) within 1 s; last stage seen: root_wait"):
+        ConsoleShell(console).login(1.0)
