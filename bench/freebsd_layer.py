@@ -2,6 +2,8 @@
 
 * the harness's own cost of a whole recorded ddb session (NMI, registers, bt, ps, x/gx, minidump, full
   dump, msgbuf) replayed instantly through the real Console and the ddb parsers;
+* the harness's own cost of the panic flow for kernels without ddb (banner facts, flow choice, ALT panic,
+  automatic dump parsed, key press, held) replayed from the edited transcript;
 * stage recognition speed over the recorded transcripts;
 * SFTP download speed from a real sshd on 127.0.0.1 (prefetch on), i.e. the ceiling for savecore
   retrieval of a vmcore.
@@ -43,6 +45,23 @@ def replay_session() -> float:
     ddb.show_msgbuf()
     elapsed = time.perf_counter() - start
     console.close()
+    return elapsed
+
+
+def replay_panic_flow() -> float:
+    from harness.freebsd.panicdump import panic_dump, select_flow
+
+    t = RecordedTranscript.load(TRANSCRIPTS.parent / "freebsd-edited", "edited-noddb-altpanic")
+    start = time.perf_counter()
+    spawn = ReplayConsoleSpawn(t)
+    console = Console(spawn)
+    console.expect({"wait": r"mountroot: waiting for device"}, 10)
+    choice = select_flow(console, "alt_break", kenv={"debug.kdb.alt_break_to_debugger": "1"})
+    result = panic_dump(console, choice, memory_mib=512, deadline=30)
+    elapsed = time.perf_counter() - start
+    console.close()
+    if not (result.ok and result.held):
+        raise SystemExit(f"panic flow replay failed: {result}")
     return elapsed
 
 
@@ -90,6 +109,7 @@ def sftp_rate(size_mib: int = 128) -> float | None:
 
 def main() -> int:
     print(f"replay_ddb_session_mini_and_full_dump: {replay_session():.3f} s")
+    print(f"replay_panic_flow_noddb: {replay_panic_flow():.3f} s")
     print(f"stage_recognition: {recognise_rate():.1f} MiB/s")
     rate = sftp_rate()
     print(
