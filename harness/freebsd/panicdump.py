@@ -152,7 +152,13 @@ def choose_flow(
     method: PanicMethod
     fallback: PanicMethod | None = None
     console_panic = PanicMethod.MOUNTROOT_EMPTY if state == Stage.MOUNTROOT_PROMPT else PanicMethod.ALT_PANIC
-    if trigger in (DdbRoute.PANIC, DdbRoute.SYSCTL) and has_shell:
+    if has_ddb is not False and trigger in (DdbRoute.NMI, DdbRoute.BREAK, DdbRoute.SYSCTL):
+        # With ddb these routes stop in ddb without any panic: nothing would dump by itself.
+        method = PanicMethod.SYSCTL_PANIC if has_shell else console_panic
+        cannot.append(
+            f"route {trigger.value}: on a kernel with ddb it enters ddb without a panic; using {method.value}"
+        )
+    elif trigger in (DdbRoute.PANIC, DdbRoute.SYSCTL) and has_shell:
         method = PanicMethod.SYSCTL_PANIC
         if trigger == DdbRoute.SYSCTL and has_ddb is False:
             cannot.append(

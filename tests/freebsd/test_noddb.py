@@ -364,3 +364,10 @@ def test_console_login_timeout_names_the_last_stage(replay):
     console, spawn = replay("trial-waitnmi-1")  # a bare kernel: waits for root, never a login prompt
     with pytest.raises(StageTimeout, match=r"no console login \(.*\) within 1 s; last stage seen: root_wait"):
         ConsoleShell(console).login(1.0)
+
+
+def test_forced_panic_flow_on_a_ddb_kernel_never_uses_a_route_that_only_enters_ddb():
+    c = choose_flow(WITH_DDB, "nmi", has_shell=False, alt_break_enabled=True, force="panic")
+    assert c.method == PanicMethod.ALT_PANIC and c.fallback is None
+    assert c.cannot == ["route nmi: on a kernel with ddb it enters ddb without a panic; using alt_panic"]
+    assert choose_flow(WITH_DDB, "sysctl", has_shell=True, force="panic").method == PanicMethod.SYSCTL_PANIC
