@@ -99,6 +99,9 @@ class GuestSpec:
     #: how the serial console is attached: "pty" (open QEMU's pty, local only), "virsh" (`virsh
     #: console`, a libvirt stream: works for remote URIs), "auto" (pty when local, else virsh)
     console: str = "auto"
+    #: back guest RAM with a shared file the host can map: `Guest.live_memory()` then reads guest
+    #: physical memory in place, without copying (local guests)
+    shared_memory: bool = False
 
     def absolute(self) -> GuestSpec:
         """The same spec with every path made absolute (libvirtd does not share our working directory)."""
@@ -230,6 +233,8 @@ def build_domain_xml(
         )
     elif accel == "kvm":
         lines.append("  <cpu mode='host-passthrough'/>")
+    if spec.shared_memory:
+        lines.append("  <memoryBacking><source type='file'/><access mode='shared'/></memoryBacking>")
     lines += [
         "  <clock offset='utc'/>",
         "  <on_poweroff>destroy</on_poweroff>",

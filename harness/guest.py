@@ -509,6 +509,20 @@ class Guest:
             if pause and was_running:
                 self.resume()
 
+    def live_memory(self) -> memory_mod.PhysicalMemoryImage:
+        """Guest RAM itself, mapped read-only from its shared backing file (no copy at all).
+
+        Needs ``GuestSpec(shared_memory=True)`` and a local guest. The view changes while the guest
+        runs: pause it (or freeze it in ddb) for a consistent picture, or take `memory_image` for a
+        copy that stays.
+        """
+        if not self.spec.shared_memory or not self.local:
+            raise GuestError(
+                f"{self.name}: live_memory() needs a local guest with GuestSpec(shared_memory=True)"
+            )
+        path = self.qmp("qom-get", path="/objects/pc.ram", property="mem-path")
+        return memory_mod.PhysicalMemoryImage(path, memory_mod.image_layout(self.ram_ranges()))
+
     # ------------------------------------------------------------------ saved state
     def save_state(self, path: str | os.PathLike[str]):
         """Save this guest's state into directory `path` and carry on running from it.

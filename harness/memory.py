@@ -49,6 +49,16 @@ def ram_ranges(machine: str, ram_bytes: int) -> list[tuple[int, int]]:
     return [(0, low), (FOUR_GIB, ram_bytes - low)]
 
 
+def image_layout(ranges: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
+    """[(pa, size, file_offset)] when the RAM ranges are stored back to back (pmemsave images and
+    QEMU's own RAM backing file both lay guest RAM out this way)."""
+    out, offset = [], 0
+    for pa, size in ranges:
+        out.append((pa, size, offset))
+        offset += size
+    return out
+
+
 def _check_inside(pa: int, size: int, ranges: list[tuple[int, int]]) -> None:
     if size < 0 or pa < 0:
         raise MemoryRangeError(pa, size, ranges)

@@ -55,7 +55,8 @@ def guest_workdir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def booted_guest(libvirt_uri, linux_guest_files, guest_workdir):
     """One Linux guest booted to its shell, shared by the session (tests must leave it usable)."""
-    with Guest(linux_spec(linux_guest_files, uri=libvirt_uri), guest_workdir) as guest:
+    spec = linux_spec(linux_guest_files, uri=libvirt_uri, shared_memory=True)
+    with Guest(spec, guest_workdir) as guest:
         wait_ready(guest)
         yield guest
 

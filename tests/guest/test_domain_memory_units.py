@@ -62,6 +62,13 @@ def test_disk_boot_xml_uses_the_overlay_and_extra_disks():
     assert root.find("seclabel").get("type") == "static"
 
 
+def test_shared_memory_backing():
+    root = xml_for(GuestSpec(boot=KernelBoot(Path("/k")), shared_memory=True))
+    assert root.find("./memoryBacking/source").get("type") == "file"
+    assert root.find("./memoryBacking/access").get("mode") == "shared"
+    assert xml_for(GuestSpec(boot=KernelBoot(Path("/k")))).find("memoryBacking") is None
+
+
 def test_kernel_iso_and_kvm_variants():
     k = xml_for(GuestSpec(boot=KernelBoot(Path("/k"), Path("/i"), "console=ttyS0 a<b")), accel="kvm")
     assert k.get("type") == "kvm" and k.find("cpu").get("mode") == "host-passthrough"

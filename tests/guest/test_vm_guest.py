@@ -202,6 +202,28 @@ def test_whole_ram_image_equals_memory_peek(booted_guest, tmp_path):
     prompt_again(booted_guest)
 
 
+def test_live_memory_is_the_guests_ram_in_place(booted_guest):
+    live = booted_guest.live_memory()
+    with live:
+        assert live.ranges == [(0, 512 * 1024 * 1024, 0)]
+        first = "FBHL" + secrets.token_hex(30)
+        for pa, off, n in pattern_physical_pages(booted_guest, first):
+            assert live.read(pa, n) == first[off : off + n].encode()
+            assert booted_guest.read_phys(pa, n) == live.read(pa, n)
+        # no copy: the same mapping shows what the running guest writes next
+        second = "FBHM" + secrets.token_hex(30)
+        for pa, off, n in pattern_physical_pages(booted_guest, second):
+            assert live.read(pa, n) == second[off : off + n].encode()
+
+
+def test_live_memory_needs_shared_memory(libvirt_uri, tiny_base, tmp_path):
+    from harness.guest import GuestError
+
+    spec = GuestSpec(memory_mib=64, accel="tcg", boot=DiskImageBoot(tiny_base), uri=libvirt_uri)
+    with Guest(spec, tmp_path) as g, pytest.raises(GuestError, match="shared_memory=True"):
+        g.live_memory()
+
+
 # --------------------------------------------------------------------------- saved state
 def test_restore_starts_from_the_saved_state(saved_ready, booted_guest, guest_workdir):
     assert sh(booted_guest, "cat /tmp/marker") == "saved-state-marker\n"
