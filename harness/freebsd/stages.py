@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from harness.console import ConsoleTimeout
+from harness.console import ConsoleClosed, ConsoleTimeout
 from harness.deadline import Deadline, as_deadline
 
 
@@ -137,6 +137,18 @@ class StageTimeout(ConsoleTimeout):
         )
 
 
+class StageConsoleClosed(ConsoleClosed):
+    """The console closed (guest gone: reset with on_reboot=destroy, QEMU exit) during a stage wait;
+    the message names the last stage seen, or GRUB's hand-over to a kernel that never printed."""
+
+    def __init__(self, message: str, *, last_stage: Stage | None, cause: ConsoleClosed) -> None:
+        self.last_stage = last_stage
+        super().__init__(
+            message, phase=cause.phase, expectation=cause.expectation, tail=cause.tail,
+            transcript=cause.transcript,
+        )
+
+
 @dataclass(frozen=True)
 class StageEvent:
     """`stage` was seen at `offset` of the text; `value` is the pattern's first non-empty group."""
@@ -210,17 +222,22 @@ def kernel_silent_after_grub(text: str) -> bool:
     return not after.strip()
 
 
-def describe_timeout(text: str, seconds: float, waiting_for: str, log_tail: str | None = None) -> str:
-    """One message for a stage wait that ran out: the last stage seen, or GRUB's silent hand-over."""
+def describe_timeout(
+    text: str, seconds: float, waiting_for: str, log_tail: str | None = None, *, closed: str | None = None
+) -> str:
+    """One message for a stage wait that ran out (or whose console `closed`, with the reason): the last
+    stage seen, or GRUB's silent hand-over."""
     if kernel_silent_after_grub(text):
+        end = f"before the console closed ({closed})" if closed else f"in {seconds:.0f} s"
         msg = (
-            f"GRUB handed over but the kernel printed nothing in {seconds:.0f} s (waiting for "
-            f"{waiting_for}); {SERIAL_CONSOLE_HINT}"
+            f"GRUB handed over but the kernel printed nothing {end} (waiting for {waiting_for}); "
+            f"{SERIAL_CONSOLE_HINT}"
         )
     else:
         last = last_stage(text)
         seen = f"{last.stage.value} ({last.text.strip()[:100]!r})" if last else "nothing recognisable"
-        msg = f"no {waiting_for} within {seconds:.0f} s; last stage seen: {seen}"
+        end = f"before the console closed ({closed})" if closed else f"within {seconds:.0f} s"
+        msg = f"no {waiting_for} {end}; last stage seen: {seen}"
     if log_tail:
         msg += "\n--- QEMU log tail ---\n" + log_tail.rstrip()
     return msg
@@ -254,9 +271,9 @@ def wait_for_stage(
         console.arm_failure(name, FAILURE_PATTERNS[name])
     try:
         m = console.expect(regexes, deadline)
-    except StageTimeout:
+    except (StageTimeout, StageConsoleClosed):
         raise
-    except ConsoleTimeout as exc:
+    except (ConsoleTimeout, ConsoleClosed) as exc:
         text = console.tail(TAIL_WINDOW)
         log = None
         if guest is not None and hasattr(guest, "log_tail"):
@@ -266,6 +283,13 @@ def wait_for_stage(
                 log = f"(QEMU log unavailable: {log_exc})"
         waiting = "/".join(t.value for t in targets)
         last = last_stage(text)
+        if isinstance(exc, ConsoleClosed):
+            reason = getattr(console, "closed_reason", None) or "end of file"
+            raise StageConsoleClosed(
+                describe_timeout(text, deadline.elapsed(), waiting, log, closed=str(reason)),
+                last_stage=last.stage if last else None,
+                cause=exc,
+            ) from exc
         raise StageTimeout(
             describe_timeout(text, deadline.elapsed(), waiting, log),
             last_stage=last.stage if last else None,

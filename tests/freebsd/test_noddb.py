@@ -371,3 +371,16 @@ def test_forced_panic_flow_on_a_ddb_kernel_never_uses_a_route_that_only_enters_d
     assert c.method == PanicMethod.ALT_PANIC and c.fallback is None
     assert c.cannot == ["route nmi: on a kernel with ddb it enters ddb without a panic; using alt_panic"]
     assert choose_flow(WITH_DDB, "sysctl", has_shell=True, force="panic").method == PanicMethod.SYSCTL_PANIC
+
+
+def test_guest_gone_after_grub(replay):
+    """A triple fault at the hand-over resets the guest; with on_reboot=destroy the console closes."""
+    from harness.freebsd.stages import StageConsoleClosed
+
+    console, spawn = replay(_cut("trial-altbreak-1", b"GRUB: booting\n"))
+    console.expect({"grub": r"GRUB: booting"}, 5)
+    spawn.close()
+    with pytest.raises(StageConsoleClosed) as exc:
+        wait_for_stage(console, [Stage.ROOT_WAIT], 10)
+    msg = str(exc.value)
+    assert msg.startswith("GRUB handed over but the kernel printed nothing before the console closed")
