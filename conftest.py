@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+# pytester drives the plugin tests in tests/plugin; pytest only accepts this in the rootdir conftest.
+pytest_plugins = ["pytester"]
+
 REPO_ROOT = Path(__file__).resolve().parent
 TESTS_DATA = REPO_ROOT / "tests" / "data"
 
