@@ -21,12 +21,27 @@ def _int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # The common options are accepted before and after the command (`fbsd-vmcore info core --kernel k`):
+    # the subcommand copies default to SUPPRESS so they never overwrite a value given up front.
+    def add_common(parser: argparse.ArgumentParser, default) -> None:
+        parser.add_argument("--kernel", metavar="PATH", default=default(None),
+                            help="kernel (or kernel.debug) with symbols")
+        parser.add_argument("--zero-fill", action="store_true", default=default(False),
+                            help="read pages missing from a cut-short dump as zeros instead of failing")
+        parser.add_argument("--private-key", metavar="PEM", default=default(None),
+                            help="RSA key for an encrypted (EKCD) dump")
+
+    common = argparse.ArgumentParser(add_help=False)
+    add_common(common, lambda _value: argparse.SUPPRESS)
     p = argparse.ArgumentParser(prog="fbsd-vmcore", description=__doc__.splitlines()[0])
-    p.add_argument("--kernel", metavar="PATH", help="kernel (or kernel.debug) with symbols")
-    p.add_argument("--zero-fill", action="store_true",
-                   help="read pages missing from a cut-short dump as zeros instead of failing")
-    p.add_argument("--private-key", metavar="PEM", help="RSA key for an encrypted (EKCD) dump")
+    add_common(p, lambda value: value)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    real_add_parser = sub.add_parser
+
+    def add_parser(name: str, **kw) -> argparse.ArgumentParser:
+        return real_add_parser(name, parents=[common], **kw)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     s = sub.add_parser("info", help="header fields, version, panic string, hostname, dump time")
     s.add_argument("vmcore")

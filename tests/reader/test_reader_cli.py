@@ -109,3 +109,17 @@ def test_usage_errors_exit_2(argv):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2
+
+
+def test_common_options_are_accepted_after_the_command_too():
+    """`fbsd-vmcore info core --kernel k` means the same as `fbsd-vmcore --kernel k info core`."""
+    from reader.cli import build_parser
+
+    parser = build_parser()
+    read = ["read", "core", "--symbol", "hz", "--size", "4"]
+    after = parser.parse_args([*read, "--kernel", "k", "--zero-fill"])
+    before = parser.parse_args(["--kernel", "k", "--zero-fill", *read])
+    neither = parser.parse_args(["info", "core"])
+    assert (after.kernel, after.zero_fill) == ("k", True)
+    assert (before.kernel, before.zero_fill) == ("k", True)
+    assert (neither.kernel, neither.zero_fill, neither.private_key) == (None, False, None)
