@@ -1,0 +1,131 @@
+"""`fbsd-hil repro` and `fbsd-hil console`: argument checks, the failure path on a real guest, attaching."""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.console_cli import ConsoleAttachError, relay, serial_pty
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def fbsd_hil(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        **kw,
+    )
+
+
+def test_repro_needs_exactly_one_source():
+    r = fbsd_hil("repro")
+    assert r.returncode == 2 and "one of the arguments --image --release --kernel is required" in r.stderr
+
+
+def test_repro_missing_kernel_is_one_line(tmp_path):
+    r = fbsd_hil("repro", "--kernel", str(tmp_path / "kernel"), "--artifacts", str(tmp_path / "a"))
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"fbsd-hil repro: kernel file {tmp_path / 'kernel'} does not exist"
+    assert not (tmp_path / "a").exists()
+
+
+def test_repro_refuses_shell_triggers_for_a_bare_kernel(tmp_path):
+    k = tmp_path / "kernel"
+    k.write_bytes(b"\x7fELF")
+    r = fbsd_hil("repro", "--kernel", str(k), "--trigger", "sysctl")
+    assert r.returncode == 2 and "use nmi, break or alt-break" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_repro_never_overwrites_a_report(tmp_path):
+    k = tmp_path / "kernel"
+    k.write_bytes(b"\x7fELF")
+    (tmp_path / "r.json").write_text("{}")
+    r = fbsd_hil("repro", "--kernel", str(k), "--report", str(tmp_path / "r.json"))
+    assert r.returncode == 2 and "refusing to overwrite" in r.stderr
+    assert (tmp_path / "r.json").read_text() == "{}"
+
+
+@pytest.mark.vm
+def test_repro_on_a_kernel_that_never_waits_for_root_fails_with_evidence(tmp_path):
+    """The stand-in: a tiny 64-bit ELF GRUB boots (it prints one line on COM1 and stops). The run must
+    end at the boot step with one line naming the evidence directory, which holds the transcript."""
+    sys.path.insert(0, str(REPO / "tests" / "images"))
+    from images_tiny_kernel import MARKER, build_tiny_kernel
+
+    from harness.libvirt_conn import LibvirtUnavailable, connect
+
+    try:
+        connect().close()
+    except LibvirtUnavailable as exc:
+        pytest.skip(f"libvirtd is not reachable: {str(exc).splitlines()[0]}")
+    kernel = build_tiny_kernel(tmp_path)
+    r = fbsd_hil(
+        "repro",
+        "--kernel",
+        str(kernel),
+        "--boot-timeout",
+        "15",
+        "--accel",
+        "tcg",
+        "--artifacts",
+        str(tmp_path / "art"),
+    )
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("fbsd-hil repro: FAILED at boot: ") and "root_wait" in last
+    evidence = Path(last.rsplit("(evidence: ", 1)[1].rstrip(")"))
+    assert evidence.parent == tmp_path / "art"
+    assert MARKER in (evidence / "console-transcript.log").read_text(errors="replace")
+    assert "<domain" in (evidence / "domain.xml").read_text()
+    assert (evidence / "boot.iso").is_file() and (evidence / "config.json").is_file()
+    assert "[   " in r.stderr  # progress lines with elapsed seconds
+
+
+def test_serial_pty_from_live_domain_xml():
+    xml = """<domain><devices>
+      <serial type='pty'><source path='/dev/pts/7'/><target port='0'/></serial>
+      <console type='pty' tty='/dev/pts/7'/></devices></domain>"""
+    assert serial_pty(xml) == "/dev/pts/7"
+    with pytest.raises(ConsoleAttachError, match="no pty serial console"):
+        serial_pty("<domain><devices><serial type='file'/></devices></domain>")
+
+
+def test_relay_copies_both_ways_until_the_escape_byte():
+    """A real pty pair stands for the guest's serial port; pipes stand for the user's terminal."""
+    import tty
+
+    guest_side, host_side = os.openpty()
+    tty.setraw(host_side)  # as attach() does: bytes pass without line discipline
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    os.write(guest_side, b"db> ")
+    os.write(in_w, b"show registers\r")
+    import threading
+
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("why", relay(host_side, in_r, out_w)))
+    t.start()
+    deadline = time.monotonic() + 5
+    got = b""
+    while b"show registers" not in got and time.monotonic() < deadline:
+        if select.select([guest_side], [], [], 0.2)[0]:
+            got += os.read(guest_side, 100)
+    os.write(in_w, b"bt\x1dignored")
+    t.join(5)
+    assert result["why"] == "detached"
+    assert b"show registers" in got
+    assert select.select([out_r], [], [], 5)[0]
+    assert os.read(out_r, 100) == b"db> "
+    for fd in (guest_side, host_side, in_r, in_w, out_r, out_w):
+        os.close(fd)
