@@ -286,6 +286,9 @@ def _run_guest(
             step = "verify"
             import reader
 
+            ddb_regs = _trapframe_registers(registers)
+            if kernel is None:  # no symbols: the reader cannot locate what ddb printed
+                values, ddb_regs = {}, {}
             with reader.open_vmcore(retrieved.vmcore, kernel=kernel) as vm:
                 report = verify_dump(
                     vm,
@@ -293,7 +296,7 @@ def _run_guest(
                     before=before,
                     kernel=kernel,
                     ddb_values=values,
-                    ddb_registers=_trapframe_registers(registers),
+                    ddb_registers=ddb_regs,
                     timings=timings,
                     pml4_pa=None,
                 )
@@ -304,10 +307,15 @@ def _run_guest(
                         before=before,
                         kernel=kernel,
                         ddb_values=values,
-                        ddb_registers=_trapframe_registers(registers),
+                        ddb_registers=ddb_regs,
                         timings=timings,
                         pml4_pa=cr3,
                     )
+            if kernel is None:
+                report.notes.append(
+                    "no kernel file: no attribution by symbol and no ddb cross-checks "
+                    "(this build does not copy /boot/kernel/kernel out of an image yet)"
+                )
             report.write(run_dir / "report.json")
             evidence["report"] = str(run_dir / "report.json")
             if report.passed and not cfg.keep_live_images:
