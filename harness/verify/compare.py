@@ -83,24 +83,12 @@ def _split_by_live(live: LiveMemory, first: int, count: int) -> list[tuple[int, 
 def _dump_view(dump: object, pa: int, size: int) -> memoryview | None:
     """Zero-copy bytes of consecutive dumped pages, when the dump can hand them out; else None.
 
-    A public ``phys_view(pa, size)`` is used if the dump has one. `reader.Vmcore` keeps its payload
-    mapped (``_mv``) with a page index (``_phys.offsets_of``); consecutive physical pages of a minidump
-    or a full dump sit at consecutive payload offsets, so one slice serves a whole run. Anything else
-    (a page outside the file, a non-contiguous run) falls back to ``read_phys``.
+    `reader.Vmcore.phys_view` slices its mapped payload when the run sits contiguously in the file
+    (consecutive physical pages of a minidump or a full dump usually do); anything else (another
+    page source, a run split across sections) falls back to ``read_phys``.
     """
     view = getattr(dump, "phys_view", None)
-    if callable(view):
-        return view(pa, size)
-    phys, mv, fsize = getattr(dump, "_phys", None), getattr(dump, "_mv", None), getattr(dump, "_size", None)
-    if phys is None or mv is None or fsize is None or not hasattr(phys, "offsets_of"):
-        return None
-    n = size // PAGE_SIZE
-    first = pa // PAGE_SIZE
-    offs = phys.offsets_of(np.array([first, first + n - 1], dtype=np.int64))
-    start, last = int(offs[0]), int(offs[1])
-    if start < 0 or last != start + (n - 1) * PAGE_SIZE or start + size > fsize:
-        return None
-    return mv[start : start + size]
+    return view(pa, size) if callable(view) else None
 
 
 def compare_pages(
