@@ -1,0 +1,974 @@
+/*
+ * MockFreeBSDKernel -- a test stand-in for fbsd-hil. It is NOT FreeBSD and contains no FreeBSD code.
+ *
+ * A freestanding x86-64 program that GRUB's `kfreebsd` boots like a FreeBSD amd64 kernel and that
+ * imitates, from the outside, what the harness talks to: the console protocol (boot banner, the
+ * "mountroot: waiting for device" wait, NMI -> ddb prompt, the ddb commands the harness sends) and the
+ * crash dump formats (kerneldumpheader v4 leader/trailer on a raw dump disk around an amd64 minidump v2
+ * or an ELF full dump), built from its own real 4-level page tables and memory. The dump is written
+ * by the guest over a small legacy virtio-blk driver. Formats follow
+ * /work/shared/reference/freebsd-dump-formats.md.
+ */
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long u64;
+typedef long i64;
+
+#define KERNBASE 0xffffffff80000000UL
+#define DMAP_BASE 0xfffff80000000000UL
+#define DMAP_END 0xfffffc0000000000UL
+#define VM_MIN_KERNEL_ADDRESS 0xfffffe0000000000UL
+#define PAGE 4096UL
+#define PG_V 0x1UL
+#define PG_RW 0x2UL
+#define PG_PS 0x80UL
+#define PG_FRAME 0x000ffffffffff000UL
+#define PG_PS_FRAME 0x000fffffffe00000UL
+#define NBPDR (2UL << 20)
+#define NBPDP (1UL << 30)
+
+/* kernel "heap": physical 0x400000.., mapped at KERNBASE+0x400000 through one 4 KiB page table */
+#define KHEAP_OFF 0x400000UL
+#define KHEAP_VA (KERNBASE + KHEAP_OFF)
+#define KH_STACK 0      /* pages 0-3: the idle/ddb stack */
+#define KH_GUARD 4      /* page 4: not mapped (stack guard) */
+#define KH_VRING 5      /* pages 5-7: virtqueue */
+#define KH_MSGBUF 8     /* pages 8-23: message buffer */
+#define KH_MSGBUF_PAGES 16
+#define KH_PATTERN 24   /* a page of known content (the perturbation test corrupts it in the dump) */
+#define KH_BOUNCE 25    /* bounce page for the corrupted copy */
+#define KH_PAGES 26
+#define MAXPFN (1UL << 18) /* the direct map covers 1 GiB */
+
+static inline void outb(u16 p, u8 v) { __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(p)); }
+static inline void outw(u16 p, u16 v) { __asm__ volatile("outw %0, %1" : : "a"(v), "Nd"(p)); }
+static inline void outl(u16 p, u32 v) { __asm__ volatile("outl %0, %1" : : "a"(v), "Nd"(p)); }
+static inline u8 inb(u16 p) { u8 v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(p)); return v; }
+static inline u16 inw(u16 p) { u16 v; __asm__ volatile("inw %1, %0" : "=a"(v) : "Nd"(p)); return v; }
+static inline u32 inl(u16 p) { u32 v; __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(p)); return v; }
+static inline void mb(void) { __asm__ volatile("mfence" ::: "memory"); }
+
+void *memset(void *d, int c, unsigned long n) { u8 *p = d; while (n--) *p++ = (u8)c; return d; }
+void *memcpy(void *d, const void *s, unsigned long n) { u8 *p = d; const u8 *q = s; while (n--) *p++ = *q++; return d; }
+static unsigned long slen(const char *s) { unsigned long n = 0; while (s[n]) n++; return n; }
+static int seq(const char *a, const char *b) { while (*a && *a == *b) { a++; b++; } return *a == *b; }
+static int sprefix(const char *s, const char *p) { while (*p) if (*s++ != *p++) return 0; return 1; }
+
+/* ------------------------------------------------------------------ symbols the tools look for */
+struct trapframe {
+	u64 tf_rdi, tf_rsi, tf_rdx, tf_rcx, tf_r8, tf_r9, tf_rax, tf_rbx, tf_rbp, tf_r10, tf_r11, tf_r12,
+	    tf_r13, tf_r14, tf_r15;
+	u32 tf_trapno; u16 tf_fs, tf_gs; u64 tf_addr; u32 tf_flags; u16 tf_es, tf_ds;
+	u64 tf_err, tf_rip, tf_cs, tf_rflags, tf_rsp, tf_ss;
+};
+_Static_assert(sizeof(struct trapframe) == 192, "trapframe");
+
+struct msgbuf {
+	char *msg_ptr; u32 msg_magic, msg_size, msg_wseq, msg_rseq, msg_cksum, msg_seqmod;
+	int msg_lastpri; u32 msg_flags; u64 msg_lock[4];
+};
+struct pcb { u64 pcb_r15, pcb_r14, pcb_r13, pcb_r12, pcb_rbp, pcb_rsp, pcb_rbx, pcb_rip; u64 rest[48]; };
+struct dumperinfo { void *dumper; void *priv; u32 blocksize; u32 maxiosize; u64 mediaoffset, mediasize; };
+
+char version[] = "FreeBSD 12.1-MOCK mock_freebsd_kernel amd64 (fbsd-hil MockFreeBSDKernel stand-in, not FreeBSD)\n";
+char ostype[] = "FreeBSD";
+char osrelease[] = "12.1-MOCK";
+int osreldate = 1201000;
+char hostname[] = "mock-freebsd-kernel";
+int hz = 100;
+u64 KPML4phys;
+struct msgbuf msgbuf0;
+struct msgbuf *msgbufp;
+struct pcb dumppcb;
+int dumptid = 100000;
+int pcb_size = sizeof(struct pcb);
+int do_minidump = 1;
+int dumping;
+struct dumperinfo dumper;
+struct trapframe *kdb_frame;
+char *panicstr;
+i64 time_second;
+u64 physmem; /* pages */
+u64 dump_avail[2 * 16 + 2];
+u64 vm_page_dump[MAXPFN / 64];
+u64 vm_page_dump_size;
+int mock_corrupt_dump_page; /* kenv mock.corrupt_dump_page=1: the perturbation test */
+u64 mock_pattern_pa;
+
+/* page tables (page aligned, in .bss) */
+static u64 pml4[512] __attribute__((aligned(4096)));
+static u64 pdpt_kern[512] __attribute__((aligned(4096)));
+static u64 pd_kern[512] __attribute__((aligned(4096)));
+static u64 pt_kheap[512] __attribute__((aligned(4096)));
+static u64 pdpt_dmap[512] __attribute__((aligned(4096)));
+static u64 pd_dmap[512] __attribute__((aligned(4096)));
+static u8 zeroes[65536] __attribute__((aligned(4096)));
+static u8 dumpbuf[4096] __attribute__((aligned(4096)));
+u8 boot_stack[16384] __attribute__((aligned(16)));
+extern u8 boot_stack_top[];
+__asm__(".globl boot_stack_top\n.set boot_stack_top, boot_stack + 16384\n");
+
+static char kenv_buf[4096];
+static struct { u64 base, len; u32 type; } smap[32];
+static int nsmap;
+
+extern void load_gdt_and_segments(void *);
+extern void switch_stack(u64 top, void (*fn)(void)) __attribute__((noreturn));
+extern void mock_idle(void);
+extern void btext(void);
+extern const u64 trap_stubs[33];
+extern char __bss_start[], _end[];
+
+static inline u64 kva_to_pa(const void *va) { return (u64)va - KERNBASE; }
+static inline void *pa_to_dmap(u64 pa) { return (void *)(pa + DMAP_BASE); }
+static inline u8 *kheap_page(int i) { return (u8 *)(KHEAP_VA + (u64)i * PAGE); }
+
+/* ------------------------------------------------------------------ console */
+#define COM1 0x3f8
+static int col;
+static void uart_putc(char c) { while (!(inb(COM1 + 5) & 0x20)); outb(COM1, (u8)c); }
+static void msgbuf_putc(char c)
+{
+	struct msgbuf *m = msgbufp;
+	if (!m || c == '\r') return;
+	m->msg_ptr[m->msg_wseq % m->msg_size] = c;
+	m->msg_wseq = (m->msg_wseq + 1) % m->msg_seqmod;
+}
+static int to_msgbuf; /* kernel printf goes to the message buffer too; ddb output does not */
+static void putc_(char c)
+{
+	if (to_msgbuf) msgbuf_putc(c);
+	if (c == '\n') { uart_putc('\r'); uart_putc('\n'); col = 0; return; }
+	if (c == '\t') { do { uart_putc(' '); col++; } while (col % 8); return; } /* ddb expands tabs */
+	uart_putc(c); col++;
+}
+static void puts_(const char *s) { while (*s) putc_(*s++); }
+
+static void fmt_num(u64 v, int base, int width, int zero, int left, int alt, int neg)
+{
+	char tmp[32]; int n = 0; const char *dig = "0123456789abcdef";
+	do { tmp[n++] = dig[v % base]; v /= base; } while (v);
+	int len = n + neg + (alt ? 2 : 0);
+	if (!left && !zero) for (int i = len; i < width; i++) putc_(' ');
+	if (neg) putc_('-');
+	if (alt) { putc_('0'); putc_('x'); }
+	if (!left && zero) for (int i = len; i < width; i++) putc_('0');
+	while (n) putc_(tmp[--n]);
+	if (left) for (int i = len; i < width; i++) putc_(' ');
+}
+
+/* a small printf: %s %c %d %u %x %p with l/ll/j, width, '0', '-', '#' */
+static void vprintf_(const char *f, __builtin_va_list ap)
+{
+	for (; *f; f++) {
+		if (*f != '%') { putc_(*f); continue; }
+		int zero = 0, left = 0, alt = 0, width = 0, lng = 0;
+		for (;; f++) {
+			if (f[1] == '0') zero = 1; else if (f[1] == '-') left = 1; else if (f[1] == '#') alt = 1; else break;
+		}
+		while (f[1] >= '0' && f[1] <= '9') width = width * 10 + (*++f - '0');
+		while (f[1] == 'l' || f[1] == 'j') { lng = 1; f++; }
+		char c = *++f;
+		if (c == 's') {
+			const char *s = __builtin_va_arg(ap, const char *);
+			int n = (int)slen(s);
+			if (!left) for (int i = n; i < width; i++) putc_(' ');
+			puts_(s);
+			if (left) for (int i = n; i < width; i++) putc_(' ');
+		} else if (c == 'c') {
+			putc_((char)__builtin_va_arg(ap, int));
+		} else if (c == 'd') {
+			i64 v = lng ? __builtin_va_arg(ap, i64) : __builtin_va_arg(ap, int);
+			fmt_num(v < 0 ? (u64)-v : (u64)v, 10, width, zero, left, 0, v < 0);
+		} else if (c == 'u' || c == 'x' || c == 'p') {
+			u64 v = (lng || c == 'p') ? __builtin_va_arg(ap, u64) : __builtin_va_arg(ap, u32);
+			fmt_num(v, c == 'u' ? 10 : 16, width, zero, left, (alt || c == 'p') && v != 0, 0);
+		} else if (c == '%') {
+			putc_('%');
+		}
+	}
+}
+static void printf_(const char *f, ...) { __builtin_va_list ap; __builtin_va_start(ap, f); vprintf_(f, ap); __builtin_va_end(ap); }
+/* kernel printf: console + message buffer */
+static void kprintf(const char *f, ...)
+{
+	__builtin_va_list ap; __builtin_va_start(ap, f);
+	to_msgbuf = 1; vprintf_(f, ap); to_msgbuf = 0;
+	__builtin_va_end(ap);
+}
+
+/* ------------------------------------------------------------------ kernel environment (GRUB metadata) */
+#define MODINFO_END 0x0000
+#define MODINFO_METADATA 0x8000
+#define MODINFOMD_ENVP 0x0006
+#define MODINFOMD_SMAP 0x1001
+
+static const char *kern_getenv(const char *name)
+{
+	for (const char *p = kenv_buf; *p; p += slen(p) + 1) {
+		unsigned long n = slen(name);
+		if (sprefix(p, name) && p[n] == '=') return p + n + 1;
+	}
+	return 0;
+}
+
+/* Walk the preload metadata GRUB built (struct {u32 type; u32 len;} + data, 8-byte aligned for amd64). */
+static void parse_metadata(u64 modulep)
+{
+	u8 *p = pa_to_dmap(modulep);
+	for (int guard = 0; guard < 4096; guard++) {
+		u32 type = *(u32 *)p, len = *(u32 *)(p + 4);
+		u8 *data = p + 8;
+		if (type == MODINFO_END && len == 0) break;
+		if (type == (MODINFO_METADATA | MODINFOMD_ENVP)) {
+			const char *env = pa_to_dmap(*(u64 *)data);
+			unsigned long n = 0;
+			while (n + 2 < sizeof(kenv_buf) && (env[n] || env[n + 1])) { kenv_buf[n] = env[n]; n++; }
+			kenv_buf[n] = env[n];
+		} else if (type == (MODINFO_METADATA | MODINFOMD_SMAP)) {
+			for (u32 off = 0; off + 20 <= len && nsmap < 32; off += 20, nsmap++) {
+				smap[nsmap].base = *(u64 *)(data + off);
+				smap[nsmap].len = *(u64 *)(data + off + 8);
+				smap[nsmap].type = *(u32 *)(data + off + 16);
+			}
+		}
+		p = data + ((len + 7) & ~7U);
+	}
+}
+
+/* ------------------------------------------------------------------ page tables, GDT, IDT */
+static u64 gdt[6] = { 0, 0, 0, 0, 0x00af9b000000ffffUL /* 0x20: code64 */, 0x00cf93000000ffffUL /* 0x28: data */ };
+static struct __attribute__((packed)) { u16 limit; u64 base; } gdtr, idtr;
+static u64 idt[512] __attribute__((aligned(16)));
+
+static void set_gate(int vec, u64 handler)
+{
+	idt[vec * 2] = (handler & 0xffff) | (0x20UL << 16) | (0x8eUL << 40) | (((handler >> 16) & 0xffff) << 48);
+	idt[vec * 2 + 1] = handler >> 32;
+}
+
+static u64 ram_top;
+
+static void build_page_tables(void)
+{
+	pml4[511] = kva_to_pa(pdpt_kern) | PG_V | PG_RW;
+	pdpt_kern[510] = kva_to_pa(pd_kern) | PG_V | PG_RW;
+	pd_kern[0] = 0x000000 | PG_V | PG_RW | PG_PS;   /* KERNBASE -> physical 0, as FreeBSD */
+	pd_kern[1] = 0x200000 | PG_V | PG_RW | PG_PS;   /* the kernel image */
+	pd_kern[2] = kva_to_pa(pt_kheap) | PG_V | PG_RW; /* 4 KiB pages: stack, virtqueue, msgbuf ... */
+	for (int i = 0; i < KH_PAGES; i++)
+		if (i != KH_GUARD) pt_kheap[i] = (KHEAP_OFF + (u64)i * PAGE) | PG_V | PG_RW;
+	pml4[(DMAP_BASE >> 39) & 511] = kva_to_pa(pdpt_dmap) | PG_V | PG_RW;
+	pdpt_dmap[0] = kva_to_pa(pd_dmap) | PG_V | PG_RW;
+	for (u64 i = 0; i < 512 && i * NBPDR < ram_top; i++)
+		pd_dmap[i] = (i * NBPDR) | PG_V | PG_RW | PG_PS;
+	KPML4phys = kva_to_pa(pml4);
+	__asm__ volatile("mov %0, %%cr3" : : "r"(KPML4phys) : "memory");
+}
+
+/* ------------------------------------------------------------------ PCI + legacy virtio-blk */
+static u32 pci_read(int bus, int dev, int fn, int off)
+{
+	outl(0xcf8, 0x80000000U | (bus << 16) | (dev << 11) | (fn << 8) | (off & 0xfc));
+	return inl(0xcfc);
+}
+static void pci_write(int bus, int dev, int fn, int off, u32 v)
+{
+	outl(0xcf8, 0x80000000U | (bus << 16) | (dev << 11) | (fn << 8) | (off & 0xfc));
+	outl(0xcfc, v);
+}
+
+struct vq_desc { u64 addr; u32 len; u16 flags, next; };
+struct vblk_req { u32 type, ioprio; u64 sector; };
+static struct { u16 iobase; u16 qsize; u64 sectors; int ok; u16 last_used; int slot; } vblk[4];
+static int nvblk;
+static struct vblk_req vreq;
+static volatile u8 vstatus;
+
+static void vblk_probe(void)
+{
+	for (int dev = 0; dev < 32 && nvblk < 4; dev++) {
+		u32 id = pci_read(0, dev, 0, 0);
+		if ((id & 0xffff) != 0x1af4 || (id >> 16) != 0x1001) continue;
+		u32 bar0 = pci_read(0, dev, 0, 0x10);
+		if (!(bar0 & 1)) continue;
+		pci_write(0, dev, 0, 0x04, pci_read(0, dev, 0, 0x04) | 0x5); /* I/O space + bus master */
+		u16 io = (u16)(bar0 & ~3U);
+		vblk[nvblk].iobase = io;
+		vblk[nvblk].slot = dev;
+		vblk[nvblk].sectors = inl(io + 0x14) | ((u64)inl(io + 0x18) << 32);
+		nvblk++;
+	}
+}
+
+/* Set up queue 0 of device n (at dump time, like a dumper's init; the ring lives in the kernel heap). */
+static int vblk_start(int n)
+{
+	u16 io = vblk[n].iobase;
+	outb(io + 0x12, 0);           /* reset */
+	outb(io + 0x12, 1);           /* ACKNOWLEDGE */
+	outb(io + 0x12, 1 | 2);       /* DRIVER */
+	(void)inl(io + 0x00);
+	outl(io + 0x04, 0);           /* no features */
+	outw(io + 0x0e, 0);
+	u16 qs = inw(io + 0x0c);
+	if (qs == 0 || qs > 256) return -1;
+	memset(kheap_page(KH_VRING), 0, 3 * PAGE);
+	outl(io + 0x08, (u32)(kva_to_pa(kheap_page(KH_VRING)) >> 12));
+	outb(io + 0x12, 1 | 2 | 4);   /* DRIVER_OK */
+	vblk[n].qsize = qs;
+	vblk[n].last_used = 0;
+	vblk[n].ok = 1;
+	return 0;
+}
+
+static int vblk_write(int n, u64 sector, u64 pa, u32 len)
+{
+	u16 qs = vblk[n].qsize;
+	u8 *ring = kheap_page(KH_VRING);
+	volatile struct vq_desc *d = (struct vq_desc *)ring;
+	volatile u16 *avail = (u16 *)(ring + 16UL * qs);
+	volatile u16 *used = (u16 *)(ring + ((16UL * qs + 6 + 2UL * qs + PAGE - 1) & ~(PAGE - 1)));
+	vreq.type = 1; /* VIRTIO_BLK_T_OUT */
+	vreq.ioprio = 0;
+	vreq.sector = sector;
+	vstatus = 0xff;
+	d[0].addr = kva_to_pa(&vreq); d[0].len = sizeof(vreq); d[0].flags = 1; d[0].next = 1;
+	d[1].addr = pa; d[1].len = len; d[1].flags = 1; d[1].next = 2;
+	d[2].addr = kva_to_pa((void *)&vstatus); d[2].len = 1; d[2].flags = 2; d[2].next = 0;
+	avail[0] = 1; /* VRING_AVAIL_F_NO_INTERRUPT: we poll */
+	avail[2 + avail[1] % qs] = 0;
+	mb();
+	avail[1] = avail[1] + 1;
+	mb();
+	outw(vblk[n].iobase + 0x10, 0);
+	for (u64 spin = 0; used[1] == vblk[n].last_used; spin++) {
+		__asm__ volatile("pause");
+		if (spin > (1UL << 34)) return 5;
+	}
+	vblk[n].last_used++;
+	mb();
+	return vstatus == 0 ? 0 : 5; /* EIO */
+}
+
+/* ------------------------------------------------------------------ dump writing (kern_shutdown.c shape) */
+static struct { int dev; u64 mediasize, dumpoff, extent, written, total; int last_pct; int full; u64 chunk_left; } di;
+static int dump_dev = -1;
+static char dumpdev_name[64];
+
+static int dump_append_pa(u64 pa, u64 len)
+{
+	while (len) {
+		u64 n = len > 262144 ? 262144 : len;
+		int err = vblk_write(di.dev, di.dumpoff / 512, pa, (u32)n);
+		if (err) return err;
+		di.dumpoff += n; di.written += n; pa += n; len -= n;
+		if (!di.full) {
+			int pct = (int)(di.written * 100 / di.total);
+			if (pct / 10 > di.last_pct / 10 && pct < 100) { kprintf("..%d%%", pct); di.last_pct = pct; }
+		}
+	}
+	return 0;
+}
+
+/* Dump physical memory [pa, pa+len): the perturbation knob writes a corrupted copy of the pattern page. */
+static int dump_phys(u64 pa, u64 len)
+{
+	if (mock_corrupt_dump_page && mock_pattern_pa >= pa && mock_pattern_pa < pa + len) {
+		int err = 0;
+		if (mock_pattern_pa > pa) err = dump_phys(pa, mock_pattern_pa - pa);
+		if (err) return err;
+		u8 *b = kheap_page(KH_BOUNCE);
+		memcpy(b, pa_to_dmap(mock_pattern_pa), PAGE);
+		for (int i = 0; i < 64; i++) b[1024 + i] ^= 0xa5;
+		err = dump_append_pa(kva_to_pa(b), PAGE);
+		if (err) return err;
+		u64 rest = pa + len - (mock_pattern_pa + PAGE);
+		return rest ? dump_phys(mock_pattern_pa + PAGE, rest) : 0;
+	}
+	if (!di.full) return dump_append_pa(pa, len);
+	/* full dump: kern_dump.c prints the MB left in the chunk every 16 MB */
+	while (len) {
+		u64 n = len > (1UL << 20) ? (1UL << 20) : len;
+		int err = dump_append_pa(pa, n);
+		if (err) return err;
+		pa += n; len -= n;
+		u64 before = di.chunk_left;
+		di.chunk_left -= n;
+		if (di.chunk_left && (before >> 24) != (di.chunk_left >> 24))
+			kprintf(" %lu", ((di.chunk_left / PAGE) + 255) >> 8);
+	}
+	return 0;
+}
+
+struct kerneldumpheader {
+	char magic[20]; char architecture[12]; u32 version; u32 architectureversion; u64 dumplength;
+	u64 dumptime; u32 dumpkeysize; u32 blocksize; char hostname[64]; char versionstring[192];
+	char panicstring[175]; u8 compression; u64 dumpextent; u8 unused[4]; u32 parity;
+} __attribute__((packed));
+_Static_assert(sizeof(struct kerneldumpheader) == 512, "kdh");
+
+static u32 be32(u32 v) { return __builtin_bswap32(v); }
+static u64 be64(u64 v) { return __builtin_bswap64(v); }
+
+static int dump_start(u64 length)
+{
+	if (dump_dev < 0 || !vblk[dump_dev].iobase) {
+		kprintf("Cannot dump: no dump device specified.\n");
+		return -1;
+	}
+	if (!vblk[dump_dev].ok && vblk_start(dump_dev)) {
+		kprintf("\n** DUMP FAILED (ERROR 6) **\n");
+		return -1;
+	}
+	di.dev = dump_dev;
+	di.mediasize = vblk[dump_dev].sectors * 512;
+	di.extent = length;
+	di.total = length;
+	di.written = 0;
+	di.last_pct = 0;
+	if (di.mediasize < 65536 + length + 2 * 512) {
+		kprintf("\nDump failed. Partition too small.\n");
+		return -1;
+	}
+	di.dumpoff = di.mediasize - 512 - length;
+	return 0;
+}
+
+static int dump_finish(u64 length)
+{
+	struct kerneldumpheader *h = (struct kerneldumpheader *)dumpbuf;
+	memset(dumpbuf, 0, sizeof(dumpbuf));
+	memcpy(h->magic, "FreeBSD Kernel Dump", 19);
+	memcpy(h->architecture, "amd64", 5);
+	h->version = be32(4);
+	h->architectureversion = be32(2);
+	h->dumplength = be64(length);
+	h->dumptime = be64((u64)time_second);
+	h->dumpkeysize = 0;
+	h->blocksize = be32(512);
+	memcpy(h->hostname, hostname, slen(hostname));
+	unsigned long vl = slen(version);
+	memcpy(h->versionstring, version, vl < 191 ? vl : 191);
+	h->compression = 0;
+	h->dumpextent = be64(di.extent);
+	u32 parity = 0;
+	for (int i = 0; i < 128; i++) parity ^= ((u32 *)h)[i];
+	h->parity = parity;
+	int err = vblk_write(di.dev, (di.mediasize - 2 * 512 - di.extent) / 512, kva_to_pa(dumpbuf), 512);
+	if (!err) err = vblk_write(di.dev, (di.mediasize - 512) / 512, kva_to_pa(dumpbuf), 512);
+	return err;
+}
+
+static int is_dumpable(u64 pa)
+{
+	for (int i = 0; dump_avail[i + 1]; i += 2)
+		if (pa >= dump_avail[i] && pa < dump_avail[i + 1]) return 1;
+	return 0;
+}
+static void dump_add_page(u64 pa) { if (pa / PAGE < MAXPFN) vm_page_dump[pa / PAGE / 64] |= 1UL << (pa / PAGE % 64); }
+
+static u64 kva_end(void) { return KERNBASE + 3 * NBPDR; }
+
+/* amd64 minidump v2 (12.x minidump_machdep.c layout): header page, msgbuf, bitmap, PD pages, data */
+static int minidumpsys(void)
+{
+	memset(vm_page_dump, 0, sizeof(vm_page_dump));
+	u64 pmapsize = 0;
+	for (u64 va = VM_MIN_KERNEL_ADDRESS; va < kva_end(); va += NBPDP) {
+		pmapsize += PAGE;
+		u64 e4 = pml4[(va >> 39) & 511];
+		if (!(e4 & PG_V)) continue;
+		u64 *pdpt = pa_to_dmap(e4 & PG_FRAME);
+		u64 e3 = pdpt[(va >> 30) & 511];
+		if (!(e3 & PG_V)) continue;
+		u64 *pd = pa_to_dmap(e3 & PG_FRAME);
+		for (int j = 0; j < 512; j++) {
+			u64 pde = pd[j];
+			if (!(pde & PG_V)) continue;
+			if (pde & PG_PS) {
+				for (u64 k = 0; k < 512; k++)
+					if (is_dumpable((pde & PG_PS_FRAME) + k * PAGE)) dump_add_page((pde & PG_PS_FRAME) + k * PAGE);
+				continue;
+			}
+			if (is_dumpable(pde & PG_FRAME)) dump_add_page(pde & PG_FRAME);
+			u64 *pt = pa_to_dmap(pde & PG_FRAME);
+			for (int k = 0; k < 512; k++)
+				if ((pt[k] & PG_V) && is_dumpable(pt[k] & PG_FRAME)) dump_add_page(pt[k] & PG_FRAME);
+		}
+	}
+	/* pmap-internal pages are always in the dump set (dump_add_page at allocation in FreeBSD) */
+	u64 *tables[] = { pml4, pdpt_kern, pd_kern, pt_kheap, pdpt_dmap, pd_dmap };
+	for (unsigned i = 0; i < sizeof(tables) / sizeof(tables[0]); i++) dump_add_page(kva_to_pa(tables[i]));
+
+	u64 npages = 0;
+	for (u64 i = 0; i < MAXPFN / 64; i++) for (u64 w = vm_page_dump[i]; w; w &= w - 1) npages++;
+	u64 msgsize = msgbufp->msg_size;
+	u64 bitmapsize = vm_page_dump_size;
+	u64 dumpsize = pmapsize + ((msgsize + PAGE - 1) & ~(PAGE - 1)) + bitmapsize + npages * PAGE + PAGE;
+	kprintf("Dumping %lu out of %lu MB:", dumpsize >> 20, physmem * PAGE >> 20);
+	if (dump_start(dumpsize)) return -1;
+
+	memset(dumpbuf, 0, sizeof(dumpbuf));
+	memcpy(dumpbuf, "minidump FreeBSD/amd64", 22);
+	*(u32 *)(dumpbuf + 24) = 2;                 /* MINIDUMP_VERSION (12.x) */
+	*(u32 *)(dumpbuf + 28) = (u32)msgsize;
+	*(u32 *)(dumpbuf + 32) = (u32)bitmapsize;
+	*(u32 *)(dumpbuf + 36) = (u32)pmapsize;
+	*(u64 *)(dumpbuf + 40) = VM_MIN_KERNEL_ADDRESS;
+	*(u64 *)(dumpbuf + 48) = DMAP_BASE;
+	*(u64 *)(dumpbuf + 56) = DMAP_END;
+	int err = dump_append_pa(kva_to_pa(dumpbuf), PAGE);
+	if (!err) err = dump_append_pa(kva_to_pa(msgbufp->msg_ptr), (msgsize + PAGE - 1) & ~(PAGE - 1));
+	if (!err) err = dump_append_pa(kva_to_pa(vm_page_dump), bitmapsize);
+	for (u64 va = VM_MIN_KERNEL_ADDRESS; !err && va < kva_end(); va += NBPDP) {
+		u64 e4 = pml4[(va >> 39) & 511], e3 = 0;
+		if (e4 & PG_V) e3 = ((u64 *)pa_to_dmap(e4 & PG_FRAME))[(va >> 30) & 511];
+		err = dump_append_pa((e3 & PG_V) ? (e3 & PG_FRAME) : kva_to_pa(zeroes), PAGE);
+	}
+	for (u64 pfn = 0; !err && pfn < MAXPFN;) {
+		if (!(vm_page_dump[pfn / 64] & (1UL << (pfn % 64)))) { pfn++; continue; }
+		u64 run = pfn;
+		while (run < MAXPFN && (vm_page_dump[run / 64] & (1UL << (run % 64)))) run++;
+		err = dump_phys(pfn * PAGE, (run - pfn) * PAGE);
+		pfn = run;
+	}
+	if (!err) err = dump_finish(dumpsize);
+	if (err) { kprintf("\n** DUMP FAILED (ERROR %d) **\n", err); return -1; }
+	return 0;
+}
+
+/* full dump: ELF64 ET_CORE, one PT_LOAD per dump_avail range (kern_dump.c dumpsys_generic shape) */
+static int fulldumpsys(void)
+{
+	int nchunks = 0;
+	u64 data = 0;
+	for (int i = 0; dump_avail[i + 1]; i += 2, nchunks++) data += dump_avail[i + 1] - dump_avail[i];
+	u64 hdrsz = 64 + 56UL * nchunks, hdr_r = (hdrsz + PAGE - 1) & ~(PAGE - 1);
+	u64 dumpsize = hdr_r + data;
+	kprintf("Dumping %lu MB (%d chunks)\n", dumpsize >> 20, nchunks);
+	if (dump_start(dumpsize)) return -1;
+	di.full = 1;
+	memset(dumpbuf, 0, sizeof(dumpbuf));
+	u8 *e = dumpbuf;
+	e[0] = 0x7f; e[1] = 'E'; e[2] = 'L'; e[3] = 'F'; e[4] = 2; e[5] = 1; e[6] = 1; e[7] = 255; /* STANDALONE */
+	*(u16 *)(e + 16) = 4;   /* ET_CORE */
+	*(u16 *)(e + 18) = 62;  /* EM_X86_64 */
+	*(u64 *)(e + 32) = 64;  /* e_phoff */
+	*(u16 *)(e + 52) = 64;  /* e_ehsize */
+	*(u16 *)(e + 54) = 56;  /* e_phentsize */
+	*(u16 *)(e + 56) = (u16)nchunks;
+	*(u16 *)(e + 58) = 64;  /* e_shentsize */
+	u64 off = hdr_r;
+	for (int i = 0, c = 0; dump_avail[i + 1]; i += 2, c++) {
+		u8 *ph = e + 64 + 56 * c;
+		u64 start = dump_avail[i], size = dump_avail[i + 1] - dump_avail[i];
+		*(u32 *)(ph + 0) = 1; *(u32 *)(ph + 4) = 4; /* PT_LOAD, PF_R */
+		*(u64 *)(ph + 8) = off; *(u64 *)(ph + 16) = start; *(u64 *)(ph + 24) = start;
+		*(u64 *)(ph + 32) = size; *(u64 *)(ph + 40) = size; *(u64 *)(ph + 48) = PAGE;
+		off += size;
+	}
+	int err = dump_append_pa(kva_to_pa(dumpbuf), PAGE);
+	for (u64 p = PAGE; !err && p < hdr_r; p += PAGE) err = dump_append_pa(kva_to_pa(zeroes), PAGE);
+	for (int i = 0, c = 0; !err && dump_avail[i + 1]; i += 2, c++) {
+		u64 pgs = (dump_avail[i + 1] - dump_avail[i]) / PAGE;
+		kprintf("  chunk %d: %luMB (%lu pages)", c, (pgs + 255) >> 8, pgs);
+		di.chunk_left = dump_avail[i + 1] - dump_avail[i];
+		err = dump_phys(dump_avail[i], dump_avail[i + 1] - dump_avail[i]);
+		kprintf(" ... %s\n", err ? "fail" : "ok");
+	}
+	if (!err) err = dump_finish(dumpsize);
+	di.full = 0;
+	if (err) { kprintf("\n** DUMP FAILED (ERROR %d) **\n", err); return -1; }
+	return 0;
+}
+
+static void doadump(struct trapframe *tf)
+{
+	dumping++;
+	dumppcb.pcb_r15 = tf->tf_r15; dumppcb.pcb_r14 = tf->tf_r14; dumppcb.pcb_r13 = tf->tf_r13;
+	dumppcb.pcb_r12 = tf->tf_r12; dumppcb.pcb_rbp = tf->tf_rbp; dumppcb.pcb_rsp = tf->tf_rsp;
+	dumppcb.pcb_rbx = tf->tf_rbx; dumppcb.pcb_rip = tf->tf_rip;
+	int err = do_minidump ? minidumpsys() : fulldumpsys();
+	if (!err) kprintf("\nDump complete\n");
+	dumping--;
+}
+
+/* ------------------------------------------------------------------ ddb */
+struct dbsym { const char *name; u64 addr; };
+#define SYM(s) { #s, (u64)&s }
+static struct dbsym db_symtab[] = {
+	SYM(KPML4phys), SYM(hz), SYM(msgbufp), SYM(msgbuf0), SYM(dumppcb), SYM(dumptid), SYM(do_minidump),
+	SYM(dumping), SYM(dumper), SYM(kdb_frame), SYM(version), SYM(ostype), SYM(osreldate), SYM(panicstr),
+	SYM(time_second), SYM(physmem), SYM(dump_avail), SYM(pcb_size), SYM(mock_corrupt_dump_page),
+	SYM(mock_pattern_pa), SYM(vm_page_dump),
+};
+struct dbfunc { const char *name; u64 addr; };
+extern void mock_trap(struct trapframe *);
+static void mock_main(void);
+void mock_init(u64 modulep, u64 kernend);
+static struct dbfunc db_functab[] = {
+	{ "btext", (u64)btext }, { "mock_idle", (u64)mock_idle }, { "mock_trap", (u64)mock_trap },
+	{ "mock_main", (u64)mock_main }, { "mock_init", (u64)mock_init },
+};
+
+static void db_print_loc(u64 va)
+{
+	const char *best = 0; u64 base = 0;
+	for (unsigned i = 0; i < sizeof(db_functab) / sizeof(db_functab[0]); i++)
+		if (db_functab[i].addr <= va && db_functab[i].addr >= base) { best = db_functab[i].name; base = db_functab[i].addr; }
+	if (best && va - base < 0x10000) printf_("%s+%#lx", best, va - base);
+	else printf_("%#lx", va);
+}
+
+static int db_readable(u64 va, u64 size)
+{
+	u64 end = va + size;
+	if (va >= KERNBASE && end <= KERNBASE + 2 * NBPDR) return 1;
+	if (va >= KHEAP_VA && end <= KHEAP_VA + KH_PAGES * PAGE)
+		return !(va < KHEAP_VA + (KH_GUARD + 1) * PAGE && end > KHEAP_VA + KH_GUARD * PAGE);
+	if (va >= DMAP_BASE && end <= DMAP_BASE + ram_top) return 1;
+	return 0;
+}
+
+static int db_hex(const char *s, u64 *out)
+{
+	u64 v = 0; int n = 0;
+	if (s[0] == '0' && s[1] == 'x') s += 2;
+	for (; *s; s++, n++) {
+		char c = *s;
+		if (c >= '0' && c <= '9') v = v * 16 + (u64)(c - '0');
+		else if (c >= 'a' && c <= 'f') v = v * 16 + (u64)(c - 'a' + 10);
+		else if (c >= 'A' && c <= 'F') v = v * 16 + (u64)(c - 'A' + 10);
+		else return 0;
+	}
+	*out = v;
+	return n > 0;
+}
+
+static int db_expr(const char *s, u64 *out, const char **name)
+{
+	*name = 0;
+	for (unsigned i = 0; i < sizeof(db_symtab) / sizeof(db_symtab[0]); i++)
+		if (seq(s, db_symtab[i].name)) { *out = db_symtab[i].addr; *name = db_symtab[i].name; return 1; }
+	for (unsigned i = 0; i < sizeof(db_functab) / sizeof(db_functab[0]); i++)
+		if (seq(s, db_functab[i].name)) { *out = db_functab[i].addr; *name = db_functab[i].name; return 1; }
+	return db_hex(s, out);
+}
+
+static u64 db_load(u64 va, int size)
+{
+	switch (size) {
+	case 1: return *(volatile u8 *)va;
+	case 2: return *(volatile u16 *)va;
+	case 4: return *(volatile u32 *)va;
+	default: return *(volatile u64 *)va;
+	}
+}
+
+static int db_size(char c) { return c == 'b' ? 1 : c == 'h' ? 2 : c == 'l' ? 4 : c == 'g' ? 8 : 0; }
+
+static void db_examine(const char *modif, char *arg)
+{
+	int size = 4, count = 1;
+	char radix = 'x';
+	for (const char *m = modif; *m; m++) {
+		if (db_size(*m)) size = db_size(*m);
+		else if (*m == 'x' || *m == 'd' || *m == 'u') radix = *m;
+	}
+	for (char *c = arg; *c; c++)
+		if (*c == ',') { *c = 0; count = 0; for (char *d = c + 1; *d >= '0' && *d <= '9'; d++) count = count * 10 + (*d - '0'); break; }
+	if (count < 1) count = 1;
+	u64 va; const char *name;
+	if (!db_expr(arg, &va, &name)) { printf_("Symbol not found\n"); return; }
+	for (int i = 0; i < count; i++, va += (u64)size) {
+		if (!db_readable(va, (u64)size)) { printf_("Cannot access memory at %#lx\n", va); return; }
+		if (name && i == 0) printf_("%s:", name);
+		else if (name) printf_("%s+%#x:", name, i * size);
+		else printf_("%lx:", va);
+		u64 v = db_load(va, size);
+		if (radix == 'x') printf_("\t%lx\n", v); else printf_("\t%lu\n", v);
+	}
+}
+
+static void db_write(const char *modif, char *args)
+{
+	int size = 4;
+	for (const char *m = modif; *m; m++) if (db_size(*m)) size = db_size(*m);
+	char *val = args;
+	while (*val && *val != ' ') val++;
+	if (!*val) { printf_("Syntax error\n"); return; }
+	*val++ = 0;
+	while (*val == ' ') val++;
+	u64 va, v; const char *name;
+	if (!db_expr(args, &va, &name)) { printf_("Symbol not found\n"); return; }
+	int neg = 0, ok;
+	if (*val == '-') { neg = 1; val++; }
+	if (val[0] == '0' && val[1] == 'x') ok = db_hex(val, &v);
+	else { v = 0; ok = *val != 0; for (char *d = val; *d; d++) { if (*d < '0' || *d > '9') ok = 0; v = v * 10 + (u64)(*d - '0'); } }
+	if (!ok) { printf_("Syntax error\n"); return; }
+	if (neg) v = -v;
+	if (!db_readable(va, (u64)size)) { printf_("Cannot access memory at %#lx\n", va); return; }
+	u64 old = db_load(va, size);
+	switch (size) {
+	case 1: *(volatile u8 *)va = (u8)v; break;
+	case 2: *(volatile u16 *)va = (u16)v; break;
+	case 4: *(volatile u32 *)va = (u32)v; break;
+	default: *(volatile u64 *)va = v; break;
+	}
+	if (size < 8) v &= (1UL << (size * 8)) - 1;
+	/* db_write_cmd: "%-20s%#10lr\t=\t%#10lr" with ddb's tab stops */
+	int n = name ? (int)slen(name) : 0;
+	if (name) printf_("%s", name); else { printf_("%lx", va); n = 16; }
+	for (int i = n; i < 20; i++) putc_(' ');
+	printf_("%#10lx\t=\t%#10lx\n", old, v);
+}
+
+static void db_show_registers(struct trapframe *tf)
+{
+	struct { const char *n; u64 v; } r[] = {
+		{ "cs", tf->tf_cs }, { "ds", tf->tf_ds }, { "es", tf->tf_es }, { "fs", tf->tf_fs }, { "gs", tf->tf_gs },
+		{ "ss", tf->tf_ss }, { "rax", tf->tf_rax }, { "rcx", tf->tf_rcx }, { "rdx", tf->tf_rdx },
+		{ "rbx", tf->tf_rbx }, { "rsp", tf->tf_rsp }, { "rbp", tf->tf_rbp }, { "rsi", tf->tf_rsi },
+		{ "rdi", tf->tf_rdi }, { "r8", tf->tf_r8 }, { "r9", tf->tf_r9 }, { "r10", tf->tf_r10 },
+		{ "r11", tf->tf_r11 }, { "r12", tf->tf_r12 }, { "r13", tf->tf_r13 }, { "r14", tf->tf_r14 },
+		{ "r15", tf->tf_r15 }, { "rip", tf->tf_rip }, { "rflags", tf->tf_rflags },
+	};
+	for (unsigned i = 0; i < sizeof(r) / sizeof(r[0]); i++) {
+		printf_("%s", r[i].n);
+		int w = 30 - (int)slen(r[i].n);
+		if (r[i].v) fmt_num(r[i].v, 16, w, 0, 0, 1, 0);
+		else { for (int k = 1; k < w; k++) putc_(' '); putc_('0'); }
+		if (seq(r[i].n, "rip")) { printf_("  "); db_print_loc(r[i].v); }
+		printf_("\n");
+	}
+	db_print_loc(tf->tf_rip);
+	printf_(":\t.byte\t%#x\n", (u32)*(volatile u8 *)tf->tf_rip);
+}
+
+static void db_show_msgbuf(void)
+{
+	struct msgbuf *m = msgbufp;
+	printf_("msgbufp = %p\n", m);
+	printf_("magic = %x, size = %d, r= %d, w = %d, ptr = %p, cksum= %d\n", m->msg_magic, m->msg_size,
+		m->msg_rseq, m->msg_wseq, m->msg_ptr, m->msg_cksum);
+	u32 pos = m->msg_wseq % m->msg_size;
+	for (u32 i = 0; i < m->msg_size; i++) {
+		char c = m->msg_ptr[(pos + i) % m->msg_size];
+		if (c) putc_(c);
+	}
+	printf_("\n");
+}
+
+static int db_getc(void)
+{
+	while (!(inb(COM1 + 5) & 1)) __asm__ volatile("pause");
+	return inb(COM1);
+}
+
+static int db_readline(char *buf, int max)
+{
+	static int last_cr;
+	int n = 0;
+	for (;;) {
+		int c = db_getc();
+		if (c == '\n' && last_cr) { last_cr = 0; continue; }
+		last_cr = c == '\r';
+		if (c == '\r' || c == '\n') { printf_("\n"); buf[n] = 0; return n; }
+		if ((c == 8 || c == 127) && n > 0) { n--; printf_("\b \b"); continue; }
+		if (c >= 32 && c < 127 && n < max - 1) { buf[n++] = (char)c; putc_((char)c); }
+	}
+}
+
+/* the ddb loop; returns to resume the interrupted code ("continue") */
+static void db_trap(struct trapframe *tf)
+{
+	static char line[128];
+	kdb_frame = tf;
+	for (;;) {
+		printf_("db> ");
+		int n = db_readline(line, sizeof(line));
+		while (n > 0 && line[n - 1] == ' ') line[--n] = 0;
+		char *cmd = line;
+		while (*cmd == ' ') cmd++;
+		if (!*cmd) continue;
+		char *args = cmd;
+		while (*args && *args != ' ') args++;
+		if (*args) *args++ = 0;
+		while (*args == ' ') args++;
+		char *modif = cmd;
+		while (*modif && *modif != '/') modif++;
+		if (*modif) *modif++ = 0;
+		if (seq(cmd, "set")) {
+			/* "set $lines 0": the pager is never on in this stand-in */
+		} else if (seq(cmd, "show") && (seq(args, "registers") || seq(args, "reg"))) {
+			db_show_registers(tf);
+		} else if (seq(cmd, "show") && seq(args, "msgbuf")) {
+			db_show_msgbuf();
+		} else if (seq(cmd, "x") || seq(cmd, "examine")) {
+			db_examine(modif, args);
+		} else if (seq(cmd, "write") || seq(cmd, "w")) {
+			db_write(modif, args);
+		} else if (seq(cmd, "dump")) {
+			doadump(tf);
+		} else if (seq(cmd, "bt") || seq(cmd, "trace")) {
+			printf_("Tracing pid 0 tid %d td %p\n", dumptid, (u64)0);
+			db_print_loc(tf->tf_rip);
+			printf_("() at ");
+			db_print_loc(tf->tf_rip);
+			printf_("/frame %#lx\n", tf->tf_rsp);
+		} else if (seq(cmd, "c") || seq(cmd, "continue") || seq(cmd, "cont")) {
+			kdb_frame = 0;
+			return;
+		} else if (seq(cmd, "reset")) {
+			outb(0xcf9, 0x02); outb(0xcf9, 0x06);  /* PCI reset control: hard reset */
+			outb(0x64, 0xfe);
+			for (;;) __asm__ volatile("cli; hlt");
+		} else {
+			printf_("No such command\n");
+		}
+	}
+}
+
+/* ------------------------------------------------------------------ traps */
+void mock_trap(struct trapframe *tf)
+{
+	u64 vec;
+	memcpy(&vec, &tf->tf_flags, 8); /* the stub stored the vector in the flags/es/ds slot */
+	tf->tf_trapno = (u32)(vec == 2 ? 19 : vec); /* FreeBSD's T_NMI is 19 */
+	tf->tf_flags = 0;
+	u16 es, ds;
+	__asm__ volatile("mov %%es, %0" : "=r"(es)); __asm__ volatile("mov %%ds, %0" : "=r"(ds));
+	tf->tf_es = es; tf->tf_ds = ds;
+	if (vec >= 32) return; /* masked legacy PIC: only spurious interrupts land here */
+	if (vec == 2) {
+		printf_("NMI ISA 20, EISA ff\n");
+		printf_("NMI/cpu0 ... going to debugger\n");
+		printf_("[ thread pid 0 tid %d ]\n", dumptid);
+		printf_("Stopped at\t");
+		db_print_loc(tf->tf_rip);
+		printf_(":\t.byte\t%#x\n", (u32)*(volatile u8 *)tf->tf_rip);
+		db_trap(tf);
+		return;
+	}
+	u64 cr2;
+	__asm__ volatile("mov %%cr2, %0" : "=r"(cr2));
+	printf_("\n\nFatal trap %d: mock kernel exception while in kernel mode\n", (int)vec);
+	printf_("fault virtual address\t= %#lx\ninstruction pointer\t= 0x20:%#lx\nerror code\t\t= %#lx\n", cr2,
+		tf->tf_rip, tf->tf_err);
+	for (;;) __asm__ volatile("cli; hlt");
+}
+
+/* ------------------------------------------------------------------ boot */
+static void mock_main(void)
+{
+	const char *root = kern_getenv("vfs.root.mountfrom");
+	if (root) {
+		kprintf("Trying to mount root from %s []...\n", root);
+		const char *dev = root;
+		while (*dev && *dev != ':') dev++;
+		kprintf("mountroot: waiting for device %s...\n", *dev ? dev + 1 : root);
+	} else {
+		kprintf("mountroot> ");
+	}
+	mock_idle();
+}
+
+void mock_init(u64 modulep, u64 kernend)
+{
+	(void)kernend;
+	outb(COM1 + 1, 0); /* no UART interrupts: we poll */
+	/* legacy PICs: vectors 0x20-0x2f, everything masked */
+	outb(0x20, 0x11); outb(0xa0, 0x11); outb(0x21, 0x20); outb(0xa1, 0x28);
+	outb(0x21, 4); outb(0xa1, 2); outb(0x21, 1); outb(0xa1, 1); outb(0x21, 0xff); outb(0xa1, 0xff);
+
+	/* GRUB identity-maps low memory: read the SMAP first to size the direct map */
+	u8 *p = (u8 *)modulep;
+	for (int guard = 0; guard < 4096; guard++) {
+		u32 type = *(u32 *)p, len = *(u32 *)(p + 4);
+		if (type == MODINFO_END && len == 0) break;
+		if (type == (MODINFO_METADATA | MODINFOMD_SMAP))
+			for (u32 off = 0; off + 20 <= len; off += 20)
+				if (*(u32 *)(p + 8 + off + 16) == 1) {
+					u64 end = *(u64 *)(p + 8 + off) + *(u64 *)(p + 8 + off + 8);
+					if (end > ram_top) ram_top = end;
+				}
+		p = p + 8 + ((len + 7) & ~7U);
+	}
+	if (ram_top > MAXPFN * PAGE) ram_top = MAXPFN * PAGE;
+	if (ram_top < KHEAP_OFF + KH_PAGES * PAGE) ram_top = 128UL << 20;
+
+	gdtr.limit = sizeof(gdt) - 1; gdtr.base = (u64)gdt;
+	load_gdt_and_segments(&gdtr);
+	for (int v = 0; v < 256; v++) set_gate(v, trap_stubs[v < 32 ? v : 32]);
+	idtr.limit = sizeof(idt) - 1; idtr.base = (u64)idt;
+	__asm__ volatile("lidt %0" : : "m"(idtr));
+	build_page_tables();
+	parse_metadata(modulep);
+
+	memset(kheap_page(KH_STACK), 0, 4 * PAGE);
+	memset(kheap_page(KH_VRING), 0, (KH_PAGES - KH_VRING) * PAGE);
+	u8 *pat = kheap_page(KH_PATTERN);
+	for (u64 i = 0; i < PAGE; i++) pat[i] = (u8)(i * 7 + 0x5a);
+	memcpy(pat, "MockFreeBSDKernel pattern page", 30);
+	mock_pattern_pa = kva_to_pa(pat);
+
+	msgbuf0.msg_ptr = (char *)kheap_page(KH_MSGBUF);
+	msgbuf0.msg_magic = 0x063062;
+	msgbuf0.msg_size = KH_MSGBUF_PAGES * PAGE;
+	msgbuf0.msg_seqmod = msgbuf0.msg_size * 16;
+	msgbufp = pa_to_dmap(kva_to_pa(&msgbuf0)); /* like FreeBSD: msgbufp is a direct-map address */
+
+	/* dump_avail: RAM entries of the SMAP, page-rounded inwards, inside the direct map */
+	int n = 0;
+	for (int i = 0; i < nsmap && n < 32; i++) {
+		if (smap[i].type != 1) continue;
+		u64 s = (smap[i].base + PAGE - 1) & ~(PAGE - 1), e = (smap[i].base + smap[i].len) & ~(PAGE - 1);
+		if (e > ram_top) e = ram_top;
+		if (e <= s) continue;
+		dump_avail[n++] = s; dump_avail[n++] = e;
+		physmem += (e - s) / PAGE;
+	}
+	u64 maxpfn = n ? dump_avail[n - 1] / PAGE : 0;
+	vm_page_dump_size = (((maxpfn + 7) / 8) + PAGE - 1) & ~(PAGE - 1);
+
+	kprintf("KDB: debugger backends: ddb\n");
+	kprintf("KDB: current backend: ddb\n");
+	kprintf("---<<BOOT>>---\n");
+	kprintf("MockFreeBSDKernel (fbsd-hil test stand-in): imitates FreeBSD's console protocol and dump formats; it is not FreeBSD.\n");
+	kprintf("%s", version);
+	kprintf("real memory  = %lu (%lu MB)\n", ram_top, ram_top >> 20);
+	kprintf("avail memory = %lu (%lu MB)\n", physmem * PAGE, physmem * PAGE >> 20);
+
+	const char *md = kern_getenv("debug.minidump");
+	if (md) do_minidump = md[0] != '0';
+	const char *cp = kern_getenv("mock.corrupt_dump_page");
+	if (cp && cp[0] == '1') {
+		mock_corrupt_dump_page = 1;
+		kprintf("mock: will corrupt the dump's copy of the pattern page at PA %#lx (mock.corrupt_dump_page=1)\n",
+			mock_pattern_pa);
+	}
+	vblk_probe();
+	for (int i = 0; i < nvblk; i++) {
+		kprintf("virtio_pci%d: <VirtIO PCI Block adapter> port %#x at device %d.0 on pci0\n", i,
+			vblk[i].iobase, vblk[i].slot);
+		kprintf("vtblk%d: <VirtIO Block Adapter> on virtio_pci%d\n", i, i);
+		kprintf("vtblk%d: %luMB (%lu 512 byte sectors)\n", i, vblk[i].sectors >> 11, vblk[i].sectors);
+	}
+	const char *dd = kern_getenv("dumpdev");
+	if (dd) {
+		unsigned long l = slen(dd);
+		memcpy(dumpdev_name, dd, l < 63 ? l : 63);
+		if (sprefix(dd, "/dev/vtbd") && dd[9] >= '0' && dd[9] <= '3' && dd[10] == 0 && dd[9] - '0' < nvblk) {
+			dump_dev = dd[9] - '0';
+			dumper.dumper = (void *)vblk_write;
+			dumper.blocksize = 512;
+			dumper.maxiosize = 262144;
+			dumper.mediasize = vblk[dump_dev].sectors * 512;
+		} else {
+			kprintf("mock: dumpdev %s is not a virtio-blk disk this stand-in can write; no dump device\n", dd);
+		}
+	}
+	switch_stack((u64)kheap_page(KH_STACK) + 4 * PAGE, mock_main);
+}
