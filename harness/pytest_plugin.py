@@ -187,8 +187,41 @@ def fbsd_target(pytestconfig: pytest.Config) -> FbsdTarget:
         if path is not None and not path.is_file():
             pytest.fail(f"{what} {path} does not exist", pytrace=False)
     if target.release and target.image is None and target.kernel is None:
-        target.image = fetch_release_image(target.release, offline=target.offline)
+        target.image = pytestconfig.stash.get(RELEASE_IMAGE_KEY, None) or fetch_release_image(
+            target.release, offline=target.offline
+        )
     return target
+
+
+RELEASE_IMAGE_KEY = pytest.StashKey[Path]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Fetch a requested release once, before any test: a failure ends the run with one clear line.
+
+    Without this every `hil` test would report the same download error with its own traceback.
+    Offline mode with nothing cached is left to the fixture, which skips.
+    """
+    config = session.config
+    release = config.getoption("--fbsd-release")
+    if not release or config.getoption("--fbsd-image") or config.getoption("--fbsd-kernel"):
+        return
+    if config.getoption("--collect-only") or not any("hil" in item.keywords for item in session.items):
+        return
+    import images
+
+    offline = config.getoption("--fbsd-offline")
+    try:
+        config.stash[RELEASE_IMAGE_KEY] = images.fetch(release, offline=offline, progress=False)
+    except images.NotCachedError as exc:
+        if not offline:
+            pytest.exit(f"fbsd-hil: FreeBSD {release} image: {exc}", returncode=pytest.ExitCode.TESTS_FAILED)
+    except (images.ImageError, OSError) as exc:
+        pytest.exit(
+            f"fbsd-hil: FreeBSD {release} image could not be fetched: {exc} "
+            "(give --fbsd-image PATH, or --fbsd-offline to skip without a cached image)",
+            returncode=pytest.ExitCode.TESTS_FAILED,
+        )
 
 
 def fetch_release_image(release: str, *, offline: bool) -> Path:

@@ -16,13 +16,13 @@ from images.preparation import prepare
 
 @pytest.fixture(scope="module")
 def prepared(request):
-    release = request.config.getoption("--fbsd-release")
-    image = request.config.getoption("--fbsd-image")
-    if not (release or image):
+    # The plugin's target resolves --fbsd-release once per session (cache, download, --fbsd-offline).
+    target = request.getfixturevalue("fbsd_target")
+    if target.image is None:
         pytest.skip("image preparation needs --fbsd-release X.Y or --fbsd-image PATH (not a bare kernel)")
     accel = request.config.getoption("--accel")
     uri = request.config.getoption("--libvirt-uri")
-    return prepare(Path(image) if image else release, accel=accel, uri=uri, progress=False)
+    return prepare(Path(target.image), accel=accel, uri=uri, progress=False)
 
 
 @pytest.mark.hil

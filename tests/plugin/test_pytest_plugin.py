@@ -148,8 +148,11 @@ def test_release_download_failure_is_an_error(pytester: pytest.Pytester, tmp_pat
     monkeypatch.setenv("FBSD_HIL_MIRROR", "http://127.0.0.1:9/freebsd")
     _release_test(pytester)
     result = pytester.runpytest("--fbsd-release=14.3")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*FreeBSD 14.3 image*"])
+    # fetched once before any test: the run ends with one line naming the release and the URL
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*fbsd-hil: FreeBSD 14.3 image could not be fetched: http://127.0.0.1:9/*"])
+    assert result.stdout.str().count("could not be fetched") == 1
+    result.assert_outcomes()  # no test ran, none errored one by one
 
 
 def test_unsupported_matrix_cell_skips_with_reason():
