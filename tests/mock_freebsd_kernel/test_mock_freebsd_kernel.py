@@ -123,14 +123,26 @@ def _msgbuf(report: dict, kernel: Path) -> str:
 
 
 @pytest.mark.vm
-def test_repro_minidump_passes(mock_kernel, tmp_path):
+@pytest.mark.parametrize("version", [2, 3])
+def test_repro_minidump_passes(mock_kernel, tmp_path, version):
+    """Minidump v2 (12.x layout, the mock's default) and v3 (13.0+: dump_avail section, compressed bitmap)."""
     _libvirt_or_skip()
-    rc, report, stderr = _repro(mock_kernel, tmp_path, "--minidump", "1")
+    knob = ["--kenv", "mock.minidump_version=3"] if version == 3 else []
+    rc, report, stderr = _repro(mock_kernel, tmp_path, "--minidump", "1", *knob)
     _check_passed(rc, report, stderr, "mini", "minidump")
     # a minidump holds the kernel's mapped pages, not all of RAM (128 MiB = 32768 pages)
     assert report["pages_compared"] < 4096
-    log = _msgbuf(report, mock_kernel)
+    import reader
+
+    with reader.open_vmcore(report["dump"], kernel=mock_kernel) as vm:
+        assert vm.info["header"]["version"] == version
+        log = vm.msgbuf()
+        threads = vm.threads()
     assert "MockFreeBSDKernel" in log and "Dumping " in log and "mountroot: waiting for device" in log
+    assert [(t.tid, t.crashed) for t in threads] == [(100000, True)]
+    assert threads[0].registers["rip"] == int(
+        next(c["actual"] for c in report["crosschecks"] if c["what"] == "register rip"), 16
+    ), "dumppcb holds the interrupted context"
 
 
 @pytest.mark.vm

@@ -92,7 +92,27 @@ i64 time_second;
 u64 physmem; /* pages */
 u64 dump_avail[2 * 16 + 2];
 u64 vm_page_dump[MAXPFN / 64];
+static u64 vm_page_dump_v3[MAXPFN / 64]; /* v3: bit indices compressed through dump_avail */
 u64 vm_page_dump_size;
+/* one process with one thread, walkable the way debuggers walk FreeBSD's allproc (kern_proc.c exports
+ * the offsets as const ints, so no DWARF is needed); the layouts are this stand-in's own */
+struct thread { struct thread *tqe_next; struct thread **tqe_prev; int td_tid; char td_name[20]; int td_oncpu;
+	struct pcb *td_pcb; };
+struct proc { struct proc *le_next; struct proc **le_prev; struct thread *tqh_first; struct thread **tqh_last;
+	int p_pid; char p_comm[20]; };
+struct thread thread0 = { 0, 0, 100000, "mock_idle", 0, &dumppcb };
+struct proc proc0 = { 0, 0, &thread0, 0, 0, "kernel" };
+struct proc *allproc = &proc0;
+const int proc_off_p_pid = __builtin_offsetof(struct proc, p_pid);
+const int proc_off_p_comm = __builtin_offsetof(struct proc, p_comm);
+const int proc_off_p_list = __builtin_offsetof(struct proc, le_next);
+const int proc_off_p_threads = __builtin_offsetof(struct proc, tqh_first);
+const int thread_off_td_tid = __builtin_offsetof(struct thread, td_tid);
+const int thread_off_td_name = __builtin_offsetof(struct thread, td_name);
+const int thread_off_td_oncpu = __builtin_offsetof(struct thread, td_oncpu);
+const int thread_off_td_pcb = __builtin_offsetof(struct thread, td_pcb);
+const int thread_off_td_plist = __builtin_offsetof(struct thread, tqe_next);
+int mock_minidump_version = 2; /* kenv mock.minidump_version=3: 13.0+ layout (dump_avail section) */
 int mock_corrupt_dump_page; /* kenv mock.corrupt_dump_page=1: the perturbation test */
 u64 mock_pattern_pa;
 
@@ -506,13 +526,32 @@ static int minidumpsys(void)
 	for (u64 i = 0; i < MAXPFN / 64; i++) for (u64 w = vm_page_dump[i]; w; w &= w - 1) npages++;
 	u64 msgsize = msgbufp->msg_size;
 	u64 bitmapsize = vm_page_dump_size;
-	u64 dumpsize = pmapsize + ((msgsize + PAGE - 1) & ~(PAGE - 1)) + bitmapsize + npages * PAGE + PAGE;
+	int v3 = mock_minidump_version == 3;
+	u64 *bitmap = vm_page_dump;
+	if (v3) {
+		/* vm_dumpset.h: bit = pfn - first pfn of its dump_avail range + pages of the ranges before it */
+		memset(vm_page_dump_v3, 0, sizeof(vm_page_dump_v3));
+		u64 base = 0;
+		for (int i = 0; dump_avail[i + 1]; i += 2) {
+			u64 first = dump_avail[i] / PAGE, last = (dump_avail[i + 1] + PAGE - 1) / PAGE;
+			for (u64 pfn = first; pfn < last && pfn < MAXPFN; pfn++)
+				if (vm_page_dump[pfn / 64] & (1UL << (pfn % 64))) {
+					u64 bit = base + pfn - first;
+					vm_page_dump_v3[bit / 64] |= 1UL << (bit % 64);
+				}
+			base += last - first;
+		}
+		bitmapsize = (((base + 63) / 64 * 8) + PAGE - 1) & ~(PAGE - 1);
+		bitmap = vm_page_dump_v3;
+	}
+	u64 dumpsize = pmapsize + ((msgsize + PAGE - 1) & ~(PAGE - 1)) + bitmapsize + npages * PAGE + PAGE + (v3 ? PAGE : 0);
 	kprintf("Dumping %lu out of %lu MB:", dumpsize >> 20, physmem * PAGE >> 20);
 	if (dump_start(dumpsize)) return -1;
 
 	memset(dumpbuf, 0, sizeof(dumpbuf));
 	memcpy(dumpbuf, "minidump FreeBSD/amd64", 22);
-	*(u32 *)(dumpbuf + 24) = 2;                 /* MINIDUMP_VERSION (12.x) */
+	*(u32 *)(dumpbuf + 24) = v3 ? 3 : 2;        /* MINIDUMP_VERSION: 2 (12.x), 3 (13.0+) */
+	if (v3) *(u32 *)(dumpbuf + 64) = PAGE;      /* dumpavailsize = round_page(sizeof(dump_avail)) */
 	*(u32 *)(dumpbuf + 28) = (u32)msgsize;
 	*(u32 *)(dumpbuf + 32) = (u32)bitmapsize;
 	*(u32 *)(dumpbuf + 36) = (u32)pmapsize;
@@ -521,7 +560,12 @@ static int minidumpsys(void)
 	*(u64 *)(dumpbuf + 56) = DMAP_END;
 	int err = dump_append_pa(kva_to_pa(dumpbuf), PAGE);
 	if (!err) err = dump_append_pa(kva_to_pa(msgbufp->msg_ptr), (msgsize + PAGE - 1) & ~(PAGE - 1));
-	if (!err) err = dump_append_pa(kva_to_pa(vm_page_dump), bitmapsize);
+	if (!err && v3) {
+		memset(dumpbuf, 0, sizeof(dumpbuf));
+		memcpy(dumpbuf, dump_avail, sizeof(dump_avail));
+		err = dump_append_pa(kva_to_pa(dumpbuf), PAGE);
+	}
+	if (!err) err = dump_append_pa(kva_to_pa(bitmap), bitmapsize);
 	for (u64 va = VM_MIN_KERNEL_ADDRESS; !err && va < kva_end(); va += NBPDP) {
 		u64 e4 = pml4[(va >> 39) & 511], e3 = 0;
 		if (e4 & PG_V) e3 = ((u64 *)pa_to_dmap(e4 & PG_FRAME))[(va >> 30) & 511];
@@ -602,7 +646,8 @@ static struct dbsym db_symtab[] = {
 	SYM(KPML4phys), SYM(hz), SYM(msgbufp), SYM(msgbuf0), SYM(dumppcb), SYM(dumptid), SYM(do_minidump),
 	SYM(dumping), SYM(dumper), SYM(kdb_frame), SYM(version), SYM(ostype), SYM(osreldate), SYM(panicstr),
 	SYM(time_second), SYM(physmem), SYM(dump_avail), SYM(pcb_size), SYM(mock_corrupt_dump_page),
-	SYM(mock_pattern_pa), SYM(vm_page_dump),
+	SYM(mock_pattern_pa), SYM(vm_page_dump), SYM(allproc), SYM(proc0), SYM(thread0),
+	SYM(mock_minidump_version),
 };
 struct dbfunc { const char *name; u64 addr; };
 extern void mock_trap(struct trapframe *);
@@ -818,6 +863,11 @@ static void db_trap(struct trapframe *tf)
 			printf_("() at ");
 			db_print_loc(tf->tf_rip);
 			printf_("/frame %#lx\n", tf->tf_rsp);
+		} else if (seq(cmd, "ps")) {
+			printf_("  pid  ppid  pgrp   uid  state   wmesg   wchan               cmd\n");
+			printf_("%5d %5d %5d %5d  %-6s  %-26s  [%s]\n", proc0.p_pid, 0, 0, 0, "RL", "(threaded)", proc0.p_comm);
+			printf_("%-6d                   %-6s  CPU %-22d  [%s]\n", thread0.td_tid, "Run", thread0.td_oncpu,
+				thread0.td_name);
 		} else if (seq(cmd, "c") || seq(cmd, "continue") || seq(cmd, "cont")) {
 			kdb_frame = 0;
 			return;
@@ -943,6 +993,8 @@ void mock_init(u64 modulep, u64 kernend)
 
 	const char *md = kern_getenv("debug.minidump");
 	if (md) do_minidump = md[0] != '0';
+	const char *mv = kern_getenv("mock.minidump_version");
+	if (mv && mv[0] == '3' && mv[1] == 0) mock_minidump_version = 3;
 	const char *cp = kern_getenv("mock.corrupt_dump_page");
 	if (cp && cp[0] == '1') {
 		mock_corrupt_dump_page = 1;
