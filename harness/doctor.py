@@ -450,3 +450,22 @@ def run_doctor(*, fix: bool = False, state_file: Path | None = None, probe_kvm: 
     if not any(p.startswith("libvirt") for p in report.problems):
         check_leftover_guests(report)
     return report
+
+
+def ensure_local_libvirt(uri: str | None = None) -> Report | None:
+    """Make a local libvirt usable before a run: start virtlogd/libvirtd and fix /dev/kvm if needed.
+
+    `fbsd-hil repro` calls this so a by-hand run works on a host where nobody ran `doctor --fix`
+    yet (no init system starts libvirtd here). Returns None when libvirt already answers or the URI
+    is remote; otherwise the report of what was checked and done (its `problems` say what is left).
+    """
+    from harness.libvirt_conn import default_uri, is_local
+
+    uri = uri or default_uri()
+    if not is_local(uri) or libvirt_answers(uri):
+        return None
+    report = Report()
+    prefix = privilege_prefix()
+    check_dev_kvm(report, True, prefix)
+    check_daemons(report, True, prefix)
+    return report

@@ -129,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
         offline=args.offline,
         boot_seconds=args.boot_timeout,
     )
+    if (code := _ensure_libvirt(args.libvirt_uri)) is not None:
+        return code
     started = time.monotonic()
 
     def progress(msg: str) -> None:
@@ -164,3 +166,17 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0 if report.passed else 1
+
+
+def _ensure_libvirt(uri: str | None) -> int | None:
+    """Start a local libvirtd if nobody did (as `doctor --fix` would); 2 with the reason if that fails."""
+    import contextlib
+
+    from harness.doctor import ensure_local_libvirt
+
+    with contextlib.redirect_stdout(sys.stderr):
+        report = ensure_local_libvirt(uri)
+    if report is not None and report.problems:
+        print(f"fbsd-hil repro: libvirt is not usable: {'; '.join(report.problems)}", file=sys.stderr)
+        return 2
+    return None

@@ -139,3 +139,17 @@ def test_fix_and_stop_round_trip_as_ci_runs_it(tmp_path):
     )  # fmt: skip
     assert stop.returncode == 0, stop.stdout
     assert "records nothing started" in stop.stdout
+
+
+def test_ensure_local_libvirt_leaves_remote_uris_alone():
+    from harness.doctor import ensure_local_libvirt
+
+    assert ensure_local_libvirt("qemu+ssh://nobody@host.invalid/system") is None
+
+
+@pytest.mark.vm
+def test_ensure_local_libvirt_does_nothing_when_libvirt_answers():
+    from harness.doctor import ensure_local_libvirt, libvirt_answers
+
+    assert libvirt_answers("qemu:///system")
+    assert ensure_local_libvirt("qemu:///system") is None
