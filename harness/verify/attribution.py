@@ -16,6 +16,24 @@ other page-table change (``page-table``), and memory nobody can name (``unattrib
 When a live image taken *before* the dump exists, a differing page that changed while the dump was
 written (before != after) is explained whatever its kind: the dump code and the disk driver touch
 memory nobody can name from outside (virtio rings, request structures).
+
+The panic flow (kernels without ddb: panic -> the kernel's own dump -> held at "Press a key on the
+console to reboot", `harness.freebsd.panicdump`) has no stop before the dump, hence no "before" image,
+and the panicking CPU goes on running after the dump (``doadump`` returns, ``kern_reboot`` runs the
+``shutdown_final`` handlers, ``shutdown_panic`` prints and polls the console). Interrupts are off and the
+other CPUs were stopped before the dump, so what may differ is narrower and named per kind:
+
+- ``panic-thread-stack``: the stack of the thread that panicked and dumped (``dumptid``; registers from
+  ``dumppcb``): the functions called after ``doadump`` reuse the frames below its saved stack pointer.
+  Any *other* thread's stack (``thread-stack``) is unexpected in this flow: those threads never ran again;
+- ``msgbuf``: the lines printed after the dump ("Automatic reboot ...", "--> Press a key ...");
+- ``shutdown-state``: the dump/shutdown state variables (`SHUTDOWN_STATE_SYMBOLS`: ``dumping`` drops
+  back to 0 after the dump, ``dumptid``, ``dumppcb``, ``panicstr``, ...);
+- ``console-state``: what polling the console for a key writes (`CONSOLE_STATE_SYMBOLS`: the low-level
+  uart console's state, the console mutex and grab counts);
+- ``kernel-data``, ``pcpu``, ``page-table-accessed-dirty``, ``page-table-dump-map`` as in the ddb flow
+  (other .data/.bss the shutdown handlers write; the panicking CPU's per-CPU data; the bits the CPU sets;
+  the minidump's ``crashdumpmap`` entries).
 """
 
 from __future__ import annotations
@@ -39,7 +57,51 @@ EXPECTED_KINDS = frozenset(
     }
 )
 UNEXPECTED_KINDS = frozenset({"kernel-text", "kernel-rodata", "page-table", "unattributed"})
-KINDS = EXPECTED_KINDS | UNEXPECTED_KINDS
+#: kinds only the panic flow names (see the module docstring)
+PANIC_FLOW_KINDS = frozenset({"panic-thread-stack", "shutdown-state", "console-state"})
+KINDS = EXPECTED_KINDS | UNEXPECTED_KINDS | PANIC_FLOW_KINDS
+
+#: what is expected to differ, by dump flow ("ddb": ddb's `dump`; "panic": the kernel's own dump on panic)
+EXPECTED_BY_FLOW = {
+    "ddb": EXPECTED_KINDS,
+    "panic": (EXPECTED_KINDS - {"thread-stack"}) | PANIC_FLOW_KINDS,
+}
+
+#: dump and shutdown state the panic path writes after the dump (sys/kern/kern_shutdown.c, subr_kdb.c)
+SHUTDOWN_STATE_SYMBOLS = (
+    "dumping",
+    "dumptid",
+    "dumppcb",
+    "panicstr",
+    "panic_cpu",
+    "kdb_active",
+    "kdb_thread",
+    "kdb_why",
+    "stopped_cpus",
+    "started_cpus",
+    "suspended_cpus",
+)
+#: state the console code writes while shutdown_panic() polls for a key (sys/kern/kern_cons.c,
+#: sys/dev/uart/uart_cpu*.c / uart_tty.c)
+CONSOLE_STATE_SYMBOLS = (
+    "uart_console",
+    "cnputs_mtx",
+    "cn_devtab",
+    "cn_mute",
+    "cons_avail_mask",
+    "consmsgbuf",
+    "consmsgbuf_size",
+    "console_pausing",
+    "msgbuftrigger",
+)
+
+
+def expected_kinds(flow: str) -> frozenset[str]:
+    """The expected-volatile kinds of a dump flow ("ddb" or "panic"); anything else is a caller error."""
+    try:
+        return EXPECTED_BY_FLOW[flow]
+    except KeyError:
+        raise ValueError(f"unknown dump flow {flow!r}: expected one of {sorted(EXPECTED_BY_FLOW)}") from None
 
 #: how far around a saved stack pointer a page counts as that thread's stack (FreeBSD amd64
 #: KSTACK_PAGES is 4 by default, more with some options; ddb runs below the saved pointer)
@@ -79,6 +141,7 @@ class Attributor:
     pa_ranges: list[VaRange] = field(default_factory=list)  # same, by physical address
     dmap: tuple[int, int] | None = None  # (dmapbase, dmapend)
     dump_map: tuple[int, int] | None = None  # crashdumpmap VA range
+    expected: frozenset[str] = EXPECTED_KINDS  # `expected_kinds(flow)`
 
     def vas_of(self, pa: int) -> list[int]:
         vas = list(self.pa_to_vas.get(pa, []))
@@ -148,11 +211,18 @@ class Attributor:
             labels = kinds.setdefault(kind, [])
             if label and label not in labels:
                 labels.append(label)
-        unexpected = [k for k in kinds if k not in EXPECTED_KINDS]
+        unexpected = [k for k in kinds if k not in self.expected]
         explained = not unexpected
-        ordered = unexpected + [k for k in kinds if k in EXPECTED_KINDS]
+        ordered = unexpected + [k for k in kinds if k in self.expected]
         text = "; ".join(f"{k}: {', '.join(kinds[k][:4])}" if kinds[k] else k for k in ordered)
-        return Attribution(ordered[0] if ordered else "unattributed", text, explained, first, nbytes, va)
+        reason = ""
+        if "thread-stack" in unexpected:
+            reason = (
+                "the stack of a thread other than the one that panicked: no other thread ran after the dump"
+            )
+        return Attribution(
+            ordered[0] if ordered else "unattributed", text, explained, first, nbytes, va, reason=reason
+        )
 
 
 def _level(t: TablePage) -> str:

@@ -19,7 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from harness.verify.attribution import STACK_WINDOW, Attributor, VaRange
+from harness.verify.attribution import (
+    CONSOLE_STATE_SYMBOLS,
+    SHUTDOWN_STATE_SYMBOLS,
+    STACK_WINDOW,
+    Attributor,
+    VaRange,
+    expected_kinds,
+)
 from harness.verify.compare import compare_pages
 from harness.verify.live import PAGE_SIZE, LiveMemory, LiveMemoryError
 from harness.verify.pagetables import KernelMappings, PageTableError, walk_kernel
@@ -222,8 +229,12 @@ def _dmap(vmcore: Any) -> tuple[int, int]:
     return base, end
 
 
-def _thread_stack_ranges(vmcore: Any, symbols: KernelSymbols | None) -> list[VaRange]:
+def _thread_stack_ranges(vmcore: Any, symbols: KernelSymbols | None, flow: str = "ddb") -> list[VaRange]:
+    """Stack windows around each thread's saved stack pointer and ddb's trap frame. In the panic flow the
+    thread that panicked and dumped (`Thread.crashed`: ``dumptid``, registers from ``dumppcb``) gets its
+    own kind, listed first so it wins where windows overlap: it is the only one that ran after the dump."""
     ranges: list[VaRange] = []
+    own: list[VaRange] = []
     threads_fn = getattr(vmcore, "threads", None)
     threads: list[Any] = []
     if threads_fn is not None:
@@ -237,6 +248,16 @@ def _thread_stack_ranges(vmcore: Any, symbols: KernelSymbols | None) -> list[VaR
             continue
         tid = getattr(t, "tid", "?")
         name = getattr(t, "name", "") or ""
+        if flow == "panic" and getattr(t, "crashed", False):
+            own.append(
+                VaRange(
+                    int(rsp) - STACK_WINDOW,
+                    int(rsp) + STACK_WINDOW,
+                    "panic-thread-stack",
+                    f"panicking thread tid {tid} {name} (dumppcb)".replace("  ", " "),
+                )
+            )
+            continue
         ranges.append(
             VaRange(
                 int(rsp) - STACK_WINDOW, int(rsp) + STACK_WINDOW, "thread-stack", f"tid {tid} {name}".strip()
@@ -246,9 +267,23 @@ def _thread_stack_ranges(vmcore: Any, symbols: KernelSymbols | None) -> list[VaR
     if frame_ptr is not None:
         frame = _read_u64(vmcore, frame_ptr)
         if frame:
-            ranges.append(
-                VaRange(frame - STACK_WINDOW, frame + STACK_WINDOW, "thread-stack", "ddb (kdb_frame)")
-            )
+            # panic flow on a kernel with ddb: ddb stopped on the panic (frame on the panicking stack)
+            kind = "panic-thread-stack" if flow == "panic" else "thread-stack"
+            own.append(VaRange(frame - STACK_WINDOW, frame + STACK_WINDOW, kind, "ddb (kdb_frame)"))
+    return own + ranges
+
+
+def _panic_state_ranges(vmcore: Any, symbols: KernelSymbols | None) -> list[VaRange]:
+    """The panic flow's named state: `SHUTDOWN_STATE_SYMBOLS` and `CONSOLE_STATE_SYMBOLS` (by ELF size)."""
+    ranges: list[VaRange] = []
+    if symbols is None:
+        return ranges
+    for kind, names in (("shutdown-state", SHUTDOWN_STATE_SYMBOLS), ("console-state", CONSOLE_STATE_SYMBOLS)):
+        for name in names:
+            a = symbols.address(name)
+            s = symbols.symbol_at(a) if a is not None else None
+            if s is not None and s.name == name:
+                ranges.append(VaRange(s.start, s.start + max(s.size, 1), kind, name))
     return ranges
 
 
@@ -383,6 +418,7 @@ def verify_dump(
     timings: Mapping[str, float | None] | None = None,
     walk_page_tables: bool = True,
     strict: bool = False,
+    flow: str = "ddb",
 ) -> VerificationReport:
     """Verify ``vmcore`` (a `reader.Vmcore` or anything with the same page interface) against ``live``.
 
@@ -392,9 +428,13 @@ def verify_dump(
     while the dump runs, so its page can differ and be the same before and after). ``pml4_pa`` overrides the
     page-table root; ``strict`` also fails on mapped pages the kernel chose not to dump;
     ``ddb_values``/``ddb_registers`` are what ddb printed (`x/gx`, `show registers`).
+    ``flow`` is how the dump was made: "ddb" (ddb's `dump`, every CPU stopped in ddb) or "panic" (the
+    kernel's own dump on panic, held at "Press a key"; no before image, no ddb values): it selects the
+    expected-volatile kinds (`harness.verify.attribution.expected_kinds`).
     """
     t0 = time.monotonic()
-    report = VerificationReport()
+    expected = expected_kinds(flow)
+    report = VerificationReport(flow=flow)
     if timings:
         report.timings.update(timings)
     report.dump_kind, report.dump_format = dump_kind_of(vmcore)
@@ -450,7 +490,7 @@ def verify_dump(
         _check_full_complete(report, cmp.dump_pfns, avail, live)
 
     # -- attribution of differing pages ----------------------------------------------------------
-    attr = Attributor(symbols=symbols, dmap=dmap)
+    attr = Attributor(symbols=symbols, dmap=dmap, expected=expected)
     if mappings is not None:
         attr.tables = mappings.tables
         if cmp.differing:
@@ -466,7 +506,8 @@ def verify_dump(
                     attr.pa_to_vas.setdefault(p, []).append(v)
     if cmp.differing:
         special, attr.dump_map = _special_ranges(vmcore, symbols)
-        attr.ranges = special + _thread_stack_ranges(vmcore, symbols)
+        attr.ranges = (_panic_state_ranges(vmcore, symbols) if flow == "panic" else []) + special
+        attr.ranges += _thread_stack_ranges(vmcore, symbols, flow)
         attr.pa_ranges = _pa_ranges(vmcore, [r for r in special if r.kind in ("msgbuf", "pcpu")])
     for pa in cmp.differing:
         dumped = vmcore.read_phys(pa, PAGE_SIZE)

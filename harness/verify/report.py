@@ -46,6 +46,7 @@ class CrossCheck:
 @dataclass
 class VerificationReport:
     passed: bool = False
+    flow: str = "ddb"  # "ddb": ddb dump; "panic": the kernel dumps on panic, held at "Press a key"
     dump_kind: str = "mini"  # "mini" | "full"
     dump_format: str = ""
     pages_compared: int = 0
@@ -117,7 +118,8 @@ class VerificationReport:
     def summary(self) -> str:
         verdict = "PASSED" if self.passed else "FAILED"
         lines = [
-            f"verification {verdict}: {self.dump_kind} dump ({self.dump_format or 'unknown format'})",
+            f"verification {verdict}: {self.dump_kind} dump ({self.dump_format or 'unknown format'}), "
+            f"{self.flow} flow",
             f"  pages compared {self.pages_compared}, identical {self.pages_identical}, "
             f"differing explained {self.pages_differing_explained}, "
             f"unexplained {self.pages_differing_unexplained}",
