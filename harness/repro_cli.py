@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--retrieve",
         choices=("disk", "ssh"),
         default="disk",
-        help="disk: read the dump disk on the host (default); ssh: savecore + SFTP",
+        help="disk: read the dump disk on the host (default); ssh: reboot, savecore + SFTP (images only)",
     )
     p.add_argument(
         "--report", type=Path, metavar="PATH", help="also write the JSON report here (never overwritten)"
@@ -105,10 +105,10 @@ def run(args: argparse.Namespace) -> int:
     if args.report is not None and args.report.exists():
         print(f"fbsd-hil repro: {args.report} exists; refusing to overwrite it", file=sys.stderr)
         return 2
-    if args.retrieve == "ssh":
+    if args.retrieve == "ssh" and args.kernel is not None:
         print(
-            "fbsd-hil repro: --retrieve ssh needs a prepared image with our SSH key "
-            "(`fbsd-hil images prepare`); this build retrieves from the dump disk only: use --retrieve disk",
+            "fbsd-hil repro: --retrieve ssh reboots into userland and runs savecore; a bare --kernel boot "
+            "has no userland: use --retrieve disk, or --image/--release",
             file=sys.stderr,
         )
         return 2
@@ -157,8 +157,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"total: {time.monotonic() - started:.1f}s", file=sys.stderr)
     if outcome.kept:
         uri = outcome.uri or "qemu:///system"
+        where = (
+            "held at 'Press a key on the console to reboot' after its panic dump"
+            if outcome.flow == "panic"
+            else "in ddb"
+        )
         print(
-            f"guest {outcome.guest_name} is still in ddb.\n"
+            f"guest {outcome.guest_name} is still {where}.\n"
             f"  attach:  fbsd-hil console {outcome.guest_name}"
             + (f" --libvirt-uri {outcome.uri}" if outcome.uri else "")
             + "\n"

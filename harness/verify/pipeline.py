@@ -1,14 +1,20 @@
-"""One reproduction run: boot FreeBSD, enter ddb, dump, retrieve, verify against live memory.
+"""One reproduction run: boot FreeBSD, make the kernel dump, retrieve it, verify against live memory.
 
 Used by `fbsd-hil repro` and by the pytest plugin's ``verified_dump`` fixture, so the CLI a developer
 runs by hand and the HIL test matrix exercise exactly the same steps:
 
 1. guest source: a bare kernel (GRUB ISO, no root: the kernel waits for a root device) or a disk image
-   (official release or a user's image; console login as root);
-2. a dedicated raw dump disk; ``dumpdev`` (and ``debug.minidump`` for bare kernels) in the kernel env;
-3. enter ddb by the plan's trigger; `show registers` and `x` of a few symbols for cross-checks;
-4. a live image of physical memory *before* `dump` and one *after*, while every CPU sits in ddb;
-5. the guest paused, the dump extracted from the dump disk on the host (savecore semantics);
+   (official release or a user's image), *prepared* by `images.prepare` (loader-time dump device, our
+   SSH key, no ddb scripts) and logged into on the console; its ``/boot/kernel/kernel`` is fetched over
+   SSH (pinned host key) for symbols;
+2. a dedicated raw dump disk; ``dumpdev`` (and ``debug.minidump``, plus
+   `harness.freebsd.panicdump.PANIC_FLOW_KENV`) in the kernel env for bare kernels;
+3. the dump flow from the boot banner (`select_flow`): with ddb, enter ddb by the trigger, `show
+   registers` and `x` of a few symbols, a live image *before* `dump`, `dump`; without ddb (release
+   GENERIC), panic and let the kernel write its own dump, held at "Press a key on the console to reboot";
+4. a live image *after* the dump, while every CPU is stopped;
+5. the dump from the dump disk on the host (guest paused; savecore semantics) and, with
+   ``--retrieve ssh``, by savecore + SFTP after a reboot (checked against the host's copy);
 6. `verify_dump` -> `VerificationReport` (JSON written into the artifacts directory).
 """
 
@@ -84,6 +90,7 @@ class ReproOutcome:
     kept: bool = False
     uri: str | None = None
     evidence: dict[str, str] = field(default_factory=dict)
+    flow: str = "ddb"  # "ddb": kept guest sits in ddb; "panic": at "Press a key on the console to reboot"
 
 
 def new_run_dir(root: Path, label: str) -> Path:
@@ -138,15 +145,12 @@ def run_repro(cfg: ReproConfig, progress: Progress = print) -> ReproOutcome:
     )
     step = "setup"
     dump_disk = _make_dump_disk(run_dir / "dump-disk.raw", cfg.memory_mib)
-    kernel_for_reader: Path | None = cfg.kernel
     try:
         if cfg.kernel is not None:
             step = "grub iso"
-            from images.grub_iso import DEFAULT_KENV, NO_ROOT_KENV, build_kernel_iso
+            from images.grub_iso import build_kernel_iso
 
-            kenv = dict(DEFAULT_KENV) | dict(NO_ROOT_KENV) | {"dumpdev": "/dev/vtbd0"}
-            kenv["debug.minidump"] = "1" if cfg.minidump else "0"
-            kenv |= cfg.kenv
+            kenv = bare_kernel_kenv(cfg)
             progress(f"building GRUB ISO for {cfg.kernel}")
             iso = build_kernel_iso(cfg.kernel, kenv, run_dir / "boot.iso")
             os.chmod(iso, 0o644)
@@ -159,55 +163,86 @@ def run_repro(cfg: ReproConfig, progress: Progress = print) -> ReproOutcome:
                 uri=cfg.uri,
                 on_reboot="destroy",
             )
-            dump_dev = "/dev/vtbd0"
+            source = GuestSource(spec, "/dev/vtbd0", cfg.kernel, f"--kernel {cfg.kernel}", kenv=kenv)
         else:
             step = "image"
-            from harness.domain_xml import DiskImageBoot
-
-            image = cfg.image
-            if image is None:
-                import images
-
-                progress(f"fetching FreeBSD {cfg.release} (cached after the first time)")
-                image = images.fetch(str(cfg.release), offline=cfg.offline, progress=True)
-            spec = GuestSpec(
-                memory_mib=cfg.memory_mib,
-                vcpus=cfg.vcpus,
-                accel=cfg.accel,
-                boot=DiskImageBoot(Path(image)),
-                disks=(ExtraDisk(dump_disk),),
-                uri=cfg.uri,
-                on_reboot="destroy",
-            )
-            dump_dev = "/dev/vtbd1"
-        return _run_guest(cfg, spec, run_dir, dump_disk, dump_dev, kernel_for_reader, timings, progress)
+            source = _prepared_image_source(cfg, dump_disk, progress)
+        return _run_guest(cfg, source, run_dir, dump_disk, timings, progress)
     except ReproError:
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line + evidence
         raise ReproError(f"{type(exc).__name__}: {exc}", step=step, evidence=run_dir) from exc
 
 
+@dataclass
+class GuestSource:
+    """What boots and what we know about it before it does."""
+
+    spec: Any  # harness.domain_xml.GuestSpec
+    dump_dev: str  # the dump disk's name in the guest
+    kernel: Path | None  # a kernel file for symbols (bare kernel: the user's; image: fetched later)
+    kernel_source: str  # where `kernel` came from, for the report
+    kenv: dict[str, str] | None = None  # the kernel environment a bare kernel booted with
+    prepared: Any = None  # images.PreparedImage for images
+
+
+def bare_kernel_kenv(cfg: ReproConfig) -> dict[str, str]:
+    """The kernel environment of a bare-kernel boot: no root, the dump disk as ``dumpdev``, the dump
+    kind, `PANIC_FLOW_KENV` (a kernel without ddb must be able to panic from the console and wait for a
+    key after its own dump), then the user's ``--kenv`` (the user wins)."""
+    from harness.freebsd.panicdump import PANIC_FLOW_KENV
+    from images.grub_iso import DEFAULT_KENV, NO_ROOT_KENV
+
+    kenv = dict(DEFAULT_KENV) | dict(NO_ROOT_KENV) | {"dumpdev": "/dev/vtbd0"}
+    kenv["debug.minidump"] = "1" if cfg.minidump else "0"
+    kenv |= PANIC_FLOW_KENV
+    kenv |= cfg.kenv
+    return kenv
+
+
+def _prepared_image_source(cfg: ReproConfig, dump_disk: Path, progress: Progress) -> GuestSource:
+    """The prepared image (`images.prepare`: loader-time dump device, our SSH key, no ddb scripts; cached
+    after the first time) booted on an overlay, the dump disk on the same bus, SSH forwarded."""
+    import images
+    from harness.domain_xml import DiskImageBoot, ExtraDisk, GuestSpec, UserNetwork
+
+    what: str | Path = cfg.image if cfg.image is not None else str(cfg.release)
+    progress(f"preparing {what} for the harness (cached after the first time)")
+    prepared = images.prepare(
+        what, offline=cfg.offline, accel=cfg.accel, uri=cfg.uri, progress=True
+    )
+    spec = GuestSpec(
+        memory_mib=cfg.memory_mib,
+        vcpus=cfg.vcpus,
+        accel=cfg.accel,
+        boot=DiskImageBoot(image=Path(prepared.image), format="qcow2", bus=prepared.disk_bus),
+        disks=(ExtraDisk(dump_disk, format="raw", bus=prepared.disk_bus),),
+        network=UserNetwork(),
+        uri=cfg.uri,
+        # savecore retrieval reboots the guest and reads /var/crash afterwards
+        on_reboot="restart" if cfg.retrieve == "ssh" else "destroy",
+    )
+    return GuestSource(spec, prepared.dump_device, None, "", prepared=prepared)
+
+
 def _run_guest(
     cfg: ReproConfig,
-    spec: Any,
+    source: GuestSource,
     run_dir: Path,
     dump_disk: Path,
-    dump_dev: str,
-    kernel: Path | None,
     timings: dict[str, float | None],
     progress: Progress,
 ) -> ReproOutcome:
-    from harness.freebsd.ddb import Ddb
-    from harness.freebsd.enter import enter_ddb
-    from harness.freebsd.stages import Stage, wait_for_stage
+    from harness.freebsd.panicdump import select_flow
     from harness.guest import Guest
     from harness.verify.engine import verify_dump
 
     step = "boot"
-    guest_cm = Guest(spec, run_dir, keep=cfg.keep)
+    guest_cm = Guest(source.spec, run_dir, keep=cfg.keep)
     guest = guest_cm.__enter__()
     kept = False
     evidence: dict[str, str] = {}
+    kernel, kernel_source = source.kernel, source.kernel_source
     try:
         try:
             _save_text(run_dir / "domain.xml", getattr(guest, "domain_xml", ""))
@@ -216,9 +251,12 @@ def _run_guest(
             )
             t = time.monotonic()
             shell = None
+            bounds_before: int | None = None
             if cfg.kernel is not None:
+                from harness.freebsd.stages import Stage, wait_for_stage
+
                 ev = wait_for_stage(
-                    guest.console, [Stage.ROOT_WAIT, Stage.MOUNTROOT_PROMPT], cfg.boot_seconds
+                    guest.console, [Stage.ROOT_WAIT, Stage.MOUNTROOT_PROMPT], cfg.boot_seconds, guest=guest
                 )
                 progress(f"kernel up: {ev.stage.value} after {time.monotonic() - t:.1f}s")
             else:
@@ -232,42 +270,29 @@ def _run_guest(
                     minidump=cfg.minidump,
                     trigger=cfg.trigger.replace("-", "_"),
                     compression=cfg.compression,
-                    dump_disk=dump_dev,
+                    dump_disk=source.dump_dev,
                 )
                 for cmd in plan.shell_commands():
                     shell.run(cmd, check=True)
-                if kernel is None:
-                    kernel = _fetch_kernel_from_guest(shell, run_dir)
+                step = "kernel over ssh"
+                kernel, kernel_source = fetch_kernel_over_ssh(
+                    guest, shell, source.prepared, run_dir, progress
+                )
+                if cfg.retrieve == "ssh":
+                    bounds_before = _crash_bounds(shell)
             timings["boot"] = round(time.monotonic() - t, 3)
 
-            step = "ddb"
-            t = time.monotonic()
-            entry = enter_ddb(
-                guest.console,
-                cfg.trigger.replace("-", "_"),
-                guest=guest,
-                shell=shell,
-                memory_mib=cfg.memory_mib,
-            )
-            ddb: Ddb = entry.ddb
-            progress(f"in ddb via {cfg.trigger} after {time.monotonic() - t:.1f}s")
-            registers = ddb.show_registers()
-            values: dict[str, tuple[int, int]] = {}
-            for sym, fmt, size in DDB_SYMBOL_CHECKS:
-                with contextlib.suppress(Exception):
-                    values[sym] = (ddb.x(sym, fmt)[0], size)
-            timings["ddb"] = round(time.monotonic() - t, 3)
-
-            step = "live image (before dump)"
-            before_path = run_dir / "live-before.raw"
-            before = guest.memory_image(before_path)
-
-            step = "dump"
-            t = time.monotonic()
-            progress("ddb: dump")
-            result = ddb.dump()
-            timings["dump"] = round(time.monotonic() - t, 3)
-            progress(f"dump complete: {result.kind} dump, {result.dump_mb} MB in {result.seconds:.1f}s")
+            step = "dump flow"
+            choice = select_flow(guest.console, cfg.trigger.replace("-", "_"), shell=shell, kenv=source.kenv)
+            progress(choice.describe())
+            steps: list[str] = []
+            try:
+                crash = make_dump(
+                    guest, choice, shell=shell, memory_mib=cfg.memory_mib, run_dir=run_dir, timings=timings,
+                    progress=progress, on_step=steps.append,
+                )
+            finally:
+                step = steps[-1] if steps else step
 
             step = "live image (after dump)"
             after_path = run_dir / "live-after.raw"
@@ -282,50 +307,61 @@ def _run_guest(
             timings["extract"] = round(time.monotonic() - t, 3)
             progress(f"extracted {retrieved.vmcore} ({retrieved.sizes.get('vmcore', 0) >> 20} MiB)")
             evidence["vmcore"] = str(retrieved.vmcore)
+            retrieval_notes: list[str] = []
+            if cfg.retrieve == "ssh":
+                step = "savecore + sftp"
+                host_copy = retrieved
+                retrieved, retrieval_notes = retrieve_via_savecore(
+                    guest, crash, shell, source, run_dir, host_copy, bounds_before, cfg, progress
+                )
+                timings["extract"] = round(time.monotonic() - t, 3)
+                evidence["vmcore"] = str(retrieved.vmcore)
+                evidence["vmcore_host"] = str(host_copy.vmcore)
+                if kernel is None and retrieved.kernel is not None:
+                    kernel, kernel_source = retrieved.kernel, "fetched by SFTP from the guest after savecore"
 
             step = "verify"
             import reader
 
-            ddb_regs = _trapframe_registers(registers)
+            values = crash.values
+            ddb_regs = _trapframe_registers(crash.registers) if crash.registers else None
             if kernel is None:  # no symbols: the reader cannot locate what ddb printed
-                values, ddb_regs = {}, {}
+                values, ddb_regs = {}, None
+            kw = dict(
+                before=crash.before,
+                kernel=kernel,
+                ddb_values=values,
+                ddb_registers=ddb_regs,
+                timings=timings,
+                flow=choice.flow.value,
+            )
             with reader.open_vmcore(retrieved.vmcore, kernel=kernel) as vm:
-                report = verify_dump(
-                    vm,
-                    after,
-                    before=before,
-                    kernel=kernel,
-                    ddb_values=values,
-                    ddb_registers=ddb_regs,
-                    timings=timings,
-                    pml4_pa=None,
-                )
+                report = verify_dump(vm, after, pml4_pa=None, **kw)
                 if any("cannot walk the live kernel page tables" in e for e in report.errors) and cr3:
-                    report = verify_dump(
-                        vm,
-                        after,
-                        before=before,
-                        kernel=kernel,
-                        ddb_values=values,
-                        ddb_registers=ddb_regs,
-                        timings=timings,
-                        pml4_pa=cr3,
-                    )
+                    report = verify_dump(vm, after, pml4_pa=cr3, **kw)
+            report.kernel_source = kernel_source or "none"
+            report.retrieval = "savecore + SFTP" if cfg.retrieve == "ssh" else "host (dump disk)"
+            report.notes.extend(crash.notes)
+            report.notes.extend(retrieval_notes)
             if kernel is None:
                 report.notes.append(
                     "no kernel file: no attribution by symbol and no ddb cross-checks "
-                    "(this build does not copy /boot/kernel/kernel out of an image yet)"
+                    "(the kernel could not be fetched from the guest)"
                 )
+            report.decide()
             report.write(run_dir / "report.json")
             evidence["report"] = str(run_dir / "report.json")
             if report.passed and not cfg.keep_live_images:
-                for p in (before_path, after_path):
-                    with contextlib.suppress(OSError):
-                        p.unlink()
+                for p in (crash.before_path, after_path):
+                    if p is not None:
+                        with contextlib.suppress(OSError):
+                            p.unlink()
             if cfg.keep:
-                guest.resume()  # paused for extraction; it goes on sitting in ddb
+                guest.resume()  # paused for extraction; it goes on sitting in ddb / at "Press a key"
                 kept = True
-            return ReproOutcome(report, run_dir, guest.name, kept, cfg.uri, evidence)
+            return ReproOutcome(
+                report, run_dir, guest.name, kept, cfg.uri, evidence, flow=choice.flow.value
+            )
         except Exception as exc:
             _collect_evidence(guest, run_dir)
             if isinstance(exc, ReproError):
@@ -337,6 +373,89 @@ def _run_guest(
         guest_cm.__exit__(None, None, None)  # destroys the domain unless cfg.keep
 
 
+@dataclass
+class Crash:
+    """What making the dump left behind: the flow, ddb's values (ddb flow), the before image."""
+
+    choice: Any  # harness.freebsd.panicdump.FlowChoice
+    result: Any  # harness.freebsd.ddb.DumpResult
+    registers: dict[str, int] | None = None
+    values: dict[str, tuple[int, int]] = field(default_factory=dict)
+    before: Any = None
+    before_path: Path | None = None
+    ddb: Any = None  # harness.freebsd.ddb.Ddb (ddb flow): still active after `dump`
+    notes: list[str] = field(default_factory=list)
+
+
+def make_dump(
+    guest: Any,
+    choice: Any,
+    *,
+    shell: Any = None,
+    memory_mib: int,
+    run_dir: Path,
+    timings: dict[str, float | None],
+    progress: Progress = print,
+    on_step: Callable[[str], None] = lambda _step: None,
+) -> Crash:
+    """Make the dump by the chosen flow and leave every CPU stopped.
+
+    ddb flow (unchanged): enter ddb by the trigger, `show registers` and `x` of `DDB_SYMBOL_CHECKS`, a
+    live image before `dump`, `dump`; the kernel stays in ddb. Panic flow (no ddb backend): no ddb to
+    ask and no stop before the kernel's own dump, so no cross-checks and no before image; `panic_dump`
+    panics, parses the dump the kernel writes and holds it at "Press a key on the console to reboot".
+    """
+    from harness.freebsd.panicdump import DumpFlow, PanicMethod, panic_dump
+
+    if choice.flow == DumpFlow.PANIC:
+        on_step("panic dump")
+        if shell is not None:
+            # no countdown to race (a tunable for bare kernels, writable at run time on 12.x and later)
+            shell.run("sysctl kern.panic_reboot_wait_time=-1")
+            if PanicMethod.ALT_PANIC in (choice.method, choice.fallback):
+                shell.run("sysctl debug.kdb.alt_break_to_debugger=1")
+        t = time.monotonic()
+        progress(f"panic flow: panicking via {choice.method.value}; the kernel writes its own dump")
+        result = panic_dump(guest.console, choice, guest=guest, shell=shell, memory_mib=memory_mib)
+        timings["dump"] = round(time.monotonic() - t, 3)
+        progress(
+            f"dump complete: {result.kind} dump, {result.dump_mb} MB in {result.seconds:.1f}s; kernel held "
+            f"at 'Press a key' (panic: {result.panic})"
+        )
+        notes = [
+            f"panic flow ({choice.why}): the kernel wrote its own dump on panic; no live image before the "
+            "dump and no ddb cross-checks (no ddb); the panic flow's expected-volatile kinds apply",
+            *[n for n in (result.notes or []) if n],
+        ]
+        return Crash(choice, result, notes=notes)
+
+    from harness.freebsd.enter import enter_ddb
+
+    on_step("ddb")
+    t = time.monotonic()
+    entry = enter_ddb(guest.console, choice.trigger, guest=guest, shell=shell, memory_mib=memory_mib)
+    ddb = entry.ddb
+    progress(f"in ddb via {choice.trigger.value} after {time.monotonic() - t:.1f}s")
+    registers = ddb.show_registers()
+    values: dict[str, tuple[int, int]] = {}
+    for sym, fmt, size in DDB_SYMBOL_CHECKS:
+        with contextlib.suppress(Exception):
+            values[sym] = (ddb.x(sym, fmt)[0], size)
+    timings["ddb"] = round(time.monotonic() - t, 3)
+
+    on_step("live image (before dump)")
+    before_path = run_dir / "live-before.raw"
+    before = guest.memory_image(before_path)
+
+    on_step("dump")
+    t = time.monotonic()
+    progress("ddb: dump")
+    result = ddb.dump()
+    timings["dump"] = round(time.monotonic() - t, 3)
+    progress(f"dump complete: {result.kind} dump, {result.dump_mb} MB in {result.seconds:.1f}s")
+    return Crash(choice, result, registers, values, before, before_path, ddb)
+
+
 def _trapframe_registers(regs: dict[str, int]) -> dict[str, int]:
     """The registers `show registers` prints that live in the trap frame (segment names differ)."""
     from harness.verify.engine import TRAPFRAME
@@ -345,6 +464,13 @@ def _trapframe_registers(regs: dict[str, int]) -> dict[str, int]:
 
 
 def _cr3(guest: Any) -> int | None:
+    """The page-table root CPU 0 runs on (QEMU ``info registers``), PCID / no-flush bits masked.
+
+    Only a fallback when ``KPML4phys`` cannot be read. It is a kernel root in both flows: in ddb, and in
+    the panic flow's "Press a key" loop (``cngetc()`` polling in ``shutdown_panic``) or the stopped CPUs'
+    ``cpustop_handler``, the CPU runs kernel code, so CR3 holds either ``kernel_pmap`` or a process
+    pmap's kernel-mode root (with PTI: ``pm_cr3``, not the user ``pm_ucr3``), whose kernel half is the
+    kernel's own PML4 entries: the kernel VA walk gives the same mappings."""
     with contextlib.suppress(Exception):
         m = re.search(r"CR3=([0-9a-fA-F]+)", guest.hmp("info registers"))
         if m:
@@ -365,9 +491,140 @@ def _collect_evidence(guest: Any, run_dir: Path) -> None:
             shutil.copy2(transcript, run_dir / "console-transcript.log")
 
 
-def _fetch_kernel_from_guest(shell: Any, run_dir: Path) -> Path | None:
-    """The running kernel's file, for symbols: copied over the console is too slow; SSH is used if set up.
+def _ssh_session(guest: Any, prepared: Any, *, seconds: float = 120.0) -> Any:
+    """An SSH session to the guest with the prepared image's key, pinning its recorded host key; retried
+    while sshd/DHCP come up (the console login can be quicker than rc's sshd)."""
+    from harness.ssh import HostKeyMismatch, SshError, SshSession
 
-    Without SSH the reader works without symbols (no attribution by name, no cross-checks).
+    if prepared is None or getattr(guest, "ssh_port", None) is None:
+        raise SshError("no prepared image with our SSH key, or no SSH port forwarded to the guest")
+    end = time.monotonic() + seconds
+    while True:
+        session = SshSession(
+            "127.0.0.1", guest.ssh_port, key=prepared.ssh_private_key, pinned_host_key=prepared.host_key
+        )
+        try:
+            return session.connect()
+        except HostKeyMismatch:
+            raise
+        except SshError:
+            if time.monotonic() > end:
+                raise
+            time.sleep(2.0)
+
+
+def fetch_kernel_over_ssh(
+    guest: Any, shell: Any, prepared: Any, run_dir: Path, progress: Progress
+) -> tuple[Path | None, str]:
+    """``/boot/kernel/kernel`` of the running image over SFTP (pinned host key), before the trigger, so
+    attribution by symbol and the ddb cross-checks work. Returns (path, where it came from); without SSH
+    the run goes on without symbols and the report says why."""
+    from harness.ssh import SshError
+
+    # BASIC-CI may not start DHCP on its own; the console shell can (harmless when it already has an IP)
+    with contextlib.suppress(Exception):
+        shell.run("ifconfig vtnet0 inet | grep -q 'inet ' || dhclient vtnet0", 60.0)
+    try:
+        with _ssh_session(guest, prepared) as ssh:
+            res = ssh.fetch("/boot/kernel/kernel", run_dir / "kernel", progress=True)
+            ident = ssh.run("uname -v", 30.0).stdout.strip()
+    except (SshError, OSError) as exc:
+        progress(f"no kernel file for symbols: {exc}")
+        return None, f"none: fetching /boot/kernel/kernel over SSH failed: {exc}"
+    progress(f"fetched /boot/kernel/kernel over SSH ({res.size >> 20} MiB)")
+    return res.local, f"/boot/kernel/kernel of the running image, fetched over SSH ({ident})"
+
+
+def _crash_bounds(shell: Any) -> int | None:
+    """``bounds - 1`` in /var/crash before the dump (None: no bounds file), for `via_savecore`."""
+    r = shell.run("cat /var/crash/bounds 2>/dev/null")
+    text = r.output.strip()
+    return int(text) - 1 if r.status == 0 and text.isdigit() else None
+
+
+def retrieve_via_savecore(
+    guest: Any,
+    crash: Crash,
+    shell: Any,
+    source: GuestSource,
+    run_dir: Path,
+    host_copy: Any,
+    bounds_before: int | None,
+    cfg: ReproConfig,
+    progress: Progress,
+) -> tuple[Any, list[str]]:
+    """``--retrieve ssh``: leave ddb with `reset` (panic flow: the key `cngetc()` waits for), let the
+    guest reboot, let rc's savecore copy the dump to /var/crash (or run it), fetch it over SFTP.
+
+    The host has already extracted the same dump from the dump disk while the guest was paused
+    (`host_copy`); the savecore copy must hold the same payload bytes, and that is checked here.
+    Verification can only use the live image taken before the reboot (the rebooted guest's memory is
+    another boot), which the returned notes say.
     """
-    return None
+    from harness.freebsd.retrieve import via_savecore
+    from harness.freebsd.session import ConsoleShell
+    from harness.freebsd.stages import Stage, wait_for_stage
+
+    if shell is None or source.prepared is None:
+        raise ReproError("--retrieve ssh needs a prepared image (a bare kernel has no userland)", step="ssh")
+    guest.resume()  # paused for the host extraction
+    if crash.ddb is not None and crash.ddb.active:
+        progress("leaving ddb with `reset` so the guest reboots and savecore runs")
+        crash.ddb.reset()
+    else:
+        progress("pressing a key: the held kernel reboots and savecore runs")
+        guest.console.send("\r")
+    wait_for_stage(guest.console, [Stage.LOGIN], cfg.boot_seconds, guest=guest)
+    shell = ConsoleShell(guest.console)
+    shell.login(cfg.boot_seconds)
+    with contextlib.suppress(Exception):
+        shell.run("ifconfig vtnet0 inet | grep -q 'inet ' || dhclient vtnet0", 60.0)
+    with _ssh_session(guest, source.prepared) as ssh:
+        retrieved = via_savecore(
+            ssh,
+            run_dir / "savecore",
+            dump_device=source.dump_dev,
+            previous_bounds=bounds_before,
+            fetch_kernel=source.kernel is None,
+        )
+    progress(f"fetched {retrieved.vmcore} by SFTP after savecore")
+    notes = [
+        "retrieved by savecore + SFTP after a reboot: verified against the live image taken before the "
+        "reboot (the guest's memory after the reboot is another boot, so nothing later can be compared)"
+    ]
+    same, detail = same_payload(retrieved.vmcore, host_copy.vmcore)
+    if same is None:
+        notes.append(f"savecore copy not compared with the host's extraction: {detail}")
+    elif same:
+        notes.append(
+            f"savecore copy and the host's extraction from the dump disk hold the same payload ({detail})"
+        )
+    else:
+        raise ReproError(
+            f"savecore's {retrieved.vmcore} differs from the host's extraction {host_copy.vmcore}: {detail}",
+            step="savecore + sftp",
+            evidence=run_dir,
+        )
+    return retrieved, notes
+
+
+def same_payload(a: Path, b: Path) -> tuple[bool | None, str]:
+    """Whether two vmcore files hold the same dump payload (decompressed; the savecore copy may be
+    .gz/.zst). (None, why) when either cannot be opened."""
+    import hashlib
+
+    from reader.errors import ReaderError
+    from reader.source import open_payload
+
+    digests = []
+    for path in (a, b):
+        try:
+            with open_payload(path) as payload:
+                buf = payload.buffer
+                digests.append((len(buf), hashlib.sha256(buf).hexdigest()))
+        except (ReaderError, OSError) as exc:
+            return None, f"{path}: {exc}"
+    (na, da), (nb, db) = digests
+    if (na, da) == (nb, db):
+        return True, f"{na} bytes, sha256 {da[:16]}"
+    return False, f"{na} bytes sha256 {da[:16]} vs {nb} bytes sha256 {db[:16]}"

@@ -67,6 +67,8 @@ class VerificationReport:
     notes: list[str] = field(default_factory=list)
     dump: str = ""
     kernel: str = ""
+    kernel_source: str = ""  # where the kernel file came from (--kernel, fetched over SSH, none)
+    retrieval: str = ""  # "host (dump disk)" | "savecore + SFTP"
     live_image: str = ""
     bytes_compared: int = 0
 

@@ -1,0 +1,123 @@
+"""The repro pipeline's FreeBSD decisions without a guest: the bare-kernel environment, the flow choice
+and the panic flow's dump step, driven by replays of EDITED copies of the real 12.1 console recordings
+(`harness.freebsd.replay`, ``tests/data/transcripts/freebsd-edited/``: no real kernel without ddb exists
+here), and the savecore-vs-host payload check on synthetic dumps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.console import Console
+from harness.freebsd.panicdump import ALT_PANIC_SEQUENCE, PANIC_FLOW_KENV, DumpFlow, PanicMethod, select_flow
+from harness.freebsd.replay import RecordedTranscript, ReplayConsoleSpawn
+from harness.freebsd.stages import Stage, wait_for_stage
+from harness.verify.pipeline import ReproConfig, bare_kernel_kenv, make_dump, same_payload
+
+TRANSCRIPTS = Path(__file__).resolve().parents[1] / "data" / "transcripts"
+
+
+class ReplayGuest:
+    """Stands in for harness.guest.Guest around a replayed console (a replay double, not a VM).
+
+    It has no ``memory_image``: a flow that tried to take a live image would fail loudly."""
+
+    def __init__(self, console: Console, spawn: ReplayConsoleSpawn) -> None:
+        self.console, self.spawn = console, spawn
+        self.ssh_port = None
+
+    def inject_nmi(self) -> None:
+        self.spawn.inject_nmi()
+
+    def send_break(self) -> None:
+        self.spawn.send_break()
+
+    def log_tail(self) -> str:
+        return ""
+
+
+@pytest.fixture
+def replay():
+    consoles: list[Console] = []
+
+    def make(directory: str, name: str) -> tuple[Console, ReplayConsoleSpawn]:
+        spawn = ReplayConsoleSpawn(RecordedTranscript.load(TRANSCRIPTS / directory, name))
+        console = Console(spawn, name=f"replay:{name}")
+        consoles.append(console)
+        return console, spawn
+
+    yield make
+    for c in consoles:
+        c.close()
+
+
+def test_bare_kernel_kenv_has_the_panic_flow_knobs_and_the_user_wins():
+    kenv = bare_kernel_kenv(ReproConfig(kernel=Path("k"), minidump=False))
+    assert kenv["dumpdev"] == "/dev/vtbd0" and kenv["debug.minidump"] == "0"
+    for key, value in PANIC_FLOW_KENV.items():
+        assert kenv[key] == value
+    mine = bare_kernel_kenv(
+        ReproConfig(kernel=Path("k"), kenv={"kern.panic_reboot_wait_time": "30", "debug.minidump": "1"})
+    )
+    assert mine["kern.panic_reboot_wait_time"] == "30" and mine["debug.minidump"] == "1"
+    assert mine["debug.kdb.alt_break_to_debugger"] == "1"
+
+
+def test_kernel_without_ddb_takes_the_panic_flow_and_no_before_image(replay, tmp_path):
+    """What `run_repro` does after the boot of a bare kernel without ddb, up to the held kernel."""
+    console, spawn = replay("freebsd-edited", "edited-noddb-altpanic")
+    kenv = bare_kernel_kenv(ReproConfig(kernel=Path("k")))
+    wait_for_stage(console, [Stage.ROOT_WAIT, Stage.MOUNTROOT_PROMPT], 10)
+    choice = select_flow(console, "alt_break", kenv=kenv)
+    assert choice.flow == DumpFlow.PANIC and choice.method == PanicMethod.ALT_PANIC
+    assert choice.describe().startswith("dump flow: panic (no ddb backend")
+    timings: dict[str, float | None] = {"ddb": None, "dump": None}
+    said: list[str] = []
+    steps: list[str] = []
+    crash = make_dump(
+        ReplayGuest(console, spawn), choice, memory_mib=512, run_dir=tmp_path, timings=timings,
+        progress=said.append, on_step=steps.append,
+    )
+    assert crash.result.ok and crash.result.held and crash.result.flow == "panic"
+    assert (crash.result.kind, crash.result.dump_mb) == ("mini", 42)
+    assert crash.before is None and crash.before_path is None and crash.registers is None
+    assert crash.values == {} and crash.ddb is None
+    assert steps == ["panic dump"] and timings["ddb"] is None and timings["dump"] is not None
+    assert bytes(spawn.sent) == ALT_PANIC_SEQUENCE.encode() + b"\r"  # the panic sequence, then the key
+    assert "no live image before the dump" in crash.notes[0]
+    assert any("held at 'Press a key'" in s and "Panic sequence on console" in s for s in said)
+    assert not list(tmp_path.iterdir())  # no live image written
+
+
+def test_kernel_with_ddb_keeps_the_ddb_flow(replay):
+    console, _ = replay("freebsd-12.1-amd64", "trial-waitnmi-1")
+    wait_for_stage(console, [Stage.ROOT_WAIT], 10)
+    kenv = bare_kernel_kenv(ReproConfig(kernel=Path("k")))
+    choice = select_flow(console, "nmi", kenv=kenv)
+    assert choice.flow == DumpFlow.DDB and choice.trigger.value == "nmi"
+
+
+def _full_dump(path: Path, fill: int) -> Path:
+    from tests.dumpwriter.elf import write_amd64_full_dump
+
+    write_amd64_full_dump(path, {0x200000: bytes([fill]) * 4096}, [])
+    return path
+
+
+def test_savecore_copy_is_compared_with_the_host_extraction(tmp_path):
+    from tests.dumpwriter.containers import kernel_gzip
+
+    host = _full_dump(tmp_path / "host.vmcore", 0x11)
+    same = tmp_path / "savecore.vmcore.gz"
+    same.write_bytes(kernel_gzip(host.read_bytes()))  # savecore keeps the kernel's gzip stream
+    ok, detail = same_payload(same, host)
+    assert ok is True and "sha256" in detail
+    other = _full_dump(tmp_path / "other.vmcore", 0x22)
+    ok, detail = same_payload(other, host)
+    assert ok is False and " vs " in detail
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"not a dump" * 100)
+    ok, detail = same_payload(junk, host)
+    assert ok is None and str(junk) in detail
