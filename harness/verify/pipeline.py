@@ -312,7 +312,8 @@ def _run_guest(
                 step = "savecore + sftp"
                 host_copy = retrieved
                 retrieved, retrieval_notes = retrieve_via_savecore(
-                    guest, crash, shell, source, run_dir, host_copy, bounds_before, cfg, progress
+                    guest, crash, shell, source, run_dir, host_copy, bounds_before, cfg, progress,
+                    have_kernel=kernel is not None,
                 )
                 timings["extract"] = round(time.monotonic() - t, 3)
                 evidence["vmcore"] = str(retrieved.vmcore)
@@ -357,7 +358,8 @@ def _run_guest(
                         with contextlib.suppress(OSError):
                             p.unlink()
             if cfg.keep:
-                guest.resume()  # paused for extraction; it goes on sitting in ddb / at "Press a key"
+                if cfg.retrieve != "ssh":  # savecore retrieval resumed it and rebooted it already
+                    guest.resume()  # paused for extraction; it goes on sitting in ddb / at "Press a key"
                 kept = True
             return ReproOutcome(
                 report, run_dir, guest.name, kept, cfg.uri, evidence, flow=choice.flow.value
@@ -552,6 +554,8 @@ def retrieve_via_savecore(
     bounds_before: int | None,
     cfg: ReproConfig,
     progress: Progress,
+    *,
+    have_kernel: bool = False,
 ) -> tuple[Any, list[str]]:
     """``--retrieve ssh``: leave ddb with `reset` (panic flow: the key `cngetc()` waits for), let the
     guest reboot, let rc's savecore copy the dump to /var/crash (or run it), fetch it over SFTP.
@@ -585,7 +589,7 @@ def retrieve_via_savecore(
             run_dir / "savecore",
             dump_device=source.dump_dev,
             previous_bounds=bounds_before,
-            fetch_kernel=source.kernel is None,
+            fetch_kernel=not have_kernel,
         )
     progress(f"fetched {retrieved.vmcore} by SFTP after savecore")
     notes = [
