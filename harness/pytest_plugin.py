@@ -85,16 +85,33 @@ class FbsdTarget:
         return self.kernel is None
 
     def unsupported(self, case: HilCase) -> str | None:
-        """Why this source cannot run ``case`` with the built pipeline (None: it can)."""
+        """Why this source cannot run ``case`` with the repro pipeline (None: it can), in one line.
+
+        Known before boot only: whether the kernel has ddb is read from its boot banner, and a kernel
+        without ddb runs every trigger it can through the panic flow (the report says which)."""
         if not self.has_shell:
             if case.trigger in ("sysctl", "panic"):
-                return f"trigger {case.trigger} runs a sysctl: a bare --fbsd-kernel boot has no shell"
+                return (
+                    f"trigger {case.trigger} runs a sysctl in a root shell: a bare --fbsd-kernel boot has no "
+                    "shell (no userland); a kernel without ddb is panicked from the console by the "
+                    "nmi/break/alt-break cells instead"
+                )
             if case.compression != "none":
-                return f"{case.compression} compression is set with dumpon: a bare kernel has no shell"
+                return (
+                    f"{case.compression} compression is switched on with `dumpon -z/-Z` in a shell: a bare "
+                    "--fbsd-kernel boot has no userland, and no tunable selects it at boot"
+                )
             if case.device == "swap":
-                return "dumping to swap needs an image with a swap partition"
+                return (
+                    "dumping to swap needs a swap partition on a disk image and savecore to read it back: a "
+                    "bare --fbsd-kernel boot has neither"
+                )
         if case.device == "swap":
-            return "swap dumps are retrieved with savecore over SSH, which the repro pipeline does not do yet"
+            return (
+                "swap dumps: the pipeline dumps to its dedicated raw dump disk (the prepared image's "
+                "loader-time dumpdev) so the host can read the dump and the live image can be compared; "
+                "`dumpon` to the image's swap partition + savecore is not built"
+            )
         return None
 
 
@@ -133,7 +150,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     skip = pytest.mark.skip(reason=HIL_SKIP_REASON)
     for item in items:
-        if "hil" in item.keywords:
+        if item.get_closest_marker("hil") is not None:  # the marker, not a `hil` directory name
             item.add_marker(skip)
 
 
@@ -206,7 +223,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     release = config.getoption("--fbsd-release")
     if not release or config.getoption("--fbsd-image") or config.getoption("--fbsd-kernel"):
         return
-    if config.getoption("--collect-only") or not any("hil" in item.keywords for item in session.items):
+    wanted = any(item.get_closest_marker("hil") is not None for item in session.items)
+    if config.getoption("--collect-only") or not wanted:
         return
     import images
 
@@ -266,6 +284,7 @@ def fbsd_record_report(request: pytest.FixtureRequest, pytestconfig: pytest.Conf
         row = {
             "test": label or request.node.nodeid.split("::", 1)[-1],
             "passed": bool(report.passed),
+            "flow": getattr(report, "flow", "ddb"),
             "kind": report.dump_kind,
             "compared": report.pages_compared,
             "identical": report.pages_identical,
@@ -275,7 +294,7 @@ def fbsd_record_report(request: pytest.FixtureRequest, pytestconfig: pytest.Conf
             "timings": dict(report.timings),
         }
         pytestconfig.stash[_REPORTS].append(row)
-        for key in ("passed", "kind", "compared", "identical", "explained", "unexplained", "missing"):
+        for key in ("passed", "flow", "kind", "compared", "identical", "explained", "unexplained", "missing"):
             request.node.user_properties.append((f"verification_{key}", str(row[key])))
 
     return record
@@ -296,7 +315,8 @@ def fbsd_repro(fbsd_target: FbsdTarget, fbsd_artifacts, fbsd_record_report, tmp_
             pytest.skip(f"{case.id}: {why}")
         cfg = ReproConfig(
             kernel=fbsd_target.kernel,
-            image=fbsd_target.image,
+            # a release goes through images.prepare(release) (keyed by the cached download, no re-hash)
+            image=None if fbsd_target.release and fbsd_target.kernel is None else fbsd_target.image,
             release=fbsd_target.release,
             kenv=dict(fbsd_target.kenv),
             memory_mib=fbsd_target.memory_mib,
@@ -383,9 +403,12 @@ def fbsd_guest(fbsd_target: FbsdTarget, fbsd_artifacts, tmp_path_factory, reques
 @pytest.fixture
 def fbsd_ddb(fbsd_guest):
     """A ddb session on ``fbsd_guest`` entered by NMI (works from the root-wait state and from a shell)."""
-    from harness.freebsd.enter import enter_ddb
+    from harness.freebsd.enter import NoDdbBackend, enter_ddb
 
-    entry = enter_ddb(fbsd_guest.console, "nmi", guest=fbsd_guest, shell=fbsd_guest.shell)
+    try:
+        entry = enter_ddb(fbsd_guest.console, "nmi", guest=fbsd_guest, shell=fbsd_guest.shell)
+    except NoDdbBackend as exc:
+        pytest.skip(f"this kernel has no ddb backend (release GENERIC?): {str(exc).splitlines()[0]}")
     return entry.ddb
 
 
@@ -397,15 +420,16 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     tr = terminalreporter
     tr.section("fbsd-hil verification summary")
     head = (
-        f"{'test':40} {'result':6} {'kind':4} {'compared':>9} {'identical':>9} {'expl':>5} {'unexpl':>6} "
-        f"{'missing':>7}  timings (s)"
+        f"{'test':40} {'result':6} {'flow':5} {'kind':4} {'compared':>9} {'identical':>9} {'expl':>5} "
+        f"{'unexpl':>6} {'missing':>7}  timings (s)"
     )
     tr.write_line(head)
     for r in rows:
         t = " ".join(f"{k}={v:.1f}" for k, v in r["timings"].items() if isinstance(v, int | float))
         tr.write_line(
-            f"{r['test'][:40]:40} {'PASS' if r['passed'] else 'FAIL':6} {r['kind']:4} {r['compared']:>9} "
-            f"{r['identical']:>9} {r['explained']:>5} {r['unexplained']:>6} {r['missing']:>7}  {t}"
+            f"{r['test'][:40]:40} {'PASS' if r['passed'] else 'FAIL':6} {r.get('flow', 'ddb'):5} "
+            f"{r['kind']:4} {r['compared']:>9} {r['identical']:>9} {r['explained']:>5} "
+            f"{r['unexplained']:>6} {r['missing']:>7}  {t}"
         )
     failed = sum(1 for r in rows if not r["passed"])
     tr.write_line(f"{len(rows)} dumps verified, {failed} failed verification")

@@ -1,0 +1,42 @@
+"""Which matrix cells a guest source can run, and the one-line reason for those it cannot (no guest
+needed: these are the decisions `fbsd_repro` makes before booting anything)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.pytest_plugin import FbsdTarget, HilCase, hil_matrix
+
+KERNEL = FbsdTarget(kernel=Path("/k"))
+IMAGE = FbsdTarget(image=Path("/i"))
+
+
+def test_bare_kernel_cells_that_cannot_run_say_why():
+    sysctl = KERNEL.unsupported(HilCase("mini", "sysctl", "disk", "none"))
+    assert "no shell" in sysctl and "nmi/break/alt-break" in sysctl
+    gz = KERNEL.unsupported(HilCase("mini", "nmi", "disk", "gzip"))
+    assert "gzip compression" in gz and "dumpon" in gz and "no userland" in gz
+    swap = KERNEL.unsupported(HilCase("full", "nmi", "swap", "none"))
+    assert "swap partition" in swap and "savecore" in swap
+
+
+@pytest.mark.parametrize("trigger", ["nmi", "break", "alt-break"])
+def test_bare_kernel_console_triggers_run_with_or_without_ddb(trigger):
+    """ddb or not is only known from the boot banner: these cells run and take whichever flow fits."""
+    for dump in ("mini", "full"):
+        assert KERNEL.unsupported(HilCase(dump, trigger, "disk", "none")) is None
+
+
+def test_image_cells():
+    assert "dedicated raw dump disk" in IMAGE.unsupported(HilCase("mini", "nmi", "swap", "none"))
+    runnable = [c for c in hil_matrix() if IMAGE.unsupported(c) is None]
+    assert {c.device for c in runnable} == {"disk"}
+    assert {c.compression for c in runnable} == {"none", "gzip", "zstd"}
+    assert {c.trigger for c in runnable} == {"nmi", "break", "alt-break", "sysctl", "panic"}
+    # every cell that cannot run has a reason, never an empty one
+    for c in hil_matrix():
+        for target in (KERNEL, IMAGE):
+            why = target.unsupported(c)
+            assert why is None or len(why) > 20
