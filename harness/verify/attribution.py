@@ -9,7 +9,10 @@ code themselves write while every CPU sits stopped in the debugger:
 - ``pcpu``: per-CPU data (``__pcpu``, the ``set_pcpu`` section);
 - ``page-table-accessed-dirty``: page-table entries that differ only in the accessed/dirty bits the
   CPU sets while running ddb and the dump code;
-- ``page-table-dump-map``: entries of the temporary mapping the minidump code uses (``crashdumpmap``).
+- ``page-table-dump-map``: entries of the temporary mapping the minidump code uses (``crashdumpmap``);
+- ``dump-device-io``: physical ranges the caller names as the dump device's own I/O state, read from
+  the hypervisor (virtio-blk rings, indirect descriptor tables, and the <= 16-byte request header and
+  status buffers the descriptors point to; never the data buffers, which are the dumped pages).
 
 Everything else is unexpected: kernel text or read-only data (``kernel-text``, ``kernel-rodata``), any
 other page-table change (``page-table``), and memory nobody can name (``unattributed``).
@@ -54,6 +57,7 @@ EXPECTED_KINDS = frozenset(
         "pcpu",
         "page-table-accessed-dirty",
         "page-table-dump-map",
+        "dump-device-io",
     }
 )
 UNEXPECTED_KINDS = frozenset({"kernel-text", "kernel-rodata", "page-table", "unattributed"})

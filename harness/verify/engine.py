@@ -13,7 +13,7 @@ import contextlib
 import os
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -419,6 +419,7 @@ def verify_dump(
     walk_page_tables: bool = True,
     strict: bool = False,
     flow: str = "ddb",
+    io_ranges: Sequence[tuple[int, int, str]] | None = None,
 ) -> VerificationReport:
     """Verify ``vmcore`` (a `reader.Vmcore` or anything with the same page interface) against ``live``.
 
@@ -430,7 +431,9 @@ def verify_dump(
     ``ddb_values``/``ddb_registers`` are what ddb printed (`x/gx`, `show registers`).
     ``flow`` is how the dump was made: "ddb" (ddb's `dump`, every CPU stopped in ddb) or "panic" (the
     kernel's own dump on panic, held at "Press a key"; no before image, no ddb values): it selects the
-    expected-volatile kinds (`harness.verify.attribution.expected_kinds`).
+    expected-volatile kinds (`harness.verify.attribution.expected_kinds`). ``io_ranges`` are physical
+    ``(address, size, label)`` ranges of the dump device's own I/O state as the hypervisor reports them
+    (`harness.verify.pipeline.virtio_blk_io_ranges`): differences there are ``dump-device-io``.
     """
     t0 = time.monotonic()
     expected = expected_kinds(flow)
@@ -508,7 +511,8 @@ def verify_dump(
         special, attr.dump_map = _special_ranges(vmcore, symbols)
         attr.ranges = (_panic_state_ranges(vmcore, symbols) if flow == "panic" else []) + special
         attr.ranges += _thread_stack_ranges(vmcore, symbols, flow)
-        attr.pa_ranges = _pa_ranges(vmcore, [r for r in special if r.kind in ("msgbuf", "pcpu")])
+        attr.pa_ranges = [VaRange(a, a + n, "dump-device-io", label) for a, n, label in io_ranges or ()]
+        attr.pa_ranges += _pa_ranges(vmcore, [r for r in special if r.kind in ("msgbuf", "pcpu")])
     for pa in cmp.differing:
         dumped = vmcore.read_phys(pa, PAGE_SIZE)
         lv = live.view(pa, PAGE_SIZE)

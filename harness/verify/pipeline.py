@@ -298,6 +298,10 @@ def _run_guest(
             after_path = run_dir / "live-after.raw"
             after = guest.memory_image(after_path)
             cr3 = _cr3(guest)
+            io_ranges: list[tuple[int, int, str]] = []
+            if choice.flow.value == "panic":  # no before image: name the dump device's I/O state instead
+                io_ranges, io_note = virtio_blk_io_ranges(guest, after)
+                crash.notes.append(io_note)
 
             step = "extract"
             t = time.monotonic()
@@ -335,6 +339,7 @@ def _run_guest(
                 ddb_registers=ddb_regs,
                 timings=timings,
                 flow=choice.flow.value,
+                io_ranges=io_ranges,
             )
             with reader.open_vmcore(retrieved.vmcore, kernel=kernel) as vm:
                 report = verify_dump(vm, after, pml4_pa=None, **kw)
@@ -478,6 +483,61 @@ def _cr3(guest: Any) -> int | None:
         if m:
             return int(m.group(1), 16) & 0x000FFFFFFFFFF000
     return None
+
+
+VRING_DESC_F_INDIRECT = 4
+#: descriptors this short are request headers (struct virtio_blk_outhdr, 16 bytes) or status bytes, never
+#: data: a dump writes whole sectors
+REQUEST_BUFFER_MAX = 16
+
+
+def virtio_blk_io_ranges(guest: Any, live: Any) -> tuple[list[tuple[int, int, str]], str]:
+    """Physical ranges every virtio-blk queue's I/O writes, from QEMU (``x-query-virtio*``) and the
+    descriptor tables in `live`: the rings, indirect descriptor tables and the <= 16-byte request
+    header/status buffers. The panic flow has no live image from before the dump, so the dump device's
+    own state (which the dump I/O changes after the pages holding it were written) is named this way.
+    Returns (ranges, one line for the report)."""
+    import struct
+
+    ranges: list[tuple[int, int, str]] = []
+    try:
+        devices = [d["path"] for d in guest.qmp("x-query-virtio") if d.get("name") == "virtio-blk"]
+        for path in devices:
+            nvq = int(guest.qmp("x-query-virtio-status", path=path).get("num-vqs", 1))
+            for q in range(nvq):
+                st = guest.qmp("x-query-virtio-queue-status", path=path, queue=q)
+                num, desc = int(st.get("vring-num", 0)), int(st.get("vring-desc", 0))
+                if not num or not desc:
+                    continue
+                where = f"{path.split('/')[3] if path.count('/') > 3 else path} queue {q}"
+                ranges += [
+                    (desc, 16 * num, f"virtio-blk {where} descriptor table"),
+                    (int(st["vring-avail"]), 6 + 2 * num, f"virtio-blk {where} avail ring"),
+                    (int(st["vring-used"]), 6 + 8 * num, f"virtio-blk {where} used ring"),
+                ]
+                ranges += _request_buffers(live, desc, num, where, struct)
+    except Exception as exc:  # noqa: BLE001 - evidence only: without it such pages stay unexplained
+        return ranges, f"dump device I/O state not read from QEMU ({type(exc).__name__}: {exc})"
+    return ranges, f"dump device I/O state from QEMU: {len(ranges)} ranges (virtio-blk rings and requests)"
+
+
+def _request_buffers(live: Any, desc: int, num: int, where: str, struct: Any) -> list[tuple[int, int, str]]:
+    out: list[tuple[int, int, str]] = []
+    tables = [(desc, num, False)]
+    while tables:
+        base, n, indirect = tables.pop()
+        try:
+            raw = bytes(live.read(base, 16 * n))
+        except Exception:  # noqa: BLE001 - a table outside the image names nothing
+            continue
+        for i in range(n):
+            addr, length, flags, _next = struct.unpack_from("<QIHH", raw, 16 * i)
+            if flags & VRING_DESC_F_INDIRECT and not indirect and 16 <= length <= 16 * 1024:
+                out.append((addr, length, f"virtio-blk {where} indirect descriptor table"))
+                tables.append((addr, length // 16, True))
+            elif 0 < length <= REQUEST_BUFFER_MAX and addr:
+                out.append((addr, length, f"virtio-blk {where} request header/status"))
+    return out
 
 
 def _collect_evidence(guest: Any, run_dir: Path) -> None:

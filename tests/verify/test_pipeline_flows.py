@@ -121,3 +121,37 @@ def test_savecore_copy_is_compared_with_the_host_extraction(tmp_path):
     junk.write_bytes(b"not a dump" * 100)
     ok, detail = same_payload(junk, host)
     assert ok is None and str(junk) in detail
+
+
+class _Ram:
+    """A few physical bytes for descriptor-table parsing (a stand-in for a live image)."""
+
+    def __init__(self, size: int) -> None:
+        self.buf = bytearray(size)
+
+    def read(self, pa: int, size: int) -> bytes:
+        if pa + size > len(self.buf):
+            raise ValueError("outside")
+        return bytes(self.buf[pa : pa + size])
+
+
+def test_request_buffers_never_name_the_dumped_data():
+    import struct
+
+    from harness.verify.pipeline import _request_buffers
+
+    ram = _Ram(0x10000)
+    desc = [
+        (0x5000, 16, 1, 1),  # request header (NEXT)
+        (0x200000, 65536, 1, 2),  # data: a dumped page range, never named
+        (0x5010, 1, 2, 0),  # status byte (WRITE)
+        (0x6000, 48, 4, 0),  # indirect table of 3 descriptors
+        (0, 0, 0, 0),
+    ]
+    for i, d in enumerate(desc):
+        struct.pack_into("<QIHH", ram.buf, 0x1000 + 16 * i, *d)
+    for i, d in enumerate([(0x7000, 16, 1, 1), (0x300000, 4096, 1, 2), (0x7010, 1, 2, 0)]):
+        struct.pack_into("<QIHH", ram.buf, 0x6000 + 16 * i, *d)
+    got = sorted(_request_buffers(ram, 0x1000, len(desc), "q", struct))
+    assert [(a, n) for a, n, _ in got] == [(0x5000, 16), (0x5010, 1), (0x6000, 48), (0x7000, 16), (0x7010, 1)]
+    assert "indirect descriptor table" in got[2][2] and "request header/status" in got[0][2]
