@@ -125,9 +125,10 @@ def _msgbuf(report: dict, kernel: Path) -> str:
 @pytest.mark.vm
 @pytest.mark.parametrize("version", [2, 3])
 def test_repro_minidump_passes(mock_kernel, tmp_path, version):
-    """Minidump v2 (12.x layout, the mock's default) and v3 (13.0+: dump_avail section, compressed bitmap)."""
+    """Minidump v2 (12.x layout, the mock's default; entered by NMI) and v3 (13.0+: dump_avail section,
+    compressed bitmap; entered by a serial BREAK)."""
     _libvirt_or_skip()
-    knob = ["--kenv", "mock.minidump_version=3"] if version == 3 else []
+    knob = ["--kenv", "mock.minidump_version=3", "--trigger", "break"] if version == 3 else []
     rc, report, stderr = _repro(mock_kernel, tmp_path, "--minidump", "1", *knob)
     _check_passed(rc, report, stderr, "mini", "minidump")
     # a minidump holds the kernel's mapped pages, not all of RAM (128 MiB = 32768 pages)
@@ -147,8 +148,9 @@ def test_repro_minidump_passes(mock_kernel, tmp_path, version):
 
 @pytest.mark.vm
 def test_repro_full_dump_passes(mock_kernel, tmp_path):
+    """Full (ELF) dump, ddb entered by the ALT break sequence CR ~ Ctrl-B on the console."""
     _libvirt_or_skip()
-    rc, report, stderr = _repro(mock_kernel, tmp_path, "--minidump", "0")
+    rc, report, stderr = _repro(mock_kernel, tmp_path, "--minidump", "0", "--trigger", "alt-break")
     _check_passed(rc, report, stderr, "full", "elf")
     assert report["pages_compared"] > 30000, "a full dump holds all of the guest's RAM"
     assert "chunks)" in _msgbuf(report, mock_kernel)

@@ -137,7 +137,7 @@ extern void load_gdt_and_segments(void *);
 extern void switch_stack(u64 top, void (*fn)(void)) __attribute__((noreturn));
 extern void mock_idle(void);
 extern void btext(void);
-extern const u64 trap_stubs[33];
+extern const u64 trap_stubs[34]; /* 0-31, 32 (any other vector), 36 (IRQ4: COM1) */
 extern char __bss_start[], _end[];
 
 static inline u64 kva_to_pa(const void *va) { return (u64)va - KERNBASE; }
@@ -882,6 +882,39 @@ static void db_trap(struct trapframe *tf)
 }
 
 /* ------------------------------------------------------------------ traps */
+int break_to_debugger = 1;     /* as if built with options BREAK_TO_DEBUGGER (kenv debug.kdb.break_to_debugger) */
+int alt_break_to_debugger;     /* kenv debug.kdb.alt_break_to_debugger */
+static int alt_break_state;
+
+static void db_enter(struct trapframe *tf, const char *why)
+{
+	if (why) printf_("KDB: enter: %s\n", why);
+	printf_("[ thread pid 0 tid %d ]\n", dumptid);
+	printf_("Stopped at\t");
+	db_print_loc(tf->tf_rip);
+	printf_(":\t.byte\t%#x\n", (u32)*(volatile u8 *)tf->tf_rip);
+	db_trap(tf);
+}
+
+/* COM1 receive interrupt while the kernel idles: serial BREAK and the ALT break sequence CR ~ ^B
+ * (kdb_alt_break_internal) enter ddb like FreeBSD's uart console does */
+static void com1_intr(struct trapframe *tf)
+{
+	int enter = 0;
+	for (int guard = 0; guard < 64; guard++) {
+		u8 lsr = inb(COM1 + 5);
+		if (!(lsr & 0x11)) break;
+		u8 c = inb(COM1);
+		if ((lsr & 0x10) && break_to_debugger) { enter = 1; continue; }
+		if (!(lsr & 1) || !alt_break_to_debugger) continue;
+		if (alt_break_state == 2 && c == 0x02) { enter = 1; alt_break_state = 0; }
+		else if (alt_break_state == 1 && c == '~') alt_break_state = 2;
+		else alt_break_state = c == '\r' ? 1 : 0;
+	}
+	outb(0x20, 0x20); /* EOI */
+	if (enter) db_enter(tf, "Break to debugger");
+}
+
 void mock_trap(struct trapframe *tf)
 {
 	u64 vec;
@@ -891,15 +924,12 @@ void mock_trap(struct trapframe *tf)
 	u16 es, ds;
 	__asm__ volatile("mov %%es, %0" : "=r"(es)); __asm__ volatile("mov %%ds, %0" : "=r"(ds));
 	tf->tf_es = es; tf->tf_ds = ds;
-	if (vec >= 32) return; /* masked legacy PIC: only spurious interrupts land here */
+	if (vec == 0x24) { com1_intr(tf); return; }
+	if (vec >= 32) return; /* other legacy PIC lines are masked: only spurious interrupts land here */
 	if (vec == 2) {
 		printf_("NMI ISA 20, EISA ff\n");
 		printf_("NMI/cpu0 ... going to debugger\n");
-		printf_("[ thread pid 0 tid %d ]\n", dumptid);
-		printf_("Stopped at\t");
-		db_print_loc(tf->tf_rip);
-		printf_(":\t.byte\t%#x\n", (u32)*(volatile u8 *)tf->tf_rip);
-		db_trap(tf);
+		db_enter(tf, 0);
 		return;
 	}
 	u64 cr2;
@@ -951,7 +981,7 @@ void mock_init(u64 modulep, u64 kernend)
 
 	gdtr.limit = sizeof(gdt) - 1; gdtr.base = (u64)gdt;
 	load_gdt_and_segments(&gdtr);
-	for (int v = 0; v < 256; v++) set_gate(v, trap_stubs[v < 32 ? v : 32]);
+	for (int v = 0; v < 256; v++) set_gate(v, trap_stubs[v < 32 ? v : v == 0x24 ? 33 : 32]);
 	idtr.limit = sizeof(idt) - 1; idtr.base = (u64)idt;
 	__asm__ volatile("lidt %0" : : "m"(idtr));
 	build_page_tables();
@@ -1001,6 +1031,10 @@ void mock_init(u64 modulep, u64 kernend)
 		kprintf("mock: will corrupt the dump's copy of the pattern page at PA %#lx (mock.corrupt_dump_page=1)\n",
 			mock_pattern_pa);
 	}
+	const char *kb = kern_getenv("debug.kdb.break_to_debugger");
+	if (kb) break_to_debugger = kb[0] != '0';
+	kb = kern_getenv("debug.kdb.alt_break_to_debugger");
+	if (kb) alt_break_to_debugger = kb[0] != '0';
 	vblk_probe();
 	for (int i = 0; i < nvblk; i++) {
 		kprintf("virtio_pci%d: <VirtIO PCI Block adapter> port %#x at device %d.0 on pci0\n", i,
@@ -1022,5 +1056,10 @@ void mock_init(u64 modulep, u64 kernend)
 			kprintf("mock: dumpdev %s is not a virtio-blk disk this stand-in can write; no dump device\n", dd);
 		}
 	}
+	/* console input interrupts (IRQ4, vector 0x24) for BREAK / ALT break while idle */
+	outb(COM1 + 3, inb(COM1 + 3) & 0x7f);
+	outb(COM1 + 4, 0x0b);        /* DTR, RTS, OUT2 (gates the IRQ line on PCs) */
+	outb(COM1 + 1, 0x05);        /* received data + line status (BREAK) */
+	outb(0x21, 0xff & ~(1 << 4));
 	switch_stack((u64)kheap_page(KH_STACK) + 4 * PAGE, mock_main);
 }

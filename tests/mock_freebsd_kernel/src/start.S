@@ -113,6 +113,7 @@ trap_stub_\n:
 	TRAP_ERR 30
 	TRAP_NOERR 31
 	TRAP_NOERR 32
+	TRAP_NOERR 36
 
 trap_common:
 	subq	$16, %rsp
@@ -158,7 +159,7 @@ trap_common:
 	.globl	trap_stubs
 	.balign	8
 trap_stubs:
-	.irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32
+	.irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32,36
 	.quad	trap_stub_\n
 	.endr
 	.section .note.GNU-stack, "", @progbits
