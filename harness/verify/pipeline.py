@@ -576,7 +576,14 @@ def _ssh_session(guest: Any, prepared: Any, *, seconds: float = 120.0) -> Any:
 
 
 def fetch_kernel_over_ssh(
-    guest: Any, shell: Any, prepared: Any, run_dir: Path, progress: Progress
+    guest: Any,
+    shell: Any,
+    prepared: Any,
+    run_dir: Path,
+    progress: Progress,
+    *,
+    remote: str = "/boot/kernel/kernel",
+    connect_seconds: float = 120.0,
 ) -> tuple[Path | None, str]:
     """``/boot/kernel/kernel`` of the running image over SFTP (pinned host key), before the trigger, so
     attribution by symbol and the ddb cross-checks work. Returns (path, where it came from); without SSH
@@ -587,14 +594,15 @@ def fetch_kernel_over_ssh(
     with contextlib.suppress(Exception):
         shell.run("ifconfig vtnet0 inet | grep -q 'inet ' || dhclient vtnet0", 60.0)
     try:
-        with _ssh_session(guest, prepared) as ssh:
-            res = ssh.fetch("/boot/kernel/kernel", run_dir / "kernel", progress=True)
+        with _ssh_session(guest, prepared, seconds=connect_seconds) as ssh:
+            res = ssh.fetch(remote, run_dir / "kernel", progress=True)
             ident = ssh.run("uname -v", 30.0).stdout.strip()
     except (SshError, OSError) as exc:
-        progress(f"no kernel file for symbols: {exc}")
-        return None, f"none: fetching /boot/kernel/kernel over SSH failed: {exc}"
-    progress(f"fetched /boot/kernel/kernel over SSH ({res.size >> 20} MiB)")
-    return res.local, f"/boot/kernel/kernel of the running image, fetched over SSH ({ident})"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        progress(f"no kernel file for symbols: {first}")
+        return None, f"none: fetching {remote} over SSH failed: {first}"
+    progress(f"fetched {remote} over SSH ({res.size >> 20} MiB)")
+    return res.local, f"{remote} of the running image, fetched over SSH (pinned host key; {ident})"
 
 
 def _crash_bounds(shell: Any) -> int | None:
