@@ -47,6 +47,14 @@ def test_repro_refuses_shell_triggers_for_a_bare_kernel(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+def test_repro_refuses_savecore_retrieval_for_a_bare_kernel(tmp_path):
+    k = tmp_path / "kernel"
+    k.write_bytes(b"\x7fELF")
+    r = fbsd_hil("repro", "--kernel", str(k), "--retrieve", "ssh", "--artifacts", str(tmp_path / "a"))
+    assert r.returncode == 2 and "has no userland: use --retrieve disk, or --image/--release" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "a").exists()
+
+
 def test_repro_never_overwrites_a_report(tmp_path):
     k = tmp_path / "kernel"
     k.write_bytes(b"\x7fELF")
