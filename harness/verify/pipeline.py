@@ -283,7 +283,13 @@ def _run_guest(
             timings["boot"] = round(time.monotonic() - t, 3)
 
             step = "dump flow"
-            choice = select_flow(guest.console, cfg.trigger.replace("-", "_"), shell=shell, kenv=source.kenv)
+            choice = select_flow(
+                guest.console,
+                cfg.trigger.replace("-", "_"),
+                shell=shell,
+                kenv=source.kenv,
+                facts=kernel_facts_with_shell(guest.console, shell),
+            )
             progress(choice.describe())
             steps: list[str] = []
             try:
@@ -378,6 +384,27 @@ def _run_guest(
             raise ReproError(f"{type(exc).__name__}: {exc}", step=step, evidence=run_dir) from exc
     finally:
         guest_cm.__exit__(None, None, None)  # destroys the domain unless cfg.keep
+
+
+def kernel_facts_with_shell(console: Any, shell: Any) -> Any:
+    """The boot banner's `KernelFacts`; with a shell, the debugger backends from ``sysctl -n
+    debug.kdb.available`` instead (exact, and independent of how much console text scrolled by since
+    the banner). None without a shell: `select_flow` reads the banner itself."""
+    import dataclasses
+
+    from harness.freebsd.kernel import kernel_facts
+    from harness.freebsd.stages import TAIL_WINDOW
+
+    if shell is None:
+        return None
+    facts = kernel_facts(console.tail(TAIL_WINDOW))
+    r = shell.run("sysctl -n debug.kdb.available")
+    if r.status == 0:
+        backends = tuple(r.output.split())
+        facts = dataclasses.replace(
+            facts, backends=backends, current_backend=facts.current_backend if backends else None
+        )
+    return facts
 
 
 @dataclass

@@ -155,3 +155,33 @@ def test_request_buffers_never_name_the_dumped_data():
     got = sorted(_request_buffers(ram, 0x1000, len(desc), "q", struct))
     assert [(a, n) for a, n, _ in got] == [(0x5000, 16), (0x5010, 1), (0x6000, 48), (0x7000, 16), (0x7010, 1)]
     assert "indirect descriptor table" in got[2][2] and "request header/status" in got[0][2]
+
+
+class _Shell:
+    """Stands in for the console shell: answers `sysctl -n debug.kdb.available` from a table."""
+
+    def __init__(self, status: int, output: str) -> None:
+        self.status, self.output, self.commands = status, output, []
+
+    def run(self, command: str, deadline: float = 0.0):
+        from types import SimpleNamespace
+
+        self.commands.append(command)
+        return SimpleNamespace(status=self.status, output=self.output)
+
+
+def test_image_flow_uses_the_kernels_own_backend_list(replay):
+    """With a shell the backends come from the kernel (sysctl), not from a banner that may have scrolled."""
+    from harness.verify.pipeline import kernel_facts_with_shell
+
+    console, _ = replay("freebsd-12.1-amd64", "trial-waitnmi-1")
+    wait_for_stage(console, [Stage.ROOT_WAIT], 10)
+    assert kernel_facts_with_shell(console, None) is None
+    banner = kernel_facts_with_shell(console, _Shell(1, "sysctl: unknown oid"))
+    assert banner.has_ddb is True  # the banner of the real 12.1 kernel: ddb
+    none = kernel_facts_with_shell(console, _Shell(0, "\r\n"))
+    assert none.has_ddb is False and none.backends == ()
+    gdb_only = kernel_facts_with_shell(console, _Shell(0, "gdb\r\n"))
+    assert gdb_only.has_ddb is False
+    c = select_flow(console, "sysctl", shell=_Shell(0, "1"), facts=none)
+    assert c.flow == DumpFlow.PANIC and c.method == PanicMethod.SYSCTL_PANIC
