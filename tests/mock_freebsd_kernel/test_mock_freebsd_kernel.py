@@ -140,7 +140,7 @@ def test_repro_minidump_passes(mock_kernel, tmp_path, version):
         log = vm.msgbuf()
         threads = vm.threads()
     assert "MockFreeBSDKernel" in log and "Dumping " in log and "mountroot: waiting for device" in log
-    assert [(t.tid, t.crashed) for t in threads] == [(100000, True)]
+    assert [(t.tid, t.pid, t.crashed) for t in threads] == [(100002, 10, True), (100000, 0, False)]
     assert threads[0].registers["rip"] == int(
         next(c["actual"] for c in report["crosschecks"] if c["what"] == "register rip"), 16
     ), "dumppcb holds the interrupted context"

@@ -81,7 +81,7 @@ u64 KPML4phys;
 struct msgbuf msgbuf0;
 struct msgbuf *msgbufp;
 struct pcb dumppcb;
-int dumptid = 100000;
+int dumptid = 100002; /* the idle thread: it is the one ddb and the dump run on */
 int pcb_size = sizeof(struct pcb);
 int do_minidump = 1;
 int dumping;
@@ -100,9 +100,13 @@ struct thread { struct thread *tqe_next; struct thread **tqe_prev; int td_tid; c
 	struct pcb *td_pcb; };
 struct proc { struct proc *le_next; struct proc **le_prev; struct thread *tqh_first; struct thread **tqh_last;
 	int p_pid; char p_comm[20]; };
-struct thread thread0 = { 0, 0, 100000, "mock_idle", 0, &dumppcb };
+/* allproc -> idle (pid 10, the thread an NMI/interrupt stops: "idle: cpu0") -> kernel (pid 0, "swapper") */
+static struct pcb swapper_pcb;
+struct thread thread0 = { 0, 0, 100000, "swapper", -1, &swapper_pcb };
 struct proc proc0 = { 0, 0, &thread0, 0, 0, "kernel" };
-struct proc *allproc = &proc0;
+struct thread idlethread = { 0, 0, 100002, "idle: cpu0", 0, &dumppcb };
+struct proc idleproc = { &proc0, 0, &idlethread, 0, 10, "idle" };
+struct proc *allproc = &idleproc;
 const int proc_off_p_pid = __builtin_offsetof(struct proc, p_pid);
 const int proc_off_p_comm = __builtin_offsetof(struct proc, p_comm);
 const int proc_off_p_list = __builtin_offsetof(struct proc, le_next);
@@ -646,7 +650,7 @@ static struct dbsym db_symtab[] = {
 	SYM(KPML4phys), SYM(hz), SYM(msgbufp), SYM(msgbuf0), SYM(dumppcb), SYM(dumptid), SYM(do_minidump),
 	SYM(dumping), SYM(dumper), SYM(kdb_frame), SYM(version), SYM(ostype), SYM(osreldate), SYM(panicstr),
 	SYM(time_second), SYM(physmem), SYM(dump_avail), SYM(pcb_size), SYM(mock_corrupt_dump_page),
-	SYM(mock_pattern_pa), SYM(vm_page_dump), SYM(allproc), SYM(proc0), SYM(thread0),
+	SYM(mock_pattern_pa), SYM(vm_page_dump), SYM(allproc), SYM(proc0), SYM(thread0), SYM(idleproc), SYM(idlethread),
 	SYM(mock_minidump_version),
 };
 struct dbfunc { const char *name; u64 addr; };
@@ -858,16 +862,18 @@ static void db_trap(struct trapframe *tf)
 		} else if (seq(cmd, "dump")) {
 			doadump(tf);
 		} else if (seq(cmd, "bt") || seq(cmd, "trace")) {
-			printf_("Tracing pid 0 tid %d td %p\n", dumptid, (u64)0);
+			printf_("Tracing pid %d tid %d td %p\n", idleproc.p_pid, idlethread.td_tid, (u64)&idlethread);
 			db_print_loc(tf->tf_rip);
 			printf_("() at ");
 			db_print_loc(tf->tf_rip);
 			printf_("/frame %#lx\n", tf->tf_rsp);
 		} else if (seq(cmd, "ps")) {
 			printf_("  pid  ppid  pgrp   uid  state   wmesg   wchan               cmd\n");
-			printf_("%5d %5d %5d %5d  %-6s  %-26s  [%s]\n", proc0.p_pid, 0, 0, 0, "RL", "(threaded)", proc0.p_comm);
-			printf_("%-6d                   %-6s  CPU %-22d  [%s]\n", thread0.td_tid, "Run", thread0.td_oncpu,
-				thread0.td_name);
+			printf_("%5d %5d %5d %5d  %-6s  %-26s  [%s]\n", idleproc.p_pid, 0, 0, 0, "RL", "(threaded)", idleproc.p_comm);
+			printf_("%-6d                   %-6s  CPU %-22d  [%s]\n", idlethread.td_tid, "Run", idlethread.td_oncpu,
+				idlethread.td_name);
+			printf_("%5d %5d %5d %5d  %-6s  %-26s  [%s]\n", proc0.p_pid, 0, 0, 0, "DLs", "(threaded)", proc0.p_comm);
+			printf_("%-6d                   %-6s  %-26s  [%s]\n", thread0.td_tid, "D", "-", thread0.td_name);
 		} else if (seq(cmd, "c") || seq(cmd, "continue") || seq(cmd, "cont")) {
 			kdb_frame = 0;
 			return;
@@ -885,11 +891,48 @@ static void db_trap(struct trapframe *tf)
 int break_to_debugger = 1;     /* as if built with options BREAK_TO_DEBUGGER (kenv debug.kdb.break_to_debugger) */
 int alt_break_to_debugger;     /* kenv debug.kdb.alt_break_to_debugger */
 static int alt_break_state;
+int debugger_on_panic = 1;     /* kenv debug.debugger_on_panic */
+int panic_reboot_wait_time = 15; /* kenv kern.panic_reboot_wait_time */
+static int rtc_seconds(void) { outb(0x70, 0); return inb(0x71); }
+static void cpu_reset(void)
+{
+	kprintf("Rebooting...\n");
+	outb(0xcf9, 0x02); outb(0xcf9, 0x06);  /* PCI reset control: hard reset */
+	outb(0x64, 0xfe);
+	for (;;) __asm__ volatile("cli; hlt");
+}
+static void db_enter(struct trapframe *tf, const char *why);
+
+/* kdb_panic() -> panic() -> [ddb] -> kern_reboot(RB_DUMP): "Uptime", the dump, shutdown_panic() */
+static void mock_panic(struct trapframe *tf, const char *msg)
+{
+	panicstr = (char *)msg;
+	kprintf("panic: %s\ncpuid = 0\ntime = %d\n", msg, (int)time_second);
+	if (debugger_on_panic) db_enter(tf, "panic");
+	kprintf("Uptime: 1s\n");
+	doadump(tf);
+	if (panic_reboot_wait_time > 0) {
+		kprintf("Automatic reboot in %d seconds - press a key on the console to abort\n", panic_reboot_wait_time);
+		int last = rtc_seconds(), left = panic_reboot_wait_time, key = 0;
+		while (left > 0 && !key) {
+			if (inb(COM1 + 5) & 1) { (void)inb(COM1); key = 1; }
+			int now = rtc_seconds();
+			if (now != last) { last = now; left--; }
+		}
+		if (!key) cpu_reset();
+	}
+	if (panic_reboot_wait_time != 0) {
+		kprintf("--> Press a key on the console to reboot,\n--> or switch off the system now.\n");
+		while (!(inb(COM1 + 5) & 1)) __asm__ volatile("pause");
+		(void)inb(COM1);
+	}
+	cpu_reset();
+}
 
 static void db_enter(struct trapframe *tf, const char *why)
 {
 	if (why) printf_("KDB: enter: %s\n", why);
-	printf_("[ thread pid 0 tid %d ]\n", dumptid);
+	printf_("[ thread pid %d tid %d ]\n", idleproc.p_pid, idlethread.td_tid);
 	printf_("Stopped at\t");
 	db_print_loc(tf->tf_rip);
 	printf_(":\t.byte\t%#x\n", (u32)*(volatile u8 *)tf->tf_rip);
@@ -900,7 +943,7 @@ static void db_enter(struct trapframe *tf, const char *why)
  * (kdb_alt_break_internal) enter ddb like FreeBSD's uart console does */
 static void com1_intr(struct trapframe *tf)
 {
-	int enter = 0;
+	int enter = 0, panic = 0;
 	for (int guard = 0; guard < 64; guard++) {
 		u8 lsr = inb(COM1 + 5);
 		if (!(lsr & 0x11)) break;
@@ -908,11 +951,13 @@ static void com1_intr(struct trapframe *tf)
 		if ((lsr & 0x10) && break_to_debugger) { enter = 1; continue; }
 		if (!(lsr & 1) || !alt_break_to_debugger) continue;
 		if (alt_break_state == 2 && c == 0x02) { enter = 1; alt_break_state = 0; }
+		else if (alt_break_state == 2 && c == 0x10) { panic = 1; alt_break_state = 0; }
 		else if (alt_break_state == 1 && c == '~') alt_break_state = 2;
 		else alt_break_state = c == '\r' ? 1 : 0;
 	}
 	outb(0x20, 0x20); /* EOI */
-	if (enter) db_enter(tf, "Break to debugger");
+	if (panic) mock_panic(tf, "Panic sequence on console");
+	else if (enter) db_enter(tf, "Break to debugger");
 }
 
 void mock_trap(struct trapframe *tf)
@@ -1031,6 +1076,10 @@ void mock_init(u64 modulep, u64 kernend)
 		kprintf("mock: will corrupt the dump's copy of the pattern page at PA %#lx (mock.corrupt_dump_page=1)\n",
 			mock_pattern_pa);
 	}
+	const char *pw = kern_getenv("kern.panic_reboot_wait_time");
+	if (pw) panic_reboot_wait_time = pw[0] == '-' ? -1 : (int)(pw[0] - '0') * (pw[1] ? 10 : 1) + (pw[1] ? pw[1] - '0' : 0);
+	const char *dp = kern_getenv("debug.debugger_on_panic");
+	if (dp) debugger_on_panic = dp[0] != '0';
 	const char *kb = kern_getenv("debug.kdb.break_to_debugger");
 	if (kb) break_to_debugger = kb[0] != '0';
 	kb = kern_getenv("debug.kdb.alt_break_to_debugger");
