@@ -54,6 +54,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="how to enter ddb (default nmi; sysctl/panic need a shell, i.e. an image)",
     )
     p.add_argument(
+        "--flow",
+        choices=("auto", "ddb", "panic"),
+        default="auto",
+        help="auto (default): ddb if the kernel has it, else panic and let the kernel dump by itself; "
+        "panic on a kernel with ddb continues from ddb so the kernel dumps on its own",
+    )
+    p.add_argument(
         "--retrieve",
         choices=("disk", "ssh"),
         default="disk",
@@ -124,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         minidump=args.minidump == "1",
         trigger=trigger,
         retrieve=args.retrieve,
+        flow=None if args.flow == "auto" else args.flow,
         artifacts=args.artifacts.resolve(),
         keep=args.keep,
         offline=args.offline,

@@ -73,6 +73,7 @@ class ReproConfig:
     offline: bool = False
     boot_seconds: float = 600.0
     keep_live_images: bool = False
+    flow: str | None = None  # None: from the kernel (ddb if it has the backend, else panic); "ddb" | "panic"
 
     def source(self) -> str:
         if self.kernel:
@@ -289,6 +290,7 @@ def _run_guest(
                 shell=shell,
                 kenv=source.kenv,
                 facts=kernel_facts_with_shell(guest.console, shell),
+                force=cfg.flow,
             )
             progress(choice.describe())
             steps: list[str] = []
