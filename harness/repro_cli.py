@@ -166,7 +166,9 @@ def run(args: argparse.Namespace) -> int:
     if outcome.kept:
         uri = outcome.uri or "qemu:///system"
         where = (
-            "held at 'Press a key on the console to reboot' after its panic dump"
+            "running (it rebooted for savecore)"
+            if cfg.retrieve == "ssh"
+            else "held at 'Press a key on the console to reboot' after its panic dump"
             if outcome.flow == "panic"
             else "in ddb"
         )
