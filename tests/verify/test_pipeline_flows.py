@@ -185,3 +185,35 @@ def test_image_flow_uses_the_kernels_own_backend_list(replay):
     assert gdb_only.has_ddb is False
     c = select_flow(console, "sysctl", shell=_Shell(0, "1"), facts=none)
     assert c.flow == DumpFlow.PANIC and c.method == PanicMethod.SYSCTL_PANIC
+
+
+def test_images_boot_prepared_with_ssh_forwarded(monkeypatch, tmp_path):
+    """--image/--release boot what images.prepare returns (a stand-in record here: no FreeBSD image exists
+    on this machine), the dump disk on the same bus, SSH forwarded; savecore retrieval must survive the
+    reboot (the domain restarts instead of going away)."""
+    import images
+    from harness.domain_xml import DiskImageBoot, UserNetwork
+    from harness.verify.pipeline import _prepared_image_source
+
+    asked = []
+
+    class PreparedStandIn:
+        image = tmp_path / "prepared.qcow2"
+        disk_bus = "sata"
+        dump_device = "/dev/ada1"
+
+    def prepare(what, **kw):
+        asked.append((what, kw))
+        return PreparedStandIn()
+
+    monkeypatch.setattr(images, "prepare", prepare)
+    said: list[str] = []
+    for retrieve, on_reboot in (("disk", "destroy"), ("ssh", "restart")):
+        cfg = ReproConfig(release="14.3", retrieve=retrieve, offline=True)
+        src = _prepared_image_source(cfg, tmp_path / "dump.raw", said.append)
+        assert src.spec.boot == DiskImageBoot(image=PreparedStandIn.image, format="qcow2", bus="sata")
+        assert src.spec.disks[0].bus == "sata" and src.dump_dev == "/dev/ada1"
+        assert src.spec.network == UserNetwork() and src.spec.on_reboot == on_reboot
+        assert src.kernel is None and src.kenv is None and isinstance(src.prepared, PreparedStandIn)
+    assert asked[0][0] == "14.3" and asked[0][1]["offline"] is True
+    assert said[0] == "preparing 14.3 for the harness (cached after the first time)"
