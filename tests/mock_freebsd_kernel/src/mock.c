@@ -117,7 +117,8 @@ const int thread_off_td_oncpu = __builtin_offsetof(struct thread, td_oncpu);
 const int thread_off_td_pcb = __builtin_offsetof(struct thread, td_pcb);
 const int thread_off_td_plist = __builtin_offsetof(struct thread, tqe_next);
 int mock_minidump_version = 2; /* kenv mock.minidump_version=3: 13.0+ layout (dump_avail section) */
-int mock_corrupt_dump_page; /* kenv mock.corrupt_dump_page=1: the perturbation test */
+int mock_corrupt_dump_page; /* kenv mock.corrupt_dump_page=1 (the pattern page) or =0x<PA>: perturbation tests */
+u64 mock_corrupt_pa;
 u64 mock_pattern_pa;
 
 /* page tables (page aligned, in .bss) */
@@ -399,17 +400,17 @@ static int dump_append_pa(u64 pa, u64 len)
 /* Dump physical memory [pa, pa+len): the perturbation knob writes a corrupted copy of the pattern page. */
 static int dump_phys(u64 pa, u64 len)
 {
-	if (mock_corrupt_dump_page && mock_pattern_pa >= pa && mock_pattern_pa < pa + len) {
+	if (mock_corrupt_dump_page && mock_corrupt_pa >= pa && mock_corrupt_pa < pa + len) {
 		int err = 0;
-		if (mock_pattern_pa > pa) err = dump_phys(pa, mock_pattern_pa - pa);
+		if (mock_corrupt_pa > pa) err = dump_phys(pa, mock_corrupt_pa - pa);
 		if (err) return err;
 		u8 *b = kheap_page(KH_BOUNCE);
-		memcpy(b, pa_to_dmap(mock_pattern_pa), PAGE);
+		memcpy(b, pa_to_dmap(mock_corrupt_pa), PAGE);
 		for (int i = 0; i < 64; i++) b[1024 + i] ^= 0xa5;
 		err = dump_append_pa(kva_to_pa(b), PAGE);
 		if (err) return err;
-		u64 rest = pa + len - (mock_pattern_pa + PAGE);
-		return rest ? dump_phys(mock_pattern_pa + PAGE, rest) : 0;
+		u64 rest = pa + len - (mock_corrupt_pa + PAGE);
+		return rest ? dump_phys(mock_corrupt_pa + PAGE, rest) : 0;
 	}
 	if (!di.full) return dump_append_pa(pa, len);
 	/* full dump: kern_dump.c prints the MB left in the chunk every 16 MB */
@@ -649,7 +650,7 @@ struct dbsym { const char *name; u64 addr; };
 static struct dbsym db_symtab[] = {
 	SYM(KPML4phys), SYM(hz), SYM(msgbufp), SYM(msgbuf0), SYM(dumppcb), SYM(dumptid), SYM(do_minidump),
 	SYM(dumping), SYM(dumper), SYM(kdb_frame), SYM(version), SYM(ostype), SYM(osreldate), SYM(panicstr),
-	SYM(time_second), SYM(physmem), SYM(dump_avail), SYM(pcb_size), SYM(mock_corrupt_dump_page),
+	SYM(time_second), SYM(physmem), SYM(dump_avail), SYM(pcb_size), SYM(mock_corrupt_dump_page), SYM(mock_corrupt_pa),
 	SYM(mock_pattern_pa), SYM(vm_page_dump), SYM(allproc), SYM(proc0), SYM(thread0), SYM(idleproc), SYM(idlethread),
 	SYM(mock_minidump_version),
 };
@@ -1071,10 +1072,13 @@ void mock_init(u64 modulep, u64 kernend)
 	const char *mv = kern_getenv("mock.minidump_version");
 	if (mv && mv[0] == '3' && mv[1] == 0) mock_minidump_version = 3;
 	const char *cp = kern_getenv("mock.corrupt_dump_page");
-	if (cp && cp[0] == '1') {
+	u64 cpa = 0;
+	if (cp && ((cp[0] == '1' && cp[1] == 0 && (cpa = mock_pattern_pa)) ||
+		   (cp[0] == '0' && cp[1] == 'x' && db_hex(cp, &cpa) && cpa && is_dumpable(cpa)))) {
 		mock_corrupt_dump_page = 1;
-		kprintf("mock: will corrupt the dump's copy of the pattern page at PA %#lx (mock.corrupt_dump_page=1)\n",
-			mock_pattern_pa);
+		mock_corrupt_pa = cpa & ~(PAGE - 1);
+		kprintf("mock: will corrupt the dump's copy of the page at PA %#lx (mock.corrupt_dump_page=%s)\n",
+			mock_corrupt_pa, cp);
 	}
 	const char *pw = kern_getenv("kern.panic_reboot_wait_time");
 	if (pw) panic_reboot_wait_time = pw[0] == '-' ? -1 : (int)(pw[0] - '0') * (pw[1] ? 10 : 1) + (pw[1] ? pw[1] - '0' : 0);
