@@ -431,7 +431,10 @@ def verify_dump(
     ``ddb_values``/``ddb_registers`` are what ddb printed (`x/gx`, `show registers`).
     ``flow`` is how the dump was made: "ddb" (ddb's `dump`, every CPU stopped in ddb) or "panic" (the
     kernel's own dump on panic, held at "Press a key"; no before image, no ddb values): it selects the
-    expected-volatile kinds (`harness.verify.attribution.expected_kinds`). ``io_ranges`` are physical
+    expected-volatile kinds (`harness.verify.attribution.expected_kinds`). In the panic flow ``before``
+    (if given) is the image taken right before the panic trigger, the last stop there is: a page changed
+    between it and the held kernel is excused as in the ddb flow, and every stable page must still match
+    or be of a panic-flow kind. ``io_ranges`` are physical
     ``(address, size, label)`` ranges of the dump device's own I/O state as the hypervisor reports them
     (`harness.verify.pipeline.virtio_blk_io_ranges`): differences there are ``dump-device-io``.
     """
@@ -524,7 +527,13 @@ def verify_dump(
             except LiveMemoryError:
                 changed = False
             if changed:
-                explained, reason = True, "changed while the dump was written"
+                explained = True
+                reason = (
+                    "changed while the dump was written"
+                    if flow == "ddb"
+                    else "changed between the live image taken right before the panic trigger and the held "
+                    "kernel (panic flow: no stop between the panic and the dump)"
+                )
             elif not explained:
                 reason = "page was stable during the dump, yet the dump differs"
             else:

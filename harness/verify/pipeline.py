@@ -74,6 +74,8 @@ class ReproConfig:
     boot_seconds: float = 600.0
     keep_live_images: bool = False
     flow: str | None = None  # None: from the kernel (ddb if it has the backend, else panic); "ddb" | "panic"
+    #: panic flow: a live image right before the trigger (the last stop before the kernel's own dump)
+    panic_before_image: bool = True
 
     def source(self) -> str:
         if self.kernel:
@@ -297,7 +299,7 @@ def _run_guest(
             try:
                 crash = make_dump(
                     guest, choice, shell=shell, memory_mib=cfg.memory_mib, run_dir=run_dir, timings=timings,
-                    progress=progress, on_step=steps.append,
+                    progress=progress, on_step=steps.append, panic_before_image=cfg.panic_before_image,
                 )
             finally:
                 step = steps[-1] if steps else step
@@ -433,13 +435,17 @@ def make_dump(
     timings: dict[str, float | None],
     progress: Progress = print,
     on_step: Callable[[str], None] = lambda _step: None,
+    panic_before_image: bool = True,
 ) -> Crash:
     """Make the dump by the chosen flow and leave every CPU stopped.
 
     ddb flow (unchanged): enter ddb by the trigger, `show registers` and `x` of `DDB_SYMBOL_CHECKS`, a
     live image before `dump`, `dump`; the kernel stays in ddb. Panic flow (no ddb backend): no ddb to
-    ask and no stop before the kernel's own dump, so no cross-checks and no before image; `panic_dump`
-    panics, parses the dump the kernel writes and holds it at "Press a key on the console to reboot".
+    ask, so no cross-checks; `panic_dump` panics, parses the dump the kernel writes and holds it at
+    "Press a key on the console to reboot". There is no stop between the panic and the dump, so the
+    before image (`panic_before_image`) is taken right before the trigger, the guest paused: the dump
+    device's driver state in heap (struct virtqueue, sglist) changes while dumping and cannot be named
+    from outside, and only this image tells such a page from a wrong one.
     """
     from harness.freebsd.panicdump import DumpFlow, PanicMethod, panic_dump
 
@@ -450,6 +456,12 @@ def make_dump(
             shell.run("sysctl kern.panic_reboot_wait_time=-1")
             if PanicMethod.ALT_PANIC in (choice.method, choice.fallback):
                 shell.run("sysctl debug.kdb.alt_break_to_debugger=1")
+        before = before_path = None
+        if panic_before_image:
+            on_step("live image (before the panic trigger)")
+            before_path = run_dir / "live-before.raw"
+            before = guest.memory_image(before_path)  # paused for the copy, running again afterwards
+            on_step("panic dump")
         t = time.monotonic()
         progress(f"panic flow: panicking via {choice.method.value}; the kernel writes its own dump")
         result = panic_dump(guest.console, choice, guest=guest, shell=shell, memory_mib=memory_mib)
@@ -459,11 +471,17 @@ def make_dump(
             f"at 'Press a key' (panic: {result.panic})"
         )
         notes = [
-            f"panic flow ({choice.why}): the kernel wrote its own dump on panic; no live image before the "
-            "dump and no ddb cross-checks (no ddb); the panic flow's expected-volatile kinds apply",
+            f"panic flow ({choice.why}): the kernel wrote its own dump on panic; no ddb cross-checks (no "
+            "ddb); the panic flow's expected-volatile kinds apply; "
+            + (
+                "the before image was taken right before the panic trigger (there is no stop between the "
+                "panic and the dump)"
+                if before is not None
+                else "no live image before the dump"
+            ),
             *[n for n in (result.notes or []) if n],
         ]
-        return Crash(choice, result, notes=notes)
+        return Crash(choice, result, before=before, before_path=before_path, notes=notes)
 
     from harness.freebsd.enter import enter_ddb
 

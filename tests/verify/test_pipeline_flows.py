@@ -65,8 +65,38 @@ def test_bare_kernel_kenv_has_the_panic_flow_knobs_and_the_user_wins():
     assert mine["debug.kdb.alt_break_to_debugger"] == "1"
 
 
+class ImagingReplayGuest(ReplayGuest):
+    """The replay double plus a stand-in ``memory_image`` that records what had been typed when it ran."""
+
+    def __init__(self, console: Console, spawn: ReplayConsoleSpawn) -> None:
+        super().__init__(console, spawn)
+        self.images: list[tuple[Path, bytes]] = []
+
+    def memory_image(self, path: Path) -> Path:
+        path.write_bytes(b"stand-in image")
+        self.images.append((path, bytes(self.spawn.sent)))
+        return path
+
+
+def test_panic_flow_takes_the_before_image_right_before_the_trigger(replay, tmp_path):
+    console, spawn = replay("freebsd-edited", "edited-noddb-altpanic")
+    wait_for_stage(console, [Stage.ROOT_WAIT, Stage.MOUNTROOT_PROMPT], 10)
+    choice = select_flow(console, "alt_break", kenv=bare_kernel_kenv(ReproConfig(kernel=Path("k"))))
+    guest = ImagingReplayGuest(console, spawn)
+    steps: list[str] = []
+    crash = make_dump(
+        guest, choice, memory_mib=512, run_dir=tmp_path, timings={}, progress=lambda _m: None,
+        on_step=steps.append,
+    )
+    assert [(p.name, typed) for p, typed in guest.images] == [("live-before.raw", b"")]  # nothing typed yet
+    assert crash.before == crash.before_path == tmp_path / "live-before.raw"
+    assert steps == ["panic dump", "live image (before the panic trigger)", "panic dump"]
+    assert crash.result.ok and crash.result.held and "right before the panic trigger" in crash.notes[0]
+
+
 def test_kernel_without_ddb_takes_the_panic_flow_and_no_before_image(replay, tmp_path):
-    """What `run_repro` does after the boot of a bare kernel without ddb, up to the held kernel."""
+    """What `run_repro` does after the boot of a bare kernel without ddb, up to the held kernel
+    (``panic_before_image=False``: exactly what the dump alone can be checked against)."""
     console, spawn = replay("freebsd-edited", "edited-noddb-altpanic")
     kenv = bare_kernel_kenv(ReproConfig(kernel=Path("k")))
     wait_for_stage(console, [Stage.ROOT_WAIT, Stage.MOUNTROOT_PROMPT], 10)
@@ -78,7 +108,7 @@ def test_kernel_without_ddb_takes_the_panic_flow_and_no_before_image(replay, tmp
     steps: list[str] = []
     crash = make_dump(
         ReplayGuest(console, spawn), choice, memory_mib=512, run_dir=tmp_path, timings=timings,
-        progress=said.append, on_step=steps.append,
+        progress=said.append, on_step=steps.append, panic_before_image=False,
     )
     assert crash.result.ok and crash.result.held and crash.result.flow == "panic"
     assert (crash.result.kind, crash.result.dump_mb) == ("mini", 42)

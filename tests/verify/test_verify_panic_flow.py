@@ -105,3 +105,23 @@ def test_unknown_flow_is_refused_before_any_work(mini, mini_live):
     path, root = mini_live
     with pytest.raises(ValueError, match="unknown dump flow"):
         _verify(mini, path, pml4_pa=root, flow="nmi")
+
+
+def test_before_trigger_image_excuses_only_what_changed_after_it(mini, mini_live, tmp_path):
+    """The panic flow's before image is taken right before the trigger: a page nobody can name is excused
+    only if it changed between that image and the held kernel (like the dump device's heap state)."""
+    path, root = mini_live
+    other = _thread(mini, crashed=False, comm="pagedaemon")
+    pa = _poke_stack(mini, path, other)  # not a panic-flow kind
+    before = tmp_path / "before.raw"
+    before.write_bytes(path.read_bytes())  # stable: the same before the trigger and when held
+    with LiveMemory.from_raw_file(before) as b:
+        r = _verify(mini, path, pml4_pa=root, flow="panic", before=b)
+    assert not r.passed and r.differences[0].reason == "page was stable during the dump, yet the dump differs"
+    old = mini.read_phys(pa, 1)
+    poke(before, pa, bytes([old[0] ^ 0xFF]))  # it changed after the image before the trigger
+    with LiveMemory.from_raw_file(before) as b:
+        r = _verify(mini, path, pml4_pa=root, flow="panic", before=b)
+    assert r.passed and r.differences[0].reason.startswith(
+        "changed between the live image taken right before the panic trigger and the held kernel"
+    )
