@@ -11,7 +11,8 @@ runs by hand and the HIL test matrix exercise exactly the same steps:
    `harness.freebsd.panicdump.PANIC_FLOW_KENV`) in the kernel env for bare kernels;
 3. the dump flow from the boot banner (`select_flow`): with ddb, enter ddb by the trigger, `show
    registers` and `x` of a few symbols, a live image *before* `dump`, `dump`; without ddb (release
-   GENERIC), panic and let the kernel write its own dump, held at "Press a key on the console to reboot";
+   GENERIC), a live image right before the trigger, then panic and let the kernel write its own dump,
+   held at "Press a key on the console to reboot";
 4. a live image *after* the dump, while every CPU is stopped;
 5. the dump from the dump disk on the host (guest paused; savecore semantics) and, with
    ``--retrieve ssh``, by savecore + SFTP after a reboot (checked against the host's copy);
