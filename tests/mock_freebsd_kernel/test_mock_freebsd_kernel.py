@@ -173,6 +173,56 @@ def test_repro_detects_a_corrupted_page(mock_kernel, tmp_path):
     assert bad[0]["reason"] == "page was stable during the dump, yet the dump differs"
 
 
+def _symbol_pa(kernel: Path, name: str) -> int:
+    from elftools.elf.elffile import ELFFile
+
+    with open(kernel, "rb") as f:
+        sym = ELFFile(f).get_section_by_name(".symtab").get_symbol_by_name(name)[0]
+    return sym["st_value"] - KERNBASE
+
+
+@pytest.mark.vm
+def test_repro_detects_a_kernel_page_missing_from_the_minidump(mock_kernel, tmp_path):
+    """The mock leaves the .data page holding `version` out of its minidump bitmap: the completeness
+    check (every mapped kernel-image page must be dumped) must fail the run."""
+    _libvirt_or_skip()
+    pa = _symbol_pa(mock_kernel, "version") & ~0xFFF
+    rc, report, stderr = _repro(
+        mock_kernel, tmp_path, "--minidump", "1", "--kenv", f"mock.drop_dump_page={pa:#x}"
+    )
+    assert rc == 1 and report["passed"] is False, stderr[-4000:]
+    assert report["missing_pages"] == 1
+    assert [int(m["pa"], 16) for m in report["missing"]] == [pa]
+    assert report["missing"][0]["what"].startswith("kernel image .data")
+
+
+@pytest.mark.vm
+def test_repro_refuses_a_dump_whose_headers_fail_parity(mock_kernel, tmp_path):
+    """Wrong kerneldumpheader parity on the dump disk: extraction stops (exit 2) naming the field."""
+    _libvirt_or_skip()
+    cmd = [
+        sys.executable,
+        "-m",
+        "harness",
+        "repro",
+        "--kernel",
+        str(mock_kernel),
+        "--memory",
+        "128",
+        "--accel",
+        "tcg",
+        "--artifacts",
+        str(tmp_path / "artifacts"),
+        "--boot-timeout",
+        "120",
+        "--kenv",
+        "mock.bad_dump_header=parity",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, check=False)
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    assert "FAILED at extract" in proc.stderr and "parity" in proc.stderr, proc.stderr[-4000:]
+
+
 @pytest.mark.vm
 @pytest.mark.xfail(
     strict=True,
@@ -185,11 +235,7 @@ def test_repro_detects_a_corrupted_kernel_data_page(mock_kernel, tmp_path):
     """The same perturbation on a page of the mock's .bss that nothing writes (the unused tail of its
     dump bitmap `vm_page_dump`, beyond 128 MiB of RAM): the dump is wrong there, repro must fail."""
     _libvirt_or_skip()
-    from elftools.elf.elffile import ELFFile
-
-    with open(mock_kernel, "rb") as f:
-        sym = ELFFile(f).get_section_by_name(".symtab").get_symbol_by_name("vm_page_dump")[0]
-    pa = (sym["st_value"] - KERNBASE + 0x2000) & ~0xFFF
+    pa = (_symbol_pa(mock_kernel, "vm_page_dump") + 0x2000) & ~0xFFF
     rc, report, stderr = _repro(mock_kernel, tmp_path, "--minidump", "1", "--kenv", f"{CORRUPT_KNOB}={pa:#x}")
     bad = [d for d in report["differences"] if not d["explained"]]
     assert [int(d["address"], 16) for d in bad] == [pa], report["differences"]

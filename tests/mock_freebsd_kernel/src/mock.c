@@ -119,6 +119,8 @@ const int thread_off_td_plist = __builtin_offsetof(struct thread, tqe_next);
 int mock_minidump_version = 2; /* kenv mock.minidump_version=3: 13.0+ layout (dump_avail section) */
 int mock_corrupt_dump_page; /* kenv mock.corrupt_dump_page=1 (the pattern page) or =0x<PA>: perturbation tests */
 u64 mock_corrupt_pa;
+u64 mock_drop_pa;        /* kenv mock.drop_dump_page=0x<PA>: leave that page out of a minidump */
+int mock_bad_parity;     /* kenv mock.bad_dump_header=parity: both headers fail the parity check */
 u64 mock_pattern_pa;
 
 /* page tables (page aligned, in .bss) */
@@ -480,7 +482,7 @@ static int dump_finish(u64 length)
 	h->dumpextent = be64(di.extent);
 	u32 parity = 0;
 	for (int i = 0; i < 128; i++) parity ^= ((u32 *)h)[i];
-	h->parity = parity;
+	h->parity = parity ^ (mock_bad_parity ? 1U : 0U);
 	int err = vblk_write(di.dev, (di.mediasize - 2 * 512 - di.extent) / 512, kva_to_pa(dumpbuf), 512);
 	if (!err) err = vblk_write(di.dev, (di.mediasize - 512) / 512, kva_to_pa(dumpbuf), 512);
 	return err;
@@ -527,6 +529,7 @@ static int minidumpsys(void)
 	u64 *tables[] = { pml4, pdpt_kern, pd_kern, pt_kheap, pdpt_dmap, pd_dmap };
 	for (unsigned i = 0; i < sizeof(tables) / sizeof(tables[0]); i++) dump_add_page(kva_to_pa(tables[i]));
 
+	if (mock_drop_pa) vm_page_dump[mock_drop_pa / PAGE / 64] &= ~(1UL << (mock_drop_pa / PAGE % 64));
 	u64 npages = 0;
 	for (u64 i = 0; i < MAXPFN / 64; i++) for (u64 w = vm_page_dump[i]; w; w &= w - 1) npages++;
 	u64 msgsize = msgbufp->msg_size;
@@ -650,7 +653,7 @@ struct dbsym { const char *name; u64 addr; };
 static struct dbsym db_symtab[] = {
 	SYM(KPML4phys), SYM(hz), SYM(msgbufp), SYM(msgbuf0), SYM(dumppcb), SYM(dumptid), SYM(do_minidump),
 	SYM(dumping), SYM(dumper), SYM(kdb_frame), SYM(version), SYM(ostype), SYM(osreldate), SYM(panicstr),
-	SYM(time_second), SYM(physmem), SYM(dump_avail), SYM(pcb_size), SYM(mock_corrupt_dump_page), SYM(mock_corrupt_pa),
+	SYM(time_second), SYM(physmem), SYM(dump_avail), SYM(pcb_size), SYM(mock_corrupt_dump_page), SYM(mock_corrupt_pa), SYM(mock_drop_pa), SYM(mock_bad_parity),
 	SYM(mock_pattern_pa), SYM(vm_page_dump), SYM(allproc), SYM(proc0), SYM(thread0), SYM(idleproc), SYM(idlethread),
 	SYM(mock_minidump_version),
 };
@@ -1079,6 +1082,16 @@ void mock_init(u64 modulep, u64 kernend)
 		mock_corrupt_pa = cpa & ~(PAGE - 1);
 		kprintf("mock: will corrupt the dump's copy of the page at PA %#lx (mock.corrupt_dump_page=%s)\n",
 			mock_corrupt_pa, cp);
+	}
+	const char *dr = kern_getenv("mock.drop_dump_page");
+	if (dr && db_hex(dr, &cpa) && cpa < MAXPFN * PAGE) {
+		mock_drop_pa = cpa & ~(PAGE - 1);
+		kprintf("mock: will leave the page at PA %#lx out of a minidump (mock.drop_dump_page)\n", mock_drop_pa);
+	}
+	const char *bh = kern_getenv("mock.bad_dump_header");
+	if (bh && seq(bh, "parity")) {
+		mock_bad_parity = 1;
+		kprintf("mock: will write dump headers with a wrong parity (mock.bad_dump_header=parity)\n");
 	}
 	const char *pw = kern_getenv("kern.panic_reboot_wait_time");
 	if (pw) panic_reboot_wait_time = pw[0] == '-' ? -1 : (int)(pw[0] - '0') * (pw[1] ? 10 : 1) + (pw[1] ? pw[1] - '0' : 0);
