@@ -132,6 +132,30 @@ class Attribution:
     differing_bytes: int
     va: int | None
     reason: str = ""
+    kinds: dict[str, list[str]] = field(default_factory=dict)  # kind -> labels of its differing spans
+    #: why this difference is NOT explained if the page was the same before and after the dump (None:
+    #: it is); see `Attributor.stable_problem`
+    stable_problem: str | None = None
+
+    def unexplained_if_stable(self) -> str | None:
+        return self.stable_problem
+
+
+#: the largest variable that can hold "a value set while dumping and restored afterwards" (a counter,
+#: flag or position such as ``dumping``: ``dumping++`` ... ``dumping--`` in kern_shutdown.c doadump)
+FLIP_BACK_MAX_SIZE = 8
+#: kinds a page stable across the dump may still differ in (see `Attribution.unexplained_if_stable`)
+STABLE_KINDS = frozenset(
+    {
+        "thread-stack",
+        "panic-thread-stack",
+        "page-table-accessed-dirty",
+        "page-table-dump-map",
+        "dump-device-io",
+        "shutdown-state",
+        "console-state",
+    }
+)
 
 
 @dataclass
@@ -210,11 +234,16 @@ class Attributor:
                 reason="mapping changed, not only accessed/dirty bits",
             )
         kinds: dict[str, list[str]] = {}
-        for s, _e in spans:
+        stable_problem: str | None = None
+        for s, e in spans:
             kind, label = self._span_kind(pa, vas, s)
             labels = kinds.setdefault(kind, [])
             if label and label not in labels:
                 labels.append(label)
+            if stable_problem is None and kind not in STABLE_KINDS and not (
+                kind in ("kernel-data", "pcpu") and self._in_scalar(vas, s, e)
+            ):
+                stable_problem = f"{kind}: {label}" if label else kind
         unexpected = [k for k in kinds if k not in self.expected]
         explained = not unexpected
         ordered = unexpected + [k for k in kinds if k in self.expected]
@@ -225,8 +254,28 @@ class Attributor:
                 "the stack of a thread other than the one that panicked: no other thread ran after the dump"
             )
         return Attribution(
-            ordered[0] if ordered else "unattributed", text, explained, first, nbytes, va, reason=reason
+            ordered[0] if ordered else "unattributed",
+            text,
+            explained,
+            first,
+            nbytes,
+            va,
+            reason=reason,
+            kinds=kinds,
+            stable_problem=stable_problem,
         )
+
+    def _in_scalar(self, vas: list[int], start: int, end: int) -> bool:
+        """Whether bytes [start, end) of the page lie inside one variable of at most
+        `FLIP_BACK_MAX_SIZE` bytes (by the kernel's symbol table): only such a value can have been set
+        while dumping and restored after it; arrays, structures and unnamed bytes cannot."""
+        if self.symbols is None:
+            return False
+        for va in vas:
+            sym = self.symbols.symbol_at(va + start)
+            if sym is not None and 0 < sym.size <= FLIP_BACK_MAX_SIZE and va + end <= sym.start + sym.size:
+                return True
+        return False
 
 
 def _level(t: TablePage) -> str:

@@ -536,6 +536,9 @@ def verify_dump(
                 )
             elif not explained:
                 reason = "page was stable during the dump, yet the dump differs"
+            elif (why := a.unexplained_if_stable()) is not None:
+                explained = False
+                reason = f"page was stable during the dump, yet the dump differs ({why})"
             else:
                 reason = "same before and after the dump (a value set only while dumping, e.g. `dumping`)"
         report.differences.append(
