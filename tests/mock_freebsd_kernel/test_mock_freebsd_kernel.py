@@ -224,13 +224,6 @@ def test_repro_refuses_a_dump_whose_headers_fail_parity(mock_kernel, tmp_path):
 
 
 @pytest.mark.vm
-@pytest.mark.xfail(
-    strict=True,
-    reason="verification gap (harness/verify/engine.py, reported to the verify helper): a page of writable "
-    "kernel data (.data/.bss, also msgbuf/stack/pcpu kinds) that is identical before and after the dump "
-    "is accepted whatever the dump holds ('same before and after the dump (a value set only while "
-    "dumping)'), so 64 corrupted bytes in the middle of a stable .bss array pass",
-)
 def test_repro_detects_a_corrupted_kernel_data_page(mock_kernel, tmp_path):
     """The same perturbation on a page of the mock's .bss that nothing writes (the unused tail of its
     dump bitmap `vm_page_dump`, beyond 128 MiB of RAM): the dump is wrong there, repro must fail."""
