@@ -107,6 +107,8 @@ def expected_kinds(flow: str) -> frozenset[str]:
     except KeyError:
         raise ValueError(f"unknown dump flow {flow!r}: expected one of {sorted(EXPECTED_BY_FLOW)}") from None
 
+PAGE_BYTES = 4096
+
 #: how far around a saved stack pointer a page counts as that thread's stack (FreeBSD amd64
 #: KSTACK_PAGES is 4 by default, more with some options; ddb runs below the saved pointer)
 STACK_WINDOW = 8 * 4096
@@ -133,29 +135,49 @@ class Attribution:
     va: int | None
     reason: str = ""
     kinds: dict[str, list[str]] = field(default_factory=dict)  # kind -> labels of its differing spans
-    #: why this difference is NOT explained if the page was the same before and after the dump (None:
-    #: it is); see `Attributor.stable_problem`
-    stable_problem: str | None = None
-
-    def unexplained_if_stable(self) -> str | None:
-        return self.stable_problem
+    #: byte runs no rule explains: (page offset, byte count, kind, label) - the dump is wrong there
+    unexplained: list[tuple[int, int, str, str]] = field(default_factory=list)
+    #: differing bytes whose dumped value is the page's value in the before image (caught in that state)
+    consistent_bytes: int = 0
 
 
-#: the largest variable that can hold "a value set while dumping and restored afterwards" (a counter,
-#: flag or position such as ``dumping``: ``dumping++`` ... ``dumping--`` in kern_shutdown.c doadump)
-FLIP_BACK_MAX_SIZE = 8
-#: kinds a page stable across the dump may still differ in (see `Attribution.unexplained_if_stable`)
-STABLE_KINDS = frozenset(
+#: kernel variables (by ELF symbol name) that the dump code and ddb write while the dump is written, so a
+#: dumped byte there may hold a value live memory never shows afterwards. Evidence (freebsd-src):
+#: sys/kern/kern_shutdown.c doadump/dump_write/dump_start (``dumping++``/``--``, ``dumptid``, ``dumppcb``
+#: by savectx, ``dumper``'s ``dumpoff`` advanced per write), sys/amd64/amd64/minidump_machdep.c (statics
+#: ``kdh``, ``dumplo``, ``fragsz``, ``dump_va``, ``counter``, ``progress``, ``dumpsize``, ``progress_track``,
+#: ``fakepd``; ``crashdumpmap`` entries via pmap_kenter_temporary), sys/kern/kern_dump.c (full dumps:
+#: ``fileofs``, ``buffer``, ``dump_map``, ``dumpsys_pb_*``). Deliberately NOT here: ``vm_page_dump`` (its
+#: bits are set by dump_add_page *before* the pages are written, so the dump holds the after value) and
+#: ``msgbufp`` (a pointer nobody writes; the buffer it points to is the ``msgbuf`` kind).
+VOLATILE_DATA_SYMBOLS = frozenset(
     {
-        "thread-stack",
-        "panic-thread-stack",
-        "page-table-accessed-dirty",
-        "page-table-dump-map",
-        "dump-device-io",
-        "shutdown-state",
-        "console-state",
+        "dumping",
+        "dumper",
+        "dumptid",
+        "dumppcb",
+        "dumplo",
+        "dumpsize",
+        "kdh",
+        "fragsz",
+        "dump_va",
+        "counter",
+        "progress",
+        "progress_track",
+        "fakepd",
+        "fileofs",
+        "buffer",
+        "crashdumpmap",
     }
 )
+#: name prefixes of the same: dump/minidump state, and ddb/kdb's own state (sys/ddb/*, sys/kern/subr_kdb.c:
+#: the command line, history, pager counters, ``kdb_active``/``kdb_why``/``kdb_thread``/``kdb_frame``)
+VOLATILE_DATA_PREFIXES = ("dump_", "dumpsys_", "minidump", "kerneldump", "kdb_", "db_")
+
+
+def is_volatile_data_symbol(name: str) -> bool:
+    """Whether a .data/.bss variable is one the dump code or ddb writes while the dump is written."""
+    return name in VOLATILE_DATA_SYMBOLS or name.startswith(VOLATILE_DATA_PREFIXES)
 
 
 @dataclass
@@ -177,43 +199,71 @@ class Attributor:
             vas.append(self.dmap[0] + pa)
         return vas
 
-    def _span_kind(self, pa: int, vas: list[int], off: int) -> tuple[str, str]:
+    def _classify(self, pa: int, vas: list[int], off: int) -> tuple[str, str, int, bool]:
+        """What byte ``off`` of the page is: (kind, label, page offset where that answer ends, whether a
+        difference there is expected). A .data/.bss byte is expected only inside a variable the dump code
+        or ddb writes (`is_volatile_data_symbol`); the answer's extent lets callers walk a span in pieces."""
+        x = pa + off
         for r in self.pa_ranges:
-            if pa + off in r:
-                return r.kind, r.label
+            if r.start <= x < r.end:
+                return r.kind, r.label, r.end - pa, r.kind in self.expected
         for va in vas:
             for r in self.ranges:
                 if va + off in r:
-                    return r.kind, r.label
+                    return r.kind, r.label, r.end - va, r.kind in self.expected
         if self.symbols is not None:
             for va in vas:
                 sec = self.symbols.section_at(va + off)
-                if sec is not None:
-                    kind = {"data": "kernel-data", "text": "kernel-text", "rodata": "kernel-rodata"}[sec.kind]
-                    return kind, self.symbols.describe(va + off)
-        return "unattributed", ""
+                if sec is None:
+                    continue
+                kind = {"data": "kernel-data", "text": "kernel-text", "rodata": "kernel-rodata"}[sec.kind]
+                label = self.symbols.describe(va + off)
+                sym = self.symbols.symbol_at(va + off)
+                if sym is not None and sym.start <= va + off < sym.start + max(sym.size, 1):
+                    ok = kind == "kernel-data" and kind in self.expected and is_volatile_data_symbol(sym.name)
+                    return kind, label, sym.start + max(sym.size, 1) - va, ok
+                nxt = self.symbols.next_symbol_start(va + off)
+                end = min(sec.start + sec.size, nxt if nxt is not None else 1 << 64)
+                return kind, label, end - va, False
+        # nothing names this byte: the answer holds up to the next range or section that might
+        ends = [r.start - pa for r in self.pa_ranges if r.start > x]
+        ends += [r.start - va for va in vas for r in self.ranges if r.start > va + off]
+        if self.symbols is not None:
+            ends += [sec.start - va for va in vas for sec in self.symbols.sections if sec.start > va + off]
+        return "unattributed", "", min(ends, default=PAGE_BYTES), False
 
-    def attribute(self, pa: int, dumped: bytes, live: np.ndarray) -> Attribution:
-        spans = differing_spans(dumped, live)
+    def attribute(
+        self, pa: int, dumped: bytes, live: np.ndarray, before: np.ndarray | None = None
+    ) -> Attribution:
+        """Name the differing bytes of one page and decide them byte by byte.
+
+        With ``before`` (the page in a live image taken before the dump), a dumped byte equal to its
+        before-value is consistent: the dump caught it before it changed. Every other differing byte must
+        lie in memory the dump code or ddb writes while dumping (an expected kind; for .data/.bss a
+        variable named in `VOLATILE_DATA_SYMBOLS`); the rest is listed in ``unexplained``."""
+        d = np.frombuffer(dumped, dtype=np.uint8)
+        spans = differing_spans(d, live)
         first = spans[0][0] if spans else 0
         nbytes = sum(e - s for s, e in spans)
+        consistent = 0
+        eff = live
+        if before is not None:
+            same = d == before
+            eff = np.where(same, d, live)  # bytes the dump holds in their before state count as equal
+            consistent = nbytes - int(np.count_nonzero(d != eff))
+        suspect = d != eff
         vas = self.vas_of(pa)
         va = next(
             (v for v in vas if not (self.dmap and self.dmap[0] <= v < self.dmap[1])), vas[0] if vas else None
         )
         table = self.tables.get(pa)
         if table is not None:
-            only_ad, other = diff_table_entries(np.frombuffer(dumped, dtype=np.uint8), live)
             where = f"{_level(table)} page for {table.base_va:#x}"
+            only_ad, other = diff_table_entries(d, eff)
             if not other:
-                return Attribution(
-                    "page-table-accessed-dirty",
-                    f"page-table-accessed-dirty: {where}",
-                    True,
-                    first,
-                    nbytes,
-                    va,
-                )
+                kind = "page-table-accessed-dirty" if only_ad else "page-table"
+                text = f"{kind}: {where}" + ("" if only_ad else " (the dump holds the before-image entries)")
+                return Attribution(kind, text, True, first, nbytes, va, consistent_bytes=consistent)
             if self.dump_map and all(self.dump_map[0] <= table.entry_va(i) < self.dump_map[1] for i in other):
                 return Attribution(
                     "page-table-dump-map",
@@ -222,6 +272,7 @@ class Attributor:
                     first,
                     nbytes,
                     va,
+                    consistent_bytes=consistent,
                 )
             bad = ", ".join(f"{table.entry_va(i):#x}" for i in other[:4])
             return Attribution(
@@ -232,50 +283,44 @@ class Attributor:
                 nbytes,
                 va,
                 reason="mapping changed, not only accessed/dirty bits",
+                unexplained=[(8 * i, 8, "page-table", f"entry for {table.entry_va(i):#x}") for i in other],
+                consistent_bytes=consistent,
             )
         kinds: dict[str, list[str]] = {}
-        stable_problem: str | None = None
+        unexplained: list[tuple[int, int, str, str]] = []
         for s, e in spans:
-            kind, label = self._span_kind(pa, vas, s)
-            labels = kinds.setdefault(kind, [])
-            if label and label not in labels:
-                labels.append(label)
-            if stable_problem is None and kind not in STABLE_KINDS and not (
-                kind in ("kernel-data", "pcpu") and self._in_scalar(vas, s, e)
-            ):
-                stable_problem = f"{kind}: {label}" if label else kind
-        unexpected = [k for k in kinds if k not in self.expected]
-        explained = not unexpected
-        ordered = unexpected + [k for k in kinds if k in self.expected]
+            off = s
+            while off < e:
+                kind, label, end, ok = self._classify(pa, vas, off)
+                end = min(e, max(end, off + 1))
+                labels = kinds.setdefault(kind, [])
+                if label and label not in labels:
+                    labels.append(label)
+                if not ok:
+                    bad_idx = np.nonzero(suspect[off:end])[0]
+                    if bad_idx.size:
+                        unexplained.append((off + int(bad_idx[0]), int(bad_idx.size), kind, label))
+                off = end
+        bad_kinds = list(dict.fromkeys(k for _o, _n, k, _l in unexplained))
+        ordered = bad_kinds + [k for k in kinds if k not in bad_kinds]
         text = "; ".join(f"{k}: {', '.join(kinds[k][:4])}" if kinds[k] else k for k in ordered)
         reason = ""
-        if "thread-stack" in unexpected:
+        if "thread-stack" in bad_kinds and "thread-stack" not in self.expected:
             reason = (
                 "the stack of a thread other than the one that panicked: no other thread ran after the dump"
             )
         return Attribution(
             ordered[0] if ordered else "unattributed",
             text,
-            explained,
+            not unexplained,
             first,
             nbytes,
             va,
             reason=reason,
             kinds=kinds,
-            stable_problem=stable_problem,
+            unexplained=unexplained,
+            consistent_bytes=consistent,
         )
-
-    def _in_scalar(self, vas: list[int], start: int, end: int) -> bool:
-        """Whether bytes [start, end) of the page lie inside one variable of at most
-        `FLIP_BACK_MAX_SIZE` bytes (by the kernel's symbol table): only such a value can have been set
-        while dumping and restored after it; arrays, structures and unnamed bytes cannot."""
-        if self.symbols is None:
-            return False
-        for va in vas:
-            sym = self.symbols.symbol_at(va + start)
-            if sym is not None and 0 < sym.size <= FLIP_BACK_MAX_SIZE and va + end <= sym.start + sym.size:
-                return True
-        return False
 
 
 def _level(t: TablePage) -> str:

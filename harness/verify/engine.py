@@ -516,33 +516,51 @@ def verify_dump(
         attr.ranges += _thread_stack_ranges(vmcore, symbols, flow)
         attr.pa_ranges = [VaRange(a, a + n, "dump-device-io", label) for a, n, label in io_ranges or ()]
         attr.pa_ranges += _pa_ranges(vmcore, [r for r in special if r.kind in ("msgbuf", "pcpu")])
+    if symbols is None and cmp.differing:
+        report.notes.append(
+            "attribution is coarse: no kernel symbol table, so .data/.bss bytes cannot be told from other "
+            "memory; only the message buffer, stacks, page tables and device I/O ranges explain a difference"
+        )
     for pa in cmp.differing:
         dumped = vmcore.read_phys(pa, PAGE_SIZE)
         lv = live.view(pa, PAGE_SIZE)
-        a = attr.attribute(pa, dumped, lv)
-        explained, reason = a.explained, a.reason
+        bv = None
         if before_mem is not None:
-            try:
-                changed = not np.array_equal(before_mem.view(pa, PAGE_SIZE), lv)
-            except LiveMemoryError:
-                changed = False
-            if changed:
-                explained = True
+            with contextlib.suppress(LiveMemoryError):
+                bv = before_mem.view(pa, PAGE_SIZE)
+        a = attr.attribute(pa, dumped, lv, bv)
+        explained, reason = a.explained, a.reason
+        if bv is not None:
+            changed = not np.array_equal(bv, lv)
+            if changed and explained:
                 reason = (
                     "changed while the dump was written"
                     if flow == "ddb"
                     else "changed between the live image taken right before the panic trigger and the held "
                     "kernel (panic flow: no stop between the panic and the dump)"
                 )
+            elif changed:
+                reason = (
+                    "changed while the dump was written, yet the dump holds bytes equal to neither the "
+                    "before nor the after image outside memory the dump code writes"
+                )
             elif not explained:
                 reason = "page was stable during the dump, yet the dump differs"
-            elif (why := a.unexplained_if_stable()) is not None:
-                explained = False
-                reason = f"page was stable during the dump, yet the dump differs ({why})"
             else:
-                reason = "same before and after the dump (a value set only while dumping, e.g. `dumping`)"
+                reason = "same before and after the dump: differs only in memory the dump code and ddb write"
         report.differences.append(
-            Difference(pa, a.text, a.kind, a.first_offset, a.differing_bytes, explained, reason, a.va)
+            Difference(
+                pa,
+                a.text,
+                a.kind,
+                a.first_offset,
+                a.differing_bytes,
+                explained,
+                reason,
+                a.va,
+                unexplained=[_unexplained_entry(pa, a.va, *u) for u in a.unexplained[:16]],
+                consistent_bytes=a.consistent_bytes,
+            )
         )
     report.pages_differing_explained = sum(1 for d in report.differences if d.explained)
     report.pages_differing_unexplained = len(report.differences) - report.pages_differing_explained
@@ -555,6 +573,17 @@ def verify_dump(
     report.timings["verify"] = round(time.monotonic() - t0, 3)
     report.decide()
     return report
+
+
+def _unexplained_entry(pa: int, va: int | None, off: int, n: int, kind: str, label: str) -> dict[str, Any]:
+    """One run of bytes no rule explains, for the report: where, how many, what memory it is."""
+    return {
+        "address": f"{pa + off:#x}",
+        "va": f"{va + off:#x}" if va is not None else None,
+        "offset": off,
+        "bytes": n,
+        "what": f"{kind}: {label}" if label else kind,
+    }
 
 
 def _describe_va(symbols: KernelSymbols | None, va: int) -> str:

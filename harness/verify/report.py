@@ -24,6 +24,10 @@ class Difference:
     explained: bool
     reason: str = ""
     va: int | None = None
+    #: runs of bytes no rule explains (the first 16): address, va, page offset, bytes, what (kind: symbol+off)
+    unexplained: list[dict[str, Any]] = field(default_factory=list)
+    #: differing bytes the dump holds in their before-image state (caught before they changed)
+    consistent_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

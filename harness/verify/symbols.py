@@ -104,6 +104,11 @@ class KernelSymbols:
                 best = s
         return best
 
+    def next_symbol_start(self, va: int) -> int | None:
+        """Start of the first symbol above ``va`` (where an unnamed gap ends)."""
+        i = bisect.bisect_right(self._starts, va)
+        return self._starts[i] if i < len(self._starts) else None
+
     def section_at(self, va: int) -> Section | None:
         """The allocated section holding ``va``; else the section of a sized symbol covering it."""
         for sec in self.sections:

@@ -96,8 +96,17 @@ def test_changed_kernel_data_byte_is_detected_and_attributed(mini, mini_live):
     (d,) = r.differences
     assert d.address == pa & ~0xFFF and d.first_differing_offset == (pa & 0xFFF) + 0  # 100 -> 1000: byte 0
     assert d.kind == "kernel-data" and "hz" in d.attribution
-    assert d.explained  # .data/.bss is an expected-volatile kind when no pre-dump image exists
-    assert r.passed
+    # `hz` is no variable the dump code or ddb writes: even with no pre-dump image the dump is wrong there
+    assert not d.explained and not r.passed
+    assert d.unexplained == [
+        {
+            "address": f"{pa:#x}",
+            "va": f"{mini.symbol('hz'):#x}",
+            "offset": pa & 0xFFF,
+            "bytes": 2,
+            "what": "kernel-data: hz",
+        }
+    ]
 
 
 def _unmapped_dumped_page(mini, path, root) -> int:
@@ -123,10 +132,11 @@ def test_pre_dump_image_excuses_only_pages_that_changed_while_dumping(mini, mini
         r = _verify(mini, path, pml4_pa=root, before=b)
     assert not r.passed and r.pages_differing_unexplained == 1
     assert r.differences[0].kind == "unattributed" and "stable" in r.differences[0].reason
-    poke(before, pa + 0x20, b"\xcd")  # it changed while the dump was being written
+    poke(before, pa + 0x20, mini.read_phys(pa + 0x20, 1))  # it changed while the dump was being written
     with LiveMemory.from_raw_file(before) as b:
         r = _verify(mini, path, pml4_pa=root, before=b)
     assert r.passed and r.differences[0].reason == "changed while the dump was written"
+    assert r.differences[0].consistent_bytes == 1  # the dump holds the byte's value from before
 
 
 def test_changed_rodata_byte_fails(mini, mini_live):
@@ -239,9 +249,8 @@ def test_report_round_trip_and_no_overwrite(full, full_live, tmp_path):
         r.write(out)
 
 
-def test_stable_scalar_that_differs_may_have_flipped_back(mini, mini_live, tmp_path):
-    """A 4-byte variable the same before and after the dump may differ in the dump: a value set while
-    dumping and restored afterwards (`dumping`: ``dumping++`` ... ``dumping--``) looks exactly so."""
+def test_corrupted_byte_in_a_stable_bss_variable_fails(mini, mini_live, tmp_path):
+    """`hz` the same before and after the dump, another value in the dump: no dump code writes `hz`."""
     path, root = mini_live
     pa = mini.translate(mini.symbol("hz"))
     poke(path, pa, struct.pack("<i", 7))
@@ -249,28 +258,85 @@ def test_stable_scalar_that_differs_may_have_flipped_back(mini, mini_live, tmp_p
     before.write_bytes(path.read_bytes())
     with LiveMemory.from_raw_file(before) as b:
         r = _verify(mini, path, pml4_pa=root, before=b)
-    assert r.passed
+    assert not r.passed and r.pages_differing_unexplained == 1
     (d,) = r.differences
-    assert d.kind == "kernel-data" and d.explained and "same before and after" in d.reason
+    assert d.kind == "kernel-data" and not d.explained
+    assert d.reason == "page was stable during the dump, yet the dump differs"
+    assert [(u["offset"], u["bytes"], u["what"]) for u in d.unexplained] == [
+        (pa & 0xFFF, 1, "kernel-data: hz")
+    ]
 
 
-def test_stable_array_that_differs_is_a_wrong_dump(mini, mini_live, tmp_path):
-    """64 bytes inside a large .bss array (`stoppcbs`), the same before and after the dump, yet different in
-    the dump: no value set while dumping and restored looks like that, so the dump is wrong."""
+def test_changed_bytes_inside_dump_state_variables_pass(mini, mini_live, tmp_path):
+    """`dumppcb` (savectx while dumping) and `dumptid` are written by the dump code: a dump may hold values
+    there that live memory does not show before or after; a byte next to them in `hz` still fails."""
     path, root = mini_live
-    va = mini.symbol("stoppcbs") + 0x3000 + 0x400
-    pa = mini.translate(va)
-    old = mini.read_phys(pa, 64)
-    poke(path, pa, bytes(b ^ 0xA5 for b in old))
+    pcb = mini.translate(mini.symbol("dumppcb"))
+    tid = mini.translate(mini.symbol("dumptid"))
+    poke(path, pcb + 0x40, b"\x11\x22\x33")
+    poke(path, tid, b"\x07")
     before = tmp_path / "before.raw"
     before.write_bytes(path.read_bytes())
     with LiveMemory.from_raw_file(before) as b:
         r = _verify(mini, path, pml4_pa=root, before=b)
-    assert not r.passed and r.pages_differing_unexplained == 1
-    (d,) = r.differences
-    assert d.kind == "kernel-data" and not d.explained
-    assert d.reason.startswith(
-        "page was stable during the dump, yet the dump differs (kernel-data: stoppcbs+"
+    assert r.passed, r.summary()
+    assert all(d.explained and d.kind == "kernel-data" and not d.unexplained for d in r.differences)
+    assert {d.reason for d in r.differences} == {
+        "same before and after the dump: differs only in memory the dump code and ddb write"
+    }
+
+
+def test_third_value_in_a_page_that_changed_fails_outside_dump_state(mini, mini_live, tmp_path):
+    """The page changed while dumping (`dumptid` set), but `hz` holds a value it had neither before nor
+    after: the dump is wrong at `hz`; the same page with `hz` equal to its before-value passes."""
+    path, root = mini_live
+    tid = mini.translate(mini.symbol("dumptid"))
+    hz = mini.translate(mini.symbol("hz"))
+    before = tmp_path / "before.raw"
+    before.write_bytes(path.read_bytes())
+    poke(before, tid, b"\x05")  # changed while dumping: the dump holds a mid-dump value
+    poke(path, tid, b"\x09")
+    poke(before, hz, struct.pack("<i", 1000))  # hz: before 1000, after 250, dump 100 (a third value)
+    poke(path, hz, struct.pack("<i", 250))
+    with LiveMemory.from_raw_file(before) as b:
+        r = _verify(mini, path, pml4_pa=root, before=b)
+    assert not r.passed
+    bad = [d for d in r.differences if not d.explained]
+    assert [d.address for d in bad] == [hz & ~0xFFF]
+    assert bad[0].reason.startswith("changed while the dump was written, yet the dump holds bytes equal to")
+    assert [(u["offset"], u["what"]) for u in bad[0].unexplained] == [(hz & 0xFFF, "kernel-data: hz")]
+    poke(before, hz, mini.read_phys(hz, 4))  # the dump caught hz's before-value: consistent
+    with LiveMemory.from_raw_file(before) as b:
+        r = _verify(mini, path, pml4_pa=root, before=b)
+    assert r.passed, r.summary()
+
+
+def test_volatile_variables_are_decided_byte_by_byte():
+    """Unit check of the byte rule on a made-up page: `dumping`/`dumper` may differ, a neighbour may not."""
+    from harness.verify.attribution import Attributor
+    from harness.verify.symbols import KernelSymbols, Section, Symbol
+
+    base = 0xFFFFFFFF81000000
+    syms = KernelSymbols(
+        [
+            Symbol("dumping", base + 0x10, 4, "data"),
+            Symbol("dumper", base + 0x20, 0x60, "data"),
+            Symbol("hz", base + 0x80, 4, "data"),
+        ],
+        [Section(".bss", base, 0x1000, "data")],
     )
-    # without a before image the same difference is an expected kind (nothing tells it from a change)
-    assert _verify(mini, path, pml4_pa=root).passed
+    attr = Attributor(symbols=syms, pa_to_vas={0x5000: [base]})
+    live = np.zeros(PAGE_SIZE, dtype=np.uint8)
+    dumped = bytearray(PAGE_SIZE)
+    dumped[0x10] = 1  # dumping == 1 while dumping
+    dumped[0x48:0x50] = b"\xff" * 8  # dumper.dumpoff mid-dump
+    a = attr.attribute(0x5000, bytes(dumped), live, live.copy())
+    assert a.explained and a.kinds == {"kernel-data": ["dumping", "dumper+0x28"]}
+    dumped[0x7F:0x86] = b"\x01\x02\x03\x04\x05\x06\x07"  # dumper's last byte, all of hz, 2 unnamed
+    a = attr.attribute(0x5000, bytes(dumped), live, live.copy())
+    assert not a.explained and a.kind == "kernel-data"
+    assert a.unexplained == [(0x80, 4, "kernel-data", "hz"), (0x84, 2, "kernel-data", ".bss+0x84")]
+    before = live.copy()
+    before[0x80:0x86] = dumped[0x80:0x86]  # the dump holds the before-values: consistent
+    a = attr.attribute(0x5000, bytes(dumped), live, before)
+    assert a.explained and a.consistent_bytes == 6

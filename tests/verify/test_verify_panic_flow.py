@@ -119,7 +119,11 @@ def test_before_trigger_image_excuses_only_what_changed_after_it(mini, mini_live
         r = _verify(mini, path, pml4_pa=root, flow="panic", before=b)
     assert not r.passed and r.differences[0].reason == "page was stable during the dump, yet the dump differs"
     old = mini.read_phys(pa, 1)
-    poke(before, pa, bytes([old[0] ^ 0xFF]))  # it changed after the image before the trigger
+    poke(before, pa, bytes([old[0] ^ 0xFF]))  # changed after the trigger, but the dump holds a third value
+    with LiveMemory.from_raw_file(before) as b:
+        r = _verify(mini, path, pml4_pa=root, flow="panic", before=b)
+    assert not r.passed and r.differences[0].unexplained[0]["what"].startswith("thread-stack: tid")
+    poke(before, pa, old)  # the dump holds the byte's value from before the trigger: caught before it changed
     with LiveMemory.from_raw_file(before) as b:
         r = _verify(mini, path, pml4_pa=root, flow="panic", before=b)
     assert r.passed and r.differences[0].reason.startswith(
