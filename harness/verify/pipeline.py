@@ -309,10 +309,11 @@ def _run_guest(
             after_path = run_dir / "live-after.raw"
             after = guest.memory_image(after_path)
             cr3 = _cr3(guest)
-            io_ranges: list[tuple[int, int, str]] = []
-            if choice.flow.value == "panic":  # no before image: name the dump device's I/O state instead
-                io_ranges, io_note = virtio_blk_io_ranges(guest, after)
-                crash.notes.append(io_note)
+            # the dump device's own I/O state (rings, request header/status: FreeBSD's vtblk sets the
+            # status byte to -1 before each request, so a dumped copy can hold a value neither live image
+            # shows), named from QEMU in both flows
+            io_ranges, io_note = virtio_blk_io_ranges(guest, after)
+            crash.notes.append(io_note)
 
             step = "extract"
             t = time.monotonic()
