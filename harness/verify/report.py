@@ -142,7 +142,9 @@ class VerificationReport:
             )
             + (f", not in live image {self.pages_not_in_live_image}" if self.pages_not_in_live_image else ""),
         ]
-        for d in self.differences[:8]:
+        # the failures first: a summary that hides the one bad page behind "... more" helps nobody
+        shown = sorted(self.differences, key=lambda x: x.explained)[:8]
+        for d in shown:
             mark = "ok " if d.explained else "BAD"
             lines.append(
                 f"  {mark} {d.address:#014x} +{d.first_differing_offset:#05x} ({d.differing_bytes} B) "

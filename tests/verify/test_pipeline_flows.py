@@ -247,3 +247,14 @@ def test_images_boot_prepared_with_ssh_forwarded(monkeypatch, tmp_path):
         assert src.kernel is None and src.kenv is None and isinstance(src.prepared, PreparedStandIn)
     assert asked[0][0] == "14.3" and asked[0][1]["offline"] is True
     assert said[0] == "preparing 14.3 for the harness (cached after the first time)"
+
+
+def test_summary_shows_the_bad_page_even_after_many_good_ones():
+    from harness.verify.report import Difference, VerificationReport
+
+    r = VerificationReport(pages_compared=20, pages_identical=10)
+    r.differences = [Difference(0x1000 * i, "msgbuf", "msgbuf", 0, 1, True) for i in range(9)]
+    r.differences.append(Difference(0x99000, "unattributed", "unattributed", 0x10, 3, False, "wrong"))
+    lines = r.summary().splitlines()
+    assert any(line.startswith("  BAD 0x000000099000 +0x010 (3 B) unattributed - wrong") for line in lines)
+    assert "  ... 2 more differing pages in the JSON report" in lines
