@@ -240,7 +240,8 @@ class Attributor:
         With ``before`` (the page in a live image taken before the dump), a dumped byte equal to its
         before-value is consistent: the dump caught it before it changed. Every other differing byte must
         lie in memory the dump code or ddb writes while dumping (an expected kind; for .data/.bss a
-        variable named in `VOLATILE_DATA_SYMBOLS`); the rest is listed in ``unexplained``."""
+        variable named in `VOLATILE_DATA_SYMBOLS`), or - memory no symbol or range names, with a before
+        image - be a byte that changed between before and after; the rest is listed in ``unexplained``."""
         d = np.frombuffer(dumped, dtype=np.uint8)
         spans = differing_spans(d, live)
         first = spans[0][0] if spans else 0
@@ -297,7 +298,12 @@ class Attributor:
                 if label and label not in labels:
                     labels.append(label)
                 if not ok:
-                    bad_idx = np.nonzero(suspect[off:end])[0]
+                    bad = suspect[off:end]
+                    if kind == "unattributed" and before is not None:
+                        # memory no symbol names (heap: the disk driver's softc, its virtqueue bookkeeping)
+                        # may hold a mid-dump value only where it changed between before and after
+                        bad = bad & (before[off:end] == live[off:end])
+                    bad_idx = np.nonzero(bad)[0]
                     if bad_idx.size:
                         unexplained.append((off + int(bad_idx[0]), int(bad_idx.size), kind, label))
                 off = end
