@@ -137,6 +137,16 @@ def test_pre_dump_image_excuses_only_pages_that_changed_while_dumping(mini, mini
         r = _verify(mini, path, pml4_pa=root, before=b)
     assert r.passed and r.differences[0].reason == "changed while the dump was written"
     assert r.differences[0].consistent_bytes == 1  # the dump holds the byte's value from before
+    poke(before, pa + 0x20, b"\xcd")  # before 0xcd, after 0xab, dump another value: a mid-dump value in
+    with LiveMemory.from_raw_file(before) as b:  # memory nobody names (a driver's heap) that changed
+        r = _verify(mini, path, pml4_pa=root, before=b)
+    assert r.passed and r.differences[0].consistent_bytes == 0
+    poke(path, pa + 0x21, b"\xee")  # ... but a stable byte next to it that differs is a wrong dump
+    poke(before, pa + 0x21, b"\xee")
+    with LiveMemory.from_raw_file(before) as b:
+        r = _verify(mini, path, pml4_pa=root, before=b)
+    assert not r.passed and r.differences[0].unexplained[0]["offset"] == 0x21
+    assert r.differences[0].unexplained[0]["bytes"] == 1
 
 
 def test_changed_rodata_byte_fails(mini, mini_live):
