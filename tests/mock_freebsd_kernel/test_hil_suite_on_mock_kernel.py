@@ -1,0 +1,49 @@
+"""The `hil` tests themselves, run against the MockFreeBSDKernel (a stand-in, NOT FreeBSD).
+
+In the default run every `hil` test skips (no FreeBSD here), so nothing would notice a broken fixture,
+matrix cell or plugin path until a user ran `tox -e hil`. Here a child pytest runs the HIL suite with
+`--fbsd-kernel <mock>`: the bare-kernel cells must pass, the cells a bare kernel cannot run (shell,
+swap, compression) must skip with their reason, and none may fail.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from mock_freebsd_kernel import build_mock_freebsd_kernel
+
+ROOT = Path(__file__).resolve().parents[2]
+HIL_TESTS = ["tests/hil", "tests/freebsd/test_hil.py", "tests/images/test_images_hil.py"]
+
+
+@pytest.mark.vm
+def test_hil_suite_passes_on_the_mock_kernel(tmp_path):
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc (Debian package gcc)")
+    kernel = build_mock_freebsd_kernel()
+    junit = tmp_path / "hil.xml"
+    env = dict(os.environ)
+    env.pop("PYTEST_ADDOPTS", None)  # CI's --junitxml belongs to the outer run
+    cmd = [
+        sys.executable, "-m", "pytest", "-q", "-m", "hil", "-p", "no:cacheprovider",
+        "--fbsd-kernel", str(kernel), "--fbsd-memory", "128",
+        "--fbsd-artifacts", str(tmp_path / "artifacts"), f"--junitxml={junit}", *HIL_TESTS,
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    tail = (proc.stdout + proc.stderr)[-4000:]
+    assert proc.returncode == 0, f"child pytest exited {proc.returncode}:\n{tail}"
+    suite = ET.parse(junit).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    tests, skipped = int(suite.get("tests")), int(suite.get("skipped"))
+    failed = int(suite.get("failures")) + int(suite.get("errors"))
+    assert failed == 0, tail
+    # the NMI/BREAK/ALT-break mini and full dump cells and the ddb session tests really ran
+    assert tests - skipped >= 8, f"only {tests - skipped} of {tests} hil tests ran:\n{tail}"
+    reasons = [s.get("message", "") for s in suite.iter("skipped")]
+    assert all(r.strip() for r in reasons), "every skipped cell says why"
