@@ -50,3 +50,13 @@ def test_ddb_session_on_booted_guest(fbsd_ddb):
     regs = fbsd_ddb.show_registers()
     assert "rip" in regs
     assert fbsd_ddb.x("hz", "lx")[0] in (100, 1000)
+
+
+def test_panic_flow_dump_verifies(fbsd_repro):
+    """The panic flow on any kernel (`--flow panic`): the kernel writes its own dump on panic and is held at
+    "Press a key"; a kernel with ddb stops in ddb on the panic and is continued. Verified all the same."""
+    outcome = fbsd_repro(flow="panic")
+    report = outcome.report
+    assert report.flow == outcome.flow == "panic"
+    assert any(n.startswith("panic flow (") for n in report.notes), report.notes
+    assert report.passed, report.summary()
