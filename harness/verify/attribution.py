@@ -16,9 +16,12 @@ code themselves write while every CPU sits stopped in the debugger:
 
 Everything else is unexpected: kernel text or read-only data (``kernel-text``, ``kernel-rodata``), any
 other page-table change (``page-table``), and memory nobody can name (``unattributed``).
-When a live image taken *before* the dump exists, a differing page that changed while the dump was
-written (before != after) is explained whatever its kind: the dump code and the disk driver touch
-memory nobody can name from outside (virtio rings, request structures).
+
+Decisions are made byte by byte (`Attributor.attribute`): ``kernel-data`` covers only the variables of
+`VOLATILE_DATA_SYMBOLS`/`VOLATILE_DATA_PREFIXES`, not all of .data/.bss. With a live image taken *before*
+the dump, a dumped byte equal to its before-value is consistent (caught before it changed), and memory
+nobody can name (heap: the disk driver's softc and virtqueue bookkeeping) may hold a third value only at
+bytes that changed between before and after.
 
 The panic flow (kernels without ddb: panic -> the kernel's own dump -> held at "Press a key on the
 console to reboot", `harness.freebsd.panicdump`) has no stop before the dump, hence no "before" image,

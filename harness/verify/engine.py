@@ -423,11 +423,12 @@ def verify_dump(
 ) -> VerificationReport:
     """Verify ``vmcore`` (a `reader.Vmcore` or anything with the same page interface) against ``live``.
 
-    ``before`` is an optional live image taken in ddb right before `dump`: with it, a page that changed
-    while the dump was written is explained whatever it holds (virtio rings, heap the dump code used);
-    a page that did not change must still be of an expected-volatile kind (``dumping`` is set only
-    while the dump runs, so its page can differ and be the same before and after). ``pml4_pa`` overrides the
-    page-table root; ``strict`` also fails on mapped pages the kernel chose not to dump;
+    ``before`` is an optional live image taken in ddb right before `dump`. Every differing byte is
+    decided on its own (`harness.verify.attribution.Attributor.attribute`): a dumped byte equal to its
+    before-value is consistent; any other must lie in memory the dump code or ddb writes (named
+    variables such as ``dumping``/``dumper``, msgbuf, stacks, per-CPU data, page-table bits, device I/O)
+    or, in memory no symbol names (driver heap), have changed between before and after. ``pml4_pa``
+    overrides the page-table root; ``strict`` also fails on mapped pages the kernel chose not to dump;
     ``ddb_values``/``ddb_registers`` are what ddb printed (`x/gx`, `show registers`).
     ``flow`` is how the dump was made: "ddb" (ddb's `dump`, every CPU stopped in ddb) or "panic" (the
     kernel's own dump on panic, held at "Press a key"; no before image, no ddb values): it selects the
