@@ -111,6 +111,8 @@ def expected_kinds(flow: str) -> frozenset[str]:
         raise ValueError(f"unknown dump flow {flow!r}: expected one of {sorted(EXPECTED_BY_FLOW)}") from None
 
 PAGE_BYTES = 4096
+#: label of the message buffer's text range (`struct msgbuf` itself is labelled "struct msgbuf")
+MSGBUF_TEXT = "msgbuf"
 
 #: how far around a saved stack pointer a page counts as that thread's stack (FreeBSD amd64
 #: KSTACK_PAGES is 4 by default, more with some options; ddb runs below the saved pointer)
@@ -297,6 +299,10 @@ class Attributor:
             while off < e:
                 kind, label, end, ok = self._classify(pa, vas, off)
                 end = min(e, max(end, off + 1))
+                if kind == "msgbuf" and label == MSGBUF_TEXT and before is not None:
+                    # message text is appended once per byte: the dump holds its before- or after-value
+                    # (only `struct msgbuf`'s indices and checksum take values in between)
+                    ok = False
                 labels = kinds.setdefault(kind, [])
                 if label and label not in labels:
                     labels.append(label)

@@ -350,3 +350,31 @@ def test_volatile_variables_are_decided_byte_by_byte():
     before[0x80:0x86] = dumped[0x80:0x86]  # the dump holds the before-values: consistent
     a = attr.attribute(0x5000, bytes(dumped), live, before)
     assert a.explained and a.consistent_bytes == 6
+
+
+def test_message_text_must_hold_its_before_or_after_value():
+    """Message-buffer text is appended once per byte while dumping: the dump may hold a byte's before- or
+    after-value, never a third; `struct msgbuf`'s write index may hold any value in between. (The LLDB
+    fixture kernel has no `msgbufp` symbol, so the ranges are given as the engine builds them.)"""
+    from harness.verify.attribution import Attributor, VaRange
+
+    base = 0xFFFFF80000000000 + 0x9000  # a direct-map page holding the header, then text
+    attr = Attributor(
+        pa_to_vas={0x9000: [base]},
+        ranges=[
+            VaRange(base, base + 128, "msgbuf", "struct msgbuf"),
+            VaRange(base + 128, base + 4096, "msgbuf", "msgbuf"),
+        ],
+    )
+    before = np.zeros(PAGE_SIZE, dtype=np.uint8)
+    live = before.copy()
+    live[16] = 0x40  # msg_wseq after the dump
+    live[0x200] = ord("D")  # "Dumping ..." appended
+    dumped = bytearray(before.tobytes())
+    dumped[16] = 0x30  # the index mid-dump: a third value, allowed in struct msgbuf
+    a = attr.attribute(0x9000, bytes(dumped), live, before)
+    assert a.explained and a.consistent_bytes == 1
+    dumped[0x200] = ord("X")  # a character the buffer never held
+    a = attr.attribute(0x9000, bytes(dumped), live, before)
+    assert not a.explained and a.unexplained == [(0x200, 1, "msgbuf", "msgbuf")]
+    assert attr.attribute(0x9000, bytes(dumped), live).explained  # no before image: text cannot be judged
