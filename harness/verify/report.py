@@ -150,6 +150,8 @@ class VerificationReport:
                 f"  {mark} {d.address:#014x} +{d.first_differing_offset:#05x} ({d.differing_bytes} B) "
                 f"{d.attribution}" + (f" - {d.reason}" if d.reason else "")
             )
+            for u in d.unexplained[:3]:  # where exactly the dump is wrong
+                lines.append(f"        wrong: {u['address']} ({u['bytes']} B) {u['what']}")
         if len(self.differences) > 8:
             lines.append(f"  ... {len(self.differences) - 8} more differing pages in the JSON report")
         for m in [m for m in self.missing if m.get("counted", True)][:5]:
