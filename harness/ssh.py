@@ -24,6 +24,8 @@ from pathlib import Path
 
 import paramiko
 
+from harness.progress import transfer_progress
+
 #: SFTP read requests kept in flight (32 KiB each): fast on a local link, bounded memory for a big vmcore
 PREFETCH_REQUESTS = 128
 
@@ -268,9 +270,12 @@ class SshSession:
         if offset > total:
             raise SshError(f"{part} ({offset} bytes) is longer than {remote} ({total} bytes); remove it")
         started = time.monotonic()
-        bar = _Progress(f"{Path(remote).name}", total, offset, enabled=progress)
         try:
-            with self.sftp.open(remote, "rb") as rf, open(part, "ab" if offset else "wb") as lf:
+            with (
+                transfer_progress(progress, Path(remote).name, total, start=offset) as bar,
+                self.sftp.open(remote, "rb") as rf,
+                open(part, "ab" if offset else "wb") as lf,
+            ):
                 rf.seek(offset)
                 rf.prefetch(total, max_concurrent_requests=PREFETCH_REQUESTS)
                 done = offset
@@ -280,7 +285,7 @@ class SshSession:
                         break
                     lf.write(chunk)
                     done += len(chunk)
-                    bar.update(done)
+                    bar(done)
                     if on_progress:
                         on_progress(done, total)
         except OSError as exc:
@@ -289,8 +294,6 @@ class SshSession:
                 f"{self.address}: download of {remote} stopped at {got} of {total} bytes ({exc}); "
                 "call fetch again to resume"
             ) from exc
-        finally:
-            bar.close()
         size = part.stat().st_size
         if size != total:
             raise SshError(f"{self.address}: {remote} is {total} bytes but {size} arrived (kept {part})")
@@ -298,39 +301,3 @@ class SshSession:
             raise FileExistsError(f"{local} appeared during the download; the data is kept in {part}")
         os.replace(part, local)
         return FetchResult(remote, local, total, time.monotonic() - started, offset)
-
-
-class _Progress:
-    """A rich progress bar, or nothing."""
-
-    def __init__(self, name: str, total: int, start: int, *, enabled: bool) -> None:
-        self._p = None
-        if not enabled:
-            return
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
-        self._p = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            transient=False,
-        )
-        self._p.start()
-        self._task = self._p.add_task(name, total=total, completed=start)
-
-    def update(self, done: int) -> None:
-        if self._p is not None:
-            self._p.update(self._task, completed=done)
-
-    def close(self) -> None:
-        if self._p is not None:
-            self._p.stop()

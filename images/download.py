@@ -13,12 +13,11 @@ import re
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
 
+from harness.progress import transfer_progress
 from images.cache import ImageCache, make_read_only
 from images.catalogue import Catalogue, CatalogueImage, load_catalogue
 from images.checksums import digest_for, sha256_file
@@ -36,34 +35,6 @@ class Transfer:
     path: Path
     size: int
     resumed_from: int
-
-
-@contextmanager
-def _progress_bar(enabled: bool, description: str, total: int | None) -> Iterator:
-    """A rich progress bar on stderr, or a no-op updater when disabled."""
-    if not enabled:
-        yield lambda completed: None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    columns = [
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    ]
-    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda completed: progress.update(task, completed=completed)
 
 
 def _open(url: str, offset: int, timeout: float, validator: str | None = None):
@@ -163,8 +134,8 @@ def download(url: str, part: Path, *, progress: bool = True, timeout: float = 60
                 validator_file.unlink(missing_ok=True)
 
         written = offset
-        with open(part, mode) as out, _progress_bar(progress, part.name.removesuffix(".part"), total) as bar:
-            bar(written)
+        name = part.name.removesuffix(".part")
+        with open(part, mode) as out, transfer_progress(progress, name, total, start=written) as bar:
             while True:
                 try:
                     block = response.read(CHUNK)
@@ -312,7 +283,7 @@ def _store_base(image: CatalogueImage, part: Path, digest: str, cache: ImageCach
     try:
         if compressed:
             total = part.stat().st_size
-            with _progress_bar(progress, f"decompress {image.filename}", total) as bar:
+            with transfer_progress(progress, f"decompress {image.filename}", total) as bar:
                 raw_size = decompress_xz(part, tmp_raw, on_progress=bar)
             source = tmp_raw
         else:
