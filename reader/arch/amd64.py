@@ -22,9 +22,6 @@ ENTRY = EntryFormat(valid_mask=PG_V, valid_value=PG_V, frame_mask=PG_FRAME, larg
 VM_MIN_KERNEL_ADDRESS = 0xFFFFFE0000000000
 
 
-def _round_page(n: int) -> int:
-    return (n + 0xFFF) & ~0xFFF
-
 
 def header_fields(version: int) -> list[tuple[str, str]]:
     fields = [("version", "I"), ("msgbufsize", "I"), ("bitmapsize", "I"),
@@ -36,12 +33,7 @@ def header_fields(version: int) -> list[tuple[str, str]]:
 
 
 def sections(hdr: dict) -> MinidumpSections:
-    return MinidumpSections(
-        msgbuf=_round_page(hdr["msgbufsize"]),
-        dump_avail=_round_page(hdr.get("dumpavailsize", 0)),
-        bitmap=_round_page(hdr["bitmapsize"]),
-        page_table=_round_page(hdr.get("pmapsize", hdr.get("ptesize", 0))),
-    )
+    return MinidumpSections.from_header(hdr, hdr.get("pmapsize", hdr.get("ptesize", 0)))
 
 
 def dmap(hdr: dict) -> DirectMap | None:

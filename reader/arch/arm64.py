@@ -15,9 +15,6 @@ L3_ENTRY = EntryFormat(valid_mask=0x3, valid_value=0x3, frame_mask=0x0003FFFFFFF
 PCB_LAYOUT_14_OSRELDATE = 1400084
 
 
-def _round_page(n: int) -> int:
-    return (n + 0xFFF) & ~0xFFF
-
 
 def header_fields(version: int) -> list[tuple[str, str]]:
     fields = [("version", "I"), ("msgbufsize", "I"), ("bitmapsize", "I"), ("pmapsize", "I"),
@@ -30,12 +27,7 @@ def header_fields(version: int) -> list[tuple[str, str]]:
 
 
 def sections(hdr: dict) -> MinidumpSections:
-    return MinidumpSections(
-        msgbuf=_round_page(hdr["msgbufsize"]),
-        dump_avail=_round_page(hdr.get("dumpavailsize", 0)),
-        bitmap=_round_page(hdr["bitmapsize"]),
-        page_table=_round_page(hdr["pmapsize"]),
-    )
+    return MinidumpSections.from_header(hdr, hdr["pmapsize"])
 
 
 def dmap(hdr: dict) -> DirectMap | None:

@@ -20,6 +20,20 @@ class MinidumpSections:
     bitmap: int
     page_table: int
 
+    @classmethod
+    def from_header(cls, hdr: dict, page_table_size: int) -> MinidumpSections:
+        """Every section is page-aligned in the file (`round_page` in each arch's minidump_machdep.c)."""
+        return cls(
+            msgbuf=_round_page(hdr["msgbufsize"]),
+            dump_avail=_round_page(hdr.get("dumpavailsize", 0)),
+            bitmap=_round_page(hdr["bitmapsize"]),
+            page_table=_round_page(page_table_size),
+        )
+
+
+def _round_page(n: int) -> int:
+    return (n + 0xFFF) & ~0xFFF
+
 
 @dataclass(frozen=True)
 class PcbLayout:

@@ -14,9 +14,6 @@ PAE_ENTRY = EntryFormat(valid_mask=0x1, valid_value=0x1, frame_mask=0x000FFFFFFF
 NOPAE_ENTRY = EntryFormat(valid_mask=0x1, valid_value=0x1, frame_mask=0xFFFFF000)
 
 
-def _round_page(n: int) -> int:
-    return (n + 0xFFF) & ~0xFFF
-
 
 def header_fields(version: int) -> list[tuple[str, str]]:
     fields = [("version", "I"), ("msgbufsize", "I"), ("bitmapsize", "I"), ("ptesize", "I"),
@@ -27,12 +24,7 @@ def header_fields(version: int) -> list[tuple[str, str]]:
 
 
 def sections(hdr: dict) -> MinidumpSections:
-    return MinidumpSections(
-        msgbuf=_round_page(hdr["msgbufsize"]),
-        dump_avail=_round_page(hdr.get("dumpavailsize", 0)),
-        bitmap=_round_page(hdr["bitmapsize"]),
-        page_table=_round_page(hdr["ptesize"]),
-    )
+    return MinidumpSections.from_header(hdr, hdr["ptesize"])
 
 
 def minidump_translator(hdr: dict, section: memoryview, read_word, read_pages):
