@@ -45,3 +45,22 @@ def lldb_fixtures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         key: _decompress_sparse(FIXTURES / name, out / name.rsplit(".", 1)[0], opener)
         for key, (name, opener) in files.items()
     }
+
+
+@pytest.fixture(scope="module")
+def mini(lldb_fixtures):
+    """The real amd64 minidump, opened with its kernel (cut short by LLDB: zero-filled tail)."""
+    import reader
+
+    with reader.open_vmcore(lldb_fixtures["mini"], kernel=lldb_fixtures["kernel"], zero_fill=True) as vm:
+        yield vm
+
+
+@pytest.fixture
+def mini_live(mini, lldb_fixtures, tmp_path):
+    """A live image derived from the minidump (path, page-table root)."""
+    from livebuild import write_live_from_minidump
+
+    live, root = write_live_from_minidump(mini, lldb_fixtures["mini"], tmp_path / "live.raw")
+    live.close()
+    return tmp_path / "live.raw", root

@@ -12,7 +12,7 @@ import struct
 
 import numpy as np
 import pytest
-from livebuild import poke, write_live_from_dump, write_live_from_minidump
+from livebuild import poke, write_live_from_dump
 
 import reader
 from harness.verify import VerificationReport, verify_dump
@@ -21,22 +21,9 @@ from harness.verify.pagetables import PG_A, PG_V
 
 
 @pytest.fixture(scope="module")
-def mini(lldb_fixtures):
-    with reader.open_vmcore(lldb_fixtures["mini"], kernel=lldb_fixtures["kernel"], zero_fill=True) as vm:
-        yield vm
-
-
-@pytest.fixture(scope="module")
 def full(lldb_fixtures):
     with reader.open_vmcore(lldb_fixtures["full"], kernel=lldb_fixtures["kernel"], zero_fill=True) as vm:
         yield vm
-
-
-@pytest.fixture
-def mini_live(mini, lldb_fixtures, tmp_path):
-    live, root = write_live_from_minidump(mini, lldb_fixtures["mini"], tmp_path / "live.raw")
-    live.close()
-    return tmp_path / "live.raw", root
 
 
 @pytest.fixture

@@ -9,25 +9,11 @@ path writes after the dump (or where it must not).
 from __future__ import annotations
 
 import pytest
-from livebuild import poke, write_live_from_minidump
+from livebuild import poke
 
-import reader
 from harness.verify import VerificationReport, verify_dump
 from harness.verify.attribution import EXPECTED_BY_FLOW, expected_kinds
 from harness.verify.live import LiveMemory
-
-
-@pytest.fixture(scope="module")
-def mini(lldb_fixtures):
-    with reader.open_vmcore(lldb_fixtures["mini"], kernel=lldb_fixtures["kernel"], zero_fill=True) as vm:
-        yield vm
-
-
-@pytest.fixture
-def mini_live(mini, lldb_fixtures, tmp_path):
-    live, root = write_live_from_minidump(mini, lldb_fixtures["mini"], tmp_path / "live.raw")
-    live.close()
-    return tmp_path / "live.raw", root
 
 
 def _verify(vm, path, **kw) -> VerificationReport:
