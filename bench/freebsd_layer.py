@@ -20,10 +20,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from harness.console import Console  # noqa: E402
 from harness.freebsd.ddb import Ddb  # noqa: E402
 from harness.freebsd.replay import RecordedTranscript, ReplayConsoleSpawn  # noqa: E402
 from harness.freebsd.stages import recognise  # noqa: E402
+from harness.vm.console import Console  # noqa: E402
 
 TRANSCRIPTS = REPO / "tests" / "data" / "transcripts" / "freebsd-12.1-amd64"
 
@@ -77,7 +77,7 @@ def recognise_rate() -> float:
 
 
 def sftp_rate(size_mib: int = 128) -> float | None:
-    from harness.ssh import SshSession
+    from harness.vm.ssh import SshSession
     from tests.ssh.sshd_server import running_sshd
 
     with tempfile.TemporaryDirectory() as tmp:

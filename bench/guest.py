@@ -19,10 +19,10 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 from linux_guest.builder import PROMPT_RE, ensure_test_guest  # noqa: E402
 from linux_guest.session import linux_spec, prompt_again, wait_ready  # noqa: E402
 
-from harness import savestate  # noqa: E402
-from harness.deadline import Deadline  # noqa: E402
-from harness.guest import Guest  # noqa: E402
-from harness.libvirt_conn import LibvirtUnavailable, connect  # noqa: E402
+from harness.util.deadline import Deadline  # noqa: E402
+from harness.vm import savestate  # noqa: E402
+from harness.vm.guest import Guest  # noqa: E402
+from harness.vm.libvirt_conn import LibvirtUnavailable, connect  # noqa: E402
 
 MiB = 1 << 20
 
@@ -84,7 +84,7 @@ def main() -> int:
 
             g.console.run("echo bench > /tmp/marker", prompt=PROMPT_RE, deadline=30)
             t = time.monotonic()
-            saved = g.save_state(work / "saved")
+            saved = savestate.save(g, work / "saved")
             figure("save running 512 MiB guest (libvirt save, in-place continue)", time.monotonic() - t, "s")
             figure("libvirt save alone", saved.saved_in, "s")
 

@@ -16,7 +16,6 @@ prints at the end of the session; each report's figures are also JUnit XML prope
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,7 +263,7 @@ def fetch_release_image(release: str, *, offline: bool) -> Path:
 @pytest.fixture
 def fbsd_artifacts(request: pytest.FixtureRequest, pytestconfig: pytest.Config):
     """Register evidence with ``.add(path)`` / ``.add_text(name, text)``; kept only if the test fails."""
-    from harness.artifacts import ArtifactCollector
+    from harness.util.artifacts import ArtifactCollector
 
     root = pytestconfig.getoption("--fbsd-artifacts")
     collector = ArtifactCollector(root, request.node.nodeid)
@@ -300,38 +299,45 @@ def fbsd_record_report(request: pytest.FixtureRequest, pytestconfig: pytest.Conf
     return record
 
 
+def run_config(target: FbsdTarget, case: HilCase, artifacts: Path, **overrides: Any):
+    """The `harness.run.ReproConfig` of one matrix cell on `target`: what `fbsd-hil repro` would run."""
+    from harness.run import ReproConfig
+
+    cfg = ReproConfig(
+        kernel=target.kernel,
+        # a release goes through images.prepare(release) (keyed by the cached download, no re-hash)
+        image=None if target.release and target.kernel is None else target.image,
+        release=target.release,
+        kenv=dict(target.kenv),
+        memory_mib=target.memory_mib,
+        accel=target.accel,
+        uri=target.uri,
+        minidump=case.minidump,
+        trigger=case.trigger,
+        compression=case.compression,
+        device=case.device,
+        artifacts=artifacts,
+        offline=target.offline,
+        keep=False,
+    )
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
 @pytest.fixture
 def fbsd_repro(fbsd_target: FbsdTarget, fbsd_artifacts, fbsd_record_report, tmp_path_factory):
     """``fbsd_repro(case=None, **overrides) -> ReproOutcome``: one full run, evidence registered."""
-    from harness.verify.pipeline import ReproConfig, ReproError, run_repro
+    from harness.run import ReproError, run_repro
 
     work = tmp_path_factory.mktemp("fbsd-hil-run")
-    os.chmod(work, 0o755)
 
     def run(case: HilCase | None = None, **overrides: Any):
         case = case or HilCase("mini", "nmi", "disk", "none")
         why = fbsd_target.unsupported(case)
         if why:
             pytest.skip(f"{case.id}: {why}")
-        cfg = ReproConfig(
-            kernel=fbsd_target.kernel,
-            # a release goes through images.prepare(release) (keyed by the cached download, no re-hash)
-            image=None if fbsd_target.release and fbsd_target.kernel is None else fbsd_target.image,
-            release=fbsd_target.release,
-            kenv=dict(fbsd_target.kenv),
-            memory_mib=fbsd_target.memory_mib,
-            accel=fbsd_target.accel,
-            uri=fbsd_target.uri,
-            minidump=case.minidump,
-            trigger=case.trigger,
-            compression=case.compression,
-            device=case.device,
-            artifacts=work,
-            offline=fbsd_target.offline,
-            keep=False,
-        )
-        for k, v in overrides.items():
-            setattr(cfg, k, v)
+        cfg = run_config(fbsd_target, case, work, **overrides)
         if fbsd_target.kernel is not None:
             fbsd_artifacts.add(fbsd_target.kernel, "kernel")
         try:
@@ -356,48 +362,25 @@ def verified_dump(fbsd_repro):
 
 @pytest.fixture
 def fbsd_guest(fbsd_target: FbsdTarget, fbsd_artifacts, tmp_path_factory, request: pytest.FixtureRequest):
-    """A booted FreeBSD guest: a bare kernel waiting for root, or an image at a root shell (``.shell``)."""
-    from harness.domain_xml import DiskImageBoot, ExtraDisk, GuestSpec, IsoBoot
-    from harness.freebsd.stages import Stage, wait_for_stage
-    from harness.guest import Guest
+    """A booted FreeBSD guest: a bare kernel waiting for root, or an image at a root shell (``.shell``).
 
-    work = tmp_path_factory.mktemp("fbsd-hil-guest")
-    os.chmod(work, 0o777)  # noqa: S103 - QEMU writes memory images here
-    disk = work / "dump-disk.raw"
-    with open(disk, "xb") as f:
-        f.truncate((fbsd_target.memory_mib + 128) << 20)
-    if fbsd_target.kernel is not None:
-        from images.grub_iso import DEFAULT_KENV, NO_ROOT_KENV, build_kernel_iso
+    Booted by the run's own source and boot steps (`harness.run`), exactly as `fbsd_repro` boots it."""
+    from harness.run import boot
+    from harness.run.context import RunContext
+    from harness.run.rundir import make_dump_disk, new_run_dir
+    from harness.run.sources import build_source
 
-        kenv = dict(DEFAULT_KENV) | dict(NO_ROOT_KENV) | {"dumpdev": "/dev/vtbd0"} | fbsd_target.kenv
-        boot: Any = IsoBoot(build_kernel_iso(fbsd_target.kernel, kenv, work / "boot.iso"))
-    else:
-        boot = DiskImageBoot(fbsd_target.image)
-    spec = GuestSpec(
-        memory_mib=fbsd_target.memory_mib,
-        accel=fbsd_target.accel,
-        boot=boot,
-        disks=(ExtraDisk(disk),),
-        uri=fbsd_target.uri,
-        on_reboot="destroy",
-    )
-    guest = Guest(spec, work, keep=False)
-    guest.start()
-    try:
-        guest.shell = None
-        if fbsd_target.kernel is not None:
-            wait_for_stage(guest.console, [Stage.ROOT_WAIT, Stage.MOUNTROOT_PROMPT], 600)
-        else:
-            from harness.freebsd.session import ConsoleShell
-
-            guest.shell = ConsoleShell(guest.console)
-            guest.shell.login(600)
-        yield guest
-    finally:
-        fbsd_artifacts.add(guest.transcript_path, "console.transcript")
-        fbsd_artifacts.add_text("domain.xml", guest.domain_xml)
-        guest.keep = fbsd_target.keep_vm and _failed(request.node)  # --keep-vm: leave it for a look
-        guest.close()
+    cfg = run_config(fbsd_target, HilCase("mini", "nmi", "disk", "none"), tmp_path_factory.mktemp("fbsd-hil"))
+    ctx = RunContext(cfg, new_run_dir(cfg.artifacts, "guest"), progress=lambda _msg: None)
+    source = build_source(ctx, make_dump_disk(ctx.dir / "dump-disk.raw", cfg.memory_mib))
+    with boot.started(ctx, source) as guest:
+        try:
+            guest.shell = boot.boot(ctx, guest, source).shell
+            yield guest
+        finally:
+            fbsd_artifacts.add(guest.transcript_path, "console.transcript")
+            fbsd_artifacts.add_text("domain.xml", guest.domain_xml)
+            guest.keep = fbsd_target.keep_vm and _failed(request.node)  # --keep-vm: leave it for a look
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
 
-from harness.progress import transfer_progress
+from harness.util.progress import transfer_progress
 from images.cache import ImageCache, make_read_only
 from images.catalogue import Catalogue, CatalogueImage, load_catalogue
 from images.checksums import digest_for, sha256_file

@@ -271,9 +271,9 @@ def _guest_spec(base: Path, dump_disk: Path, *, disk_bus: str, memory_mib: int, 
     """The preparation guest: the base (Guest puts a qcow2 overlay on it) and the raw dump disk, both
     on ``disk_bus`` so that the dump disk is the second disk of that bus (see DUMP_DEVICES)."""
     try:
-        from harness.guest import DiskImageBoot, ExtraDisk, GuestSpec
+        from harness.vm.guest import DiskImageBoot, ExtraDisk, GuestSpec
     except ImportError as exc:  # pragma: no cover - depends on the guest layer being installed
-        raise PreparationError(f"preparation needs the guest layer (harness.guest): {exc}") from exc
+        raise PreparationError(f"preparation needs the guest layer (harness.vm.guest): {exc}") from exc
     return GuestSpec(
         memory_mib=memory_mib,
         vcpus=vcpus,
@@ -338,9 +338,9 @@ def prepare(
             work = Path(tmp)
             dump_disk = work / "dump.raw"
             _qemu_img("create", "-q", "-f", "raw", str(dump_disk), "256M")
-            from harness.deadline import Deadline
             from harness.freebsd.session import ConsoleShell
-            from harness.guest import Guest
+            from harness.util.deadline import Deadline
+            from harness.vm.guest import Guest
 
             spec = _guest_spec(base, dump_disk, disk_bus=disk_bus, memory_mib=memory_mib, vcpus=vcpus,
                                accel=accel, uri=uri)

@@ -20,8 +20,8 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
-from harness.deadline import Deadline, as_deadline
 from harness.freebsd.stages import STAGE_PATTERNS, FreeBSDStageError, Stage
+from harness.util.deadline import Deadline, as_deadline
 
 PROMPT = r"(?:^|\n)db> $"
 DEFAULT_COMMAND_SECONDS = 60.0
@@ -60,7 +60,7 @@ DUMP_STALL_SECONDS = 180.0
 def expect_while_printing(console, patterns, deadline: Deadline, stall_seconds: float, what: str):
     """`console.expect(patterns, deadline)`, but give up with ConsoleTimeout once the console has been
     silent for `stall_seconds` (the thing we wait for has stopped making progress)."""
-    from harness.console import ConsoleTimeout
+    from harness.vm.console import ConsoleTimeout
 
     while True:
         step = deadline.sub(min(stall_seconds, 30.0), what)
@@ -425,7 +425,7 @@ class Ddb:
 
         Bounded twice: `deadline` (default `dump_deadline_seconds` of the guest's memory) and
         `stall_seconds` without any console output."""
-        from harness.console import ConsoleClosed, ConsoleTimeout
+        from harness.vm.console import ConsoleClosed, ConsoleTimeout
 
         seconds = dump_deadline_seconds(self.memory_mib) if deadline is None else deadline
         dl = as_deadline(seconds, "ddb dump")
@@ -463,7 +463,7 @@ class Ddb:
         Waits for "Automatic reboot in N seconds" / "Rebooting..." (or the firmware banner of the next
         boot) and parses the dump text printed on the way. Raises `DumpFailed` unless it completed.
         """
-        from harness.console import ConsoleClosed, ConsoleTimeout
+        from harness.vm.console import ConsoleClosed, ConsoleTimeout
 
         seconds = dump_deadline_seconds(self.memory_mib) if deadline is None else deadline
         dl = as_deadline(seconds, "automatic dump after panic")

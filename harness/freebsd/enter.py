@@ -23,7 +23,6 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from harness.deadline import Deadline, as_deadline
 from harness.freebsd.ddb import PROMPT, Ddb
 from harness.freebsd.kernel import kernel_facts
 from harness.freebsd.stages import (
@@ -34,6 +33,7 @@ from harness.freebsd.stages import (
     last_stage,
     recognise,
 )
+from harness.util.deadline import Deadline, as_deadline
 
 
 class DdbRoute(enum.StrEnum):
@@ -209,11 +209,11 @@ def enter_ddb(
 ) -> DdbEntry:
     """Bring the kernel into ddb by `route` and return a ready `Ddb` with how it got there.
 
-    `guest` provides ``inject_nmi()`` / ``send_break()`` (a `harness.guest.Guest`), `shell` a root shell
+    `guest` provides ``inject_nmi()`` / ``send_break()`` (a `harness.vm.guest.Guest`), `shell` a root shell
     on the guest with ``run(cmd)`` and ``start(cmd)`` (a `ConsoleShell` or an `SshSession`). With
     `set_knob` and a shell, the sysctl the route needs is set to 1 first.
     """
-    from harness.console import ConsoleTimeout
+    from harness.vm.console import ConsoleTimeout
 
     route = DdbRoute(route)
     info = ROUTES[route]

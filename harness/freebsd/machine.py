@@ -1,6 +1,6 @@
 """`FreeBSDMachine`: one FreeBSD guest driven through the whole chain, boot -> ddb -> dump -> vmcore.
 
-A thin orchestrator over a `harness.guest.Guest` (or anything with the same ``console``,
+A thin orchestrator over a `harness.vm.guest.Guest` (or anything with the same ``console``,
 ``inject_nmi()``, ``send_break()``, ``pause()``, ``ssh_port``); each step is one call and can be used
 alone, so a test can stop anywhere (e.g. stay in ddb after `dump` to read live memory, then
 `retrieve`). API:
@@ -32,7 +32,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from harness.deadline import Deadline, as_deadline
 from harness.freebsd.ddb import Ddb, DumpResult
 from harness.freebsd.dumps import GUEST_PUBLIC_KEY, DumpPlan, RetrievalMethod
 from harness.freebsd.enter import DdbEntry, DdbRoute, enter_ddb, panic_at_mountroot
@@ -41,6 +40,7 @@ from harness.freebsd.panicdump import DumpFlow, FlowChoice, panic_dump, select_f
 from harness.freebsd.retrieve import RetrievedDump, from_dump_disk, via_savecore
 from harness.freebsd.session import ConsoleShell
 from harness.freebsd.stages import TAIL_WINDOW, FreeBSDStageError, Stage, StageEvent, wait_for_stage
+from harness.util.deadline import Deadline, as_deadline
 
 
 class FreeBSDMachine:
@@ -101,7 +101,7 @@ class FreeBSDMachine:
         return self.shell
 
     def ssh(self):
-        from harness.ssh import SshSession
+        from harness.vm.ssh import SshSession
 
         if self.ssh_key is None or self.ssh_host_key is None:
             raise FreeBSDStageError("SSH needs ssh_key and the guest's pinned ssh_host_key")

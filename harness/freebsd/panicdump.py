@@ -39,7 +39,6 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from harness.deadline import Deadline, as_deadline
 from harness.freebsd.ddb import (
     DUMP_STALL_SECONDS,
     PROMPT,
@@ -54,6 +53,7 @@ from harness.freebsd.ddb import (
 from harness.freebsd.enter import ALT_BREAK_CHAR_DELAY, DdbRoute
 from harness.freebsd.kernel import KernelFacts
 from harness.freebsd.stages import STAGE_PATTERNS, FreeBSDStageError, Stage
+from harness.util.deadline import Deadline, as_deadline
 
 ALT_PANIC_SEQUENCE = "\r~\x10"  # CR ~ Ctrl-P (subr_kdb.c kdb_alt_break_state: KDB_REQ_PANIC)
 KEY = "\r"  # any key aborts the countdown / is read by cngetc(); CR is harmless everywhere
@@ -279,7 +279,7 @@ def panic_dump(
     the key press. Anything but a complete dump raises `PanicDumpError` (after the key press, so the guest
     is still there for evidence) unless `check` is False.
     """
-    from harness.console import ConsoleClosed, ConsoleTimeout
+    from harness.vm.console import ConsoleClosed, ConsoleTimeout
 
     if choice.flow != DumpFlow.PANIC or choice.method is None:
         raise ValueError(f"panic_dump needs a panic-flow choice, got {choice.flow.value}")

@@ -5,7 +5,7 @@
 recording script did and when). Removing the markers from the driver log gives back the serial log byte
 for byte (checked on load), which tells us *where* in the byte stream each action happened.
 
-`ReplayConsoleSpawn(transcript)` is a pexpect spawn double (wrap it in the real `harness.console.Console`)
+`ReplayConsoleSpawn(transcript)` is a pexpect spawn double (wrap it in the real `harness.vm.console.Console`)
 that replays those bytes and answers what is sent the way the recording shows:
 
 * output flows freely (instantly, or at the recorded pace with ``pace=1.0``) up to a *gate*;

@@ -18,7 +18,6 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from harness.deadline import Deadline, as_deadline
 from harness.freebsd.stages import (
     FAILURE_PATTERNS,
     STAGE_PATTERNS,
@@ -30,6 +29,7 @@ from harness.freebsd.stages import (
     describe_timeout,
     last_stage,
 )
+from harness.util.deadline import Deadline, as_deadline
 
 
 class LoginFailed(FreeBSDStageError):
@@ -49,7 +49,7 @@ class ConsoleShell:
     # ------------------------------------------------------------ login
     def login(self, deadline: Deadline | float = 300.0, *, user: str = "root", password: str = "") -> None:
         """Log in on the console and set up the shell; a panic on the way raises `GuestPanicked`."""
-        from harness.console import ConsoleFailure, ConsoleTimeout
+        from harness.vm.console import ConsoleFailure, ConsoleTimeout
 
         dl = as_deadline(deadline, "console login")
         with self._armed():
@@ -106,7 +106,7 @@ class ConsoleShell:
     # ------------------------------------------------------------ commands
     def run(self, command: str, deadline: Deadline | float = 120.0, *, check: bool = False):
         """Run `command`, return `CommandResult(command, output, status)`."""
-        from harness.console import ConsoleFailure
+        from harness.vm.console import ConsoleFailure
 
         if not self.logged_in:
             raise FreeBSDStageError("ConsoleShell.run before login()")

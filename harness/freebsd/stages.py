@@ -18,8 +18,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from harness.console import ConsoleClosed, ConsoleTimeout
-from harness.deadline import Deadline, as_deadline
+from harness.util.deadline import Deadline, as_deadline
+from harness.vm.console import ConsoleClosed, ConsoleTimeout
 
 
 class Stage(enum.StrEnum):
@@ -259,7 +259,7 @@ def wait_for_stage(
     panic failure patterns are not armed. Running out of time raises `StageTimeout` (a
     `ConsoleTimeout`) naming the last stage seen; with `guest`, its QEMU log tail is added.
     """
-    from harness.console import ConsoleFailure
+    from harness.vm.console import ConsoleFailure
 
     targets = list(targets)
     if not targets:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.console import Console
 from harness.freebsd.replay import RecordedTranscript, ReplayConsoleSpawn
+from harness.vm.console import Console
 from tests.ssh.sshd_server import sshd  # noqa: F401 - pytest fixture
 
 TRANSCRIPTS = Path(__file__).resolve().parents[1] / "data" / "transcripts" / "freebsd-12.1-amd64"

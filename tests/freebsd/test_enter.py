@@ -7,7 +7,6 @@ import time
 
 import pytest
 
-from harness.console import CommandResult
 from harness.freebsd.enter import (
     ALT_BREAK_SEQUENCE,
     ROUTES,
@@ -19,6 +18,7 @@ from harness.freebsd.enter import (
     panic_at_mountroot,
 )
 from harness.freebsd.stages import Stage, wait_for_stage
+from harness.vm.console import CommandResult
 
 
 def test_nmi_in_the_waiting_state(replay):

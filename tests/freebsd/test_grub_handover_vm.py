@@ -16,8 +16,8 @@ pytestmark = pytest.mark.vm
 
 
 def test_silent_kernel_after_grub_on_a_real_guest(tmp_path):
-    from harness.guest import ExtraDisk, Guest, GuestSpec, IsoBoot
-    from harness.libvirt_conn import LibvirtUnavailable, connect, default_uri
+    from harness.vm.guest import ExtraDisk, Guest, GuestSpec, IsoBoot
+    from harness.vm.libvirt_conn import LibvirtUnavailable, connect, default_uri
     from images.grub_iso import build_kernel_iso
     from tests.images.images_tiny_kernel import build_tiny_kernel
 

@@ -13,7 +13,7 @@ from tests.dumpwriter.minidump import Mapping, write_amd64_minidump
 
 
 class ReplayGuest:
-    """Stands in for harness.guest.Guest around a replayed console: NMI goes to the replay, pause()
+    """Stands in for harness.vm.guest.Guest around a replayed console: NMI goes to the replay, pause()
     is recorded (a real Guest pauses the domain before the host reads the dump disk)."""
 
     def __init__(self, console, spawn):
@@ -68,7 +68,7 @@ def test_wait_for_answers_the_loader_countdown(tmp_path):
     """A stand-in loader (local sh) that waits for Enter at its countdown before 'booting' to login."""
     import pexpect
 
-    from harness.console import Console
+    from harness.vm.console import Console
 
     script = (
         'echo "Consoles: serial port"; '

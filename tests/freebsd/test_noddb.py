@@ -12,7 +12,6 @@ import time
 
 import pytest
 
-from harness.console import ConsoleTimeout
 from harness.freebsd.ddb import Ddb, DumpFailed
 from harness.freebsd.kernel import kernel_facts
 from harness.freebsd.machine import FreeBSDMachine
@@ -32,6 +31,7 @@ from harness.freebsd.stages import (
     recognise,
     wait_for_stage,
 )
+from harness.vm.console import ConsoleTimeout
 from tests.data.transcripts import make_edited
 from tests.freebsd.conftest import ALL_RUNS, TRANSCRIPTS, load
 
@@ -48,7 +48,7 @@ def in_memory(name: str, serial: bytes, markers: list[tuple[int, str]] = ()) -> 
 
 
 class ReplayGuest:
-    """Stands in for harness.guest.Guest around a replayed console (NMI/BREAK go to the replay)."""
+    """Stands in for harness.vm.guest.Guest around a replayed console (NMI/BREAK go to the replay)."""
 
     def __init__(self, console, spawn, log: str = "") -> None:
         self.console, self.spawn, self.log = console, spawn, log

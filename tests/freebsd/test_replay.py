@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from harness.console import ConsoleClosed, ConsoleTimeout
 from harness.freebsd.replay import ALT_BREAK, RecordedTranscript, ReplayMismatch
+from harness.vm.console import ConsoleClosed, ConsoleTimeout
 from tests.freebsd.conftest import ALL_RUNS, TRANSCRIPTS, load
 
 

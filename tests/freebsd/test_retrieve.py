@@ -16,7 +16,7 @@ from harness.freebsd.retrieve import (
     payload_kind,
     via_savecore,
 )
-from harness.ssh import SshSession
+from harness.vm.ssh import SshSession
 from tests.dumpwriter import containers as cw
 from tests.dumpwriter.minidump import Mapping, write_amd64_minidump
 

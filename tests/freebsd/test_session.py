@@ -7,9 +7,9 @@ from __future__ import annotations
 import pexpect
 import pytest
 
-from harness.console import Console
 from harness.freebsd.session import ConsoleShell, LoginFailed
 from harness.freebsd.stages import GuestPanicked
+from harness.vm.console import Console
 
 FAKE_GETTY = (
     'printf "\\r\\nFreeBSD/amd64 (fbsd-hil) (ttyu0)\\r\\n\\r\\nlogin: "; read user; '

@@ -13,15 +13,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ -> `linux
 from linux_guest.builder import PROMPT_RE, ensure_test_guest  # noqa: E402
 from linux_guest.session import linux_spec, prompt_again, wait_ready  # noqa: E402
 
-from harness.guest import Guest  # noqa: E402
+from harness.vm.guest import Guest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def libvirt_uri() -> str:
     """libvirtd must answer; start it (as root) like `fbsd-hil doctor --fix` would, else skip."""
-    from harness import doctor
-    from harness.libvirt_conn import LibvirtUnavailable, connect, default_uri
-    from harness.reaper import reap
+    from harness.vm import doctor
+    from harness.vm.libvirt_conn import LibvirtUnavailable, connect, default_uri
+    from harness.vm.reaper import reap
 
     uri = default_uri()
     try:
@@ -64,8 +64,10 @@ def booted_guest(libvirt_uri, linux_guest_files, guest_workdir):
 @pytest.fixture(scope="session")
 def saved_ready(booted_guest, guest_workdir):
     """The booted guest's saved state: tests that break their guest restore a private one from it."""
+    from harness.vm import savestate
+
     booted_guest.console.run("echo saved-state-marker > /tmp/marker", prompt=PROMPT_RE, deadline=30)
-    saved = booted_guest.save_state(guest_workdir / "saved-ready")
+    saved = savestate.save(booted_guest, guest_workdir / "saved-ready")
     prompt_again(booted_guest)
     return saved
 
@@ -73,7 +75,7 @@ def saved_ready(booted_guest, guest_workdir):
 @pytest.fixture
 def fresh_guest(saved_ready, guest_workdir):
     """A private guest restored from the saved ready state (seconds, not a boot)."""
-    from harness import savestate
+    from harness.vm import savestate
 
     with savestate.restore(saved_ready, guest_workdir) as guest:
         prompt_again(guest)

@@ -16,14 +16,14 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from harness.console import (
+from harness.util.deadline import Deadline
+from harness.vm.console import (
     CommandFailed,
     Console,
     ConsoleClosed,
     ConsoleFailure,
     ConsoleTimeout,
 )
-from harness.deadline import Deadline
 
 
 class PtyGuest:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import accel, doctor
+from harness.vm import accel, doctor
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,8 +32,8 @@ def test_doctor_imports_with_the_standard_library_only():
     code = (
         "import sys\n"
         "before = set(sys.modules)\n"
-        "import argparse, harness.doctor, harness.doctor_cli, harness.accel\n"
-        "harness.doctor_cli.register(argparse.ArgumentParser().add_subparsers())\n"
+        "import argparse, harness.vm.doctor, harness.cli.doctor, harness.vm.accel\n"
+        "harness.cli.doctor.register(argparse.ArgumentParser().add_subparsers())\n"
         "extra = {m.split('.')[0] for m in set(sys.modules) - before}\n"
         "bad = sorted(m for m in extra if m not in sys.stdlib_module_names and m != 'harness')\n"
         "print(bad)\n"
@@ -142,14 +142,14 @@ def test_fix_and_stop_round_trip_as_ci_runs_it(tmp_path):
 
 
 def test_ensure_local_libvirt_leaves_remote_uris_alone():
-    from harness.doctor import ensure_local_libvirt
+    from harness.vm.doctor import ensure_local_libvirt
 
     assert ensure_local_libvirt("qemu+ssh://nobody@host.invalid/system") is None
 
 
 @pytest.mark.vm
 def test_ensure_local_libvirt_does_nothing_when_libvirt_answers():
-    from harness.doctor import ensure_local_libvirt, libvirt_answers
+    from harness.vm.doctor import ensure_local_libvirt, libvirt_answers
 
     assert libvirt_answers("qemu:///system")
     assert ensure_local_libvirt("qemu:///system") is None

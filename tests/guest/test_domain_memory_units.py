@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import reaper
-from harness.domain_xml import (
+from harness.vm import reaper
+from harness.vm.domain_xml import (
     OWNER_NS,
     DiskImageBoot,
     ExtraDisk,
@@ -24,8 +24,8 @@ from harness.domain_xml import (
     UserNetwork,
     build_domain_xml,
 )
-from harness.memory import GiB, MemoryRangeError, PhysicalMemoryImage, ram_ranges
-from harness.savestate import SAVE_HEADER, SAVE_MAGIC, _copy_state_with_xml
+from harness.vm.memory import GiB, MemoryRangeError, PhysicalMemoryImage, ram_ranges
+from harness.vm.savestate import SAVE_HEADER, SAVE_MAGIC, _copy_state_with_xml
 
 MiB = 1 << 20
 

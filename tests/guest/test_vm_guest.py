@@ -21,13 +21,13 @@ import pytest
 from linux_guest.builder import PROMPT_RE
 from linux_guest.session import PANIC_RE, linux_spec, prompt_again, wait_ready
 
-from harness import savestate
-from harness.console import ConsoleClosed, ConsoleFailure, ConsoleTimeout
-from harness.deadline import Deadline
-from harness.domain_xml import DiskImageBoot, ExtraDisk, GuestSpec, UserNetwork
-from harness.guest import Guest, GuestLaunchError
-from harness.libvirt_conn import connect
-from harness.reaper import REGISTRY_DIR, reap
+from harness.util.deadline import Deadline
+from harness.vm import savestate
+from harness.vm.console import ConsoleClosed, ConsoleFailure, ConsoleTimeout
+from harness.vm.domain_xml import DiskImageBoot, ExtraDisk, GuestSpec, UserNetwork
+from harness.vm.guest import Guest, GuestLaunchError
+from harness.vm.libvirt_conn import connect
+from harness.vm.reaper import REGISTRY_DIR, reap
 
 pytestmark = pytest.mark.vm
 REPO = Path(__file__).resolve().parents[2]
@@ -173,7 +173,7 @@ def test_physical_read_equals_the_guests_own_memory(booted_guest):
     # a multi-chunk read (> 4 MiB, several memoryPeek calls) lines up with single reads
     big = booted_guest.read_phys(0x100000, 9 * 1024 * 1024)
     assert big[5 * 1024 * 1024 : 5 * 1024 * 1024 + 4096] == booted_guest.read_phys(0x600000, 4096)
-    from harness.memory import MemoryRangeError
+    from harness.vm.memory import MemoryRangeError
 
     with pytest.raises(MemoryRangeError, match="not inside guest RAM"):
         booted_guest.read_phys(512 * 1024 * 1024 - 16, 32)
@@ -217,7 +217,7 @@ def test_live_memory_is_the_guests_ram_in_place(booted_guest):
 
 
 def test_live_memory_needs_shared_memory(libvirt_uri, tiny_base, tmp_path):
-    from harness.guest import GuestError
+    from harness.vm.guest import GuestError
 
     spec = GuestSpec(memory_mib=64, accel="tcg", boot=DiskImageBoot(tiny_base), uri=libvirt_uri)
     with Guest(spec, tmp_path) as g, pytest.raises(GuestError, match="shared_memory=True"):
@@ -307,8 +307,8 @@ def test_cleanup_after_exception_and_keyboard_interrupt(libvirt_uri, tiny_base, 
 KILLED_RUN = """
 import sys, time
 from pathlib import Path
-from harness.guest import Guest
-from harness.domain_xml import GuestSpec, DiskImageBoot
+from harness.vm.guest import Guest
+from harness.vm.domain_xml import GuestSpec, DiskImageBoot
 spec = GuestSpec(memory_mib=64, accel="tcg", boot=DiskImageBoot(Path(sys.argv[1])), uri=sys.argv[3])
 g = Guest(spec, sys.argv[2]).start()
 print(g.name, g.overlay, flush=True)
@@ -372,7 +372,7 @@ def test_q35_guest_with_extra_disks_and_port_forward(libvirt_uri, linux_guest_fi
                 time.sleep(0.5)
         assert got.strip() == f"hello-{tag}".encode()
 
-        saved = g.save_state(tmp_path / "saved")
+        saved = savestate.save(g, tmp_path / "saved")
         assert g.disk_paths()["vda"] == virtio_disk  # the saved guest keeps writing its own disks
         sh(g, f"echo AFTER-SAVE-{tag} | dd of=/dev/vda bs=512 seek=8 conv=fsync 2>/dev/null")
         assert virtio_disk.read_bytes()[4096:4096 + 30].startswith(f"AFTER-SAVE-{tag}".encode())
@@ -447,7 +447,7 @@ def test_console_through_virsh_stream(libvirt_uri, linux_guest_files, tmp_path):
         while g.transcript_path.read_bytes() != g.console_log.read_bytes() and time.monotonic() < deadline:
             time.sleep(0.3)
         assert g.transcript_path.read_bytes() == g.console_log.read_bytes()
-        g.save_state(tmp_path / "saved")  # the stream is re-attached to the restored domain
+        savestate.save(g, tmp_path / "saved")  # the stream is re-attached to the restored domain
         prompt_again(g)
         assert sh(g, "echo after-restore") == "after-restore\n"
 
@@ -457,8 +457,8 @@ def test_console_through_virsh_stream(libvirt_uri, linux_guest_files, tmp_path):
 def test_iso_boot(libvirt_uri, tmp_path, machine):
     """An El Torito (no emulation) CD whose boot sector prints a banner on COM1: the CD is the boot
     device, and the console sees its first bytes."""
-    from harness.accel import BOOT_BANNER, probe_boot_sector
-    from harness.domain_xml import IsoBoot
+    from harness.vm.accel import BOOT_BANNER, probe_boot_sector
+    from harness.vm.domain_xml import IsoBoot
 
     root = tmp_path / "iso"
     root.mkdir()
@@ -477,7 +477,8 @@ def test_iso_boot(libvirt_uri, tmp_path, machine):
 def test_kept_guest_survives_its_owner_and_the_reaper(libvirt_uri, tiny_base, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-c",
-         "import sys; from pathlib import Path; from harness.guest import Guest, GuestSpec, DiskImageBoot\n"
+         "import sys; from pathlib import Path\n"
+         "from harness.vm.guest import Guest, GuestSpec, DiskImageBoot\n"
          f"g = Guest(GuestSpec(memory_mib=64, accel='tcg', boot=DiskImageBoot(Path({str(tiny_base)!r})),"
          f" uri={libvirt_uri!r}), {str(tmp_path)!r}, keep=True)\n"
          "with g: print(g.name, g.overlay)"],

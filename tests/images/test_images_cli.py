@@ -8,7 +8,7 @@ import shutil
 import pytest
 from images_testlib import RELEASE
 
-from harness.cli import main
+from harness.cli.main import main
 
 
 def test_list_fetch_path(server, cache_dir, image, capsys):

@@ -179,11 +179,11 @@ def test_patched_iso_hands_over_to_a_64bit_kernel_and_unpatched_triple_faults(tm
 @pytest.mark.vm
 @needs_grub
 def test_iso_boots_through_the_harness_guest_layer(tmp_path):
-    """The same ISO as a libvirt domain via harness.guest.Guest (IsoBoot + a raw dump disk, as the
+    """The same ISO as a libvirt domain via harness.vm.guest.Guest (IsoBoot + a raw dump disk, as the
     harness boots bare kernels): GRUB's output and the kernel's line arrive on the serial console."""
-    from harness.deadline import Deadline
-    from harness.guest import ExtraDisk, Guest, GuestSpec, IsoBoot
-    from harness.libvirt_conn import LibvirtUnavailable, connect, default_uri
+    from harness.util.deadline import Deadline
+    from harness.vm.guest import ExtraDisk, Guest, GuestSpec, IsoBoot
+    from harness.vm.libvirt_conn import LibvirtUnavailable, connect, default_uri
 
     try:
         connect(default_uri()).close()

@@ -29,10 +29,10 @@ def prepared(request):
 def test_prepared_guest_has_serial_dumpdev_kdb_breaks_savecore_no_ddb_scripts_and_pinned_ssh(
     prepared, request, tmp_path
 ):
-    from harness.deadline import Deadline
     from harness.freebsd.session import ConsoleShell
-    from harness.guest import DiskImageBoot, ExtraDisk, Guest, GuestSpec, UserNetwork
-    from harness.ssh import HostKeyMismatch, SshError, SshSession
+    from harness.util.deadline import Deadline
+    from harness.vm.guest import DiskImageBoot, ExtraDisk, Guest, GuestSpec, UserNetwork
+    from harness.vm.ssh import HostKeyMismatch, SshError, SshSession
 
     assert stat.S_IMODE(prepared.image.stat().st_mode) == 0o444
     assert prepared.host_key.startswith("ssh-ed25519 ")
@@ -81,9 +81,9 @@ def test_prepared_guest_has_serial_dumpdev_kdb_breaks_savecore_no_ddb_scripts_an
 def test_bare_kernel_iso_boots_a_real_freebsd_kernel_to_the_root_wait(request, tmp_path):
     """`--fbsd-kernel PATH`: the GRUB ISO (patched relocator) hands over to a real FreeBSD kernel,
     which comes up on the serial console with our kenv and waits for the root device we named."""
-    from harness.deadline import Deadline
     from harness.freebsd.stages import Stage, wait_for_stage
-    from harness.guest import ExtraDisk, Guest, GuestSpec, IsoBoot
+    from harness.util.deadline import Deadline
+    from harness.vm.guest import ExtraDisk, Guest, GuestSpec, IsoBoot
     from images.grub_iso import build_kernel_iso
 
     kernel = request.config.getoption("--fbsd-kernel")

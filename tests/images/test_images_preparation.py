@@ -94,10 +94,10 @@ def test_recipe_commands_do_what_they_say_and_are_idempotent(tmp_path):
 
 
 def test_recipe_runs_through_console_shell_on_a_real_pty(tmp_path):
-    """The same steps through harness.console.Console + harness.freebsd ConsoleShell, with a tiny
+    """The same steps through harness.vm.console.Console + harness.freebsd ConsoleShell, with a tiny
     getty stand-in (prints `login: `, then execs an interactive sh) on a local pty."""
-    from harness.console import Console
     from harness.freebsd.session import ConsoleShell
+    from harness.vm.console import Console
 
     root = scratch_root(tmp_path)
     getty = "printf 'login: '; read user; exec /bin/sh -i"
@@ -164,8 +164,8 @@ def test_prepared_image_record_round_trips_and_pins_the_host_key(tmp_path):
 
 
 def test_preparation_guest_spec_is_valid_for_the_guest_layer(tmp_path):
-    """The spec prepare() hands to harness.guest.Guest passes its validation and builds domain XML."""
-    from harness.domain_xml import build_domain_xml
+    """The spec prepare() hands to harness.vm.guest.Guest passes its validation and builds domain XML."""
+    from harness.vm.domain_xml import build_domain_xml
     from images.preparation import _guest_spec
 
     base = tmp_path / "base.qcow2"

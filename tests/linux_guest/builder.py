@@ -25,7 +25,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.accel import TEST_KERNEL_DIR
+from harness.vm.accel import TEST_KERNEL_DIR
 
 #: printed by /init when the shell is about to start
 READY_BANNER = "FBSDHIL-LINUX-READY"

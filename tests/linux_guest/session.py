@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from harness.deadline import Deadline
-from harness.domain_xml import GuestSpec, KernelBoot
-from harness.guest import Guest
+from harness.util.deadline import Deadline
+from harness.vm.domain_xml import GuestSpec, KernelBoot
+from harness.vm.guest import Guest
 
 from .builder import PROMPT_RE, READY_BANNER, TestGuestFiles
 

@@ -67,7 +67,7 @@ def test_build_is_cached_by_source_hash(mock_kernel, tmp_path):
 
 
 def _libvirt_or_skip() -> None:
-    from harness.libvirt_conn import LibvirtUnavailable, connect, default_uri
+    from harness.vm.libvirt_conn import LibvirtUnavailable, connect, default_uri
 
     try:
         connect(default_uri()).close()

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from harness.ssh import HostKeyMismatch, SshError, SshSession, fingerprint, load_public_key
+from harness.vm.ssh import HostKeyMismatch, SshError, SshSession, fingerprint, load_public_key
 
 
 def session(sshd, pinned=None, **kw) -> SshSession:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.console_cli import ConsoleAttachError, relay, serial_pty
+from harness.cli.console import ConsoleAttachError, relay, serial_pty
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -71,7 +71,7 @@ def test_repro_on_a_kernel_that_never_waits_for_root_fails_with_evidence(tmp_pat
     sys.path.insert(0, str(REPO / "tests" / "images"))
     from images_tiny_kernel import MARKER, build_tiny_kernel
 
-    from harness.libvirt_conn import LibvirtUnavailable, connect
+    from harness.vm.libvirt_conn import LibvirtUnavailable, connect
 
     try:
         connect().close()

@@ -29,8 +29,8 @@ pytestmark = pytest.mark.vm
 
 @pytest.fixture(scope="module")
 def paused_linux_guest(tmp_path_factory):
-    from harness.guest import Guest
-    from harness.libvirt_conn import LibvirtUnavailable, connect
+    from harness.vm.guest import Guest
+    from harness.vm.libvirt_conn import LibvirtUnavailable, connect
 
     try:
         connect().close()

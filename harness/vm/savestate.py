@@ -29,9 +29,9 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.domain_xml import OWNER_NS, QEMU_NS, GuestSpec
-from harness.libvirt_conn import import_libvirt
-from harness.reaper import current_owner, write_registry
+from harness.vm.domain_xml import OWNER_NS, QEMU_NS, GuestSpec
+from harness.vm.libvirt_conn import import_libvirt
+from harness.vm.reaper import current_owner, write_registry
 
 ET.register_namespace("qemu", QEMU_NS)
 ET.register_namespace("fbh", OWNER_NS)
@@ -62,9 +62,11 @@ class SavedState:
             with open(path, "rb") as f:
                 saved = pickle.load(f)
         except (OSError, pickle.UnpicklingError, EOFError) as exc:
-            raise ValueError(f"{path}: not a saved guest state written by harness.savestate: {exc}") from exc
+            raise ValueError(
+                f"{path}: not a saved guest state written by harness.vm.savestate: {exc}"
+            ) from exc
         if not isinstance(saved, cls):
-            raise ValueError(f"{path}: not a saved guest state written by harness.savestate")
+            raise ValueError(f"{path}: not a saved guest state written by harness.vm.savestate")
         return saved
 
 
@@ -158,7 +160,7 @@ def save(guest, dest: Path) -> SavedState:
 
 def restore(saved: SavedState, workdir: str | os.PathLike[str], *, keep: bool = False, conn=None):
     """A new running `Guest` started from `saved` (paused restore, console attached, then resumed)."""
-    from harness.guest import Guest
+    from harness.vm.guest import Guest
 
     guest = Guest(saved.spec, workdir, keep=keep, conn=conn)
     try:
@@ -171,7 +173,7 @@ def restore(saved: SavedState, workdir: str | os.PathLike[str], *, keep: bool = 
 
 
 def _restore_into(guest, saved: SavedState, *, same_guest: bool) -> None:
-    from harness import guest as guest_mod
+    from harness.vm import guest as guest_mod
 
     libvirt = import_libvirt()
     guest_mod._live_guests.add(guest)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import paramiko
 
-from harness.progress import transfer_progress
+from harness.util.progress import transfer_progress
 
 #: SFTP read requests kept in flight (32 KiB each): fast on a local link, bounded memory for a big vmcore
 PREFETCH_REQUESTS = 128

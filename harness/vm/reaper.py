@@ -19,8 +19,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.accel import CACHE_DIR
-from harness.domain_xml import OWNER_NS, Owner
+from harness.vm.accel import CACHE_DIR
+from harness.vm.domain_xml import OWNER_NS, Owner
 
 REGISTRY_DIR = CACHE_DIR / "guests"
 
@@ -112,7 +112,7 @@ def _remove_listed_files(record: dict, report: ReapReport) -> None:
 
 def reap(uri: str | None = None, *, prefix: str = "fbsd-hil", conn=None) -> ReapReport:
     """Destroy our dead owners' domains on `uri` and remove their registered files."""
-    from harness.libvirt_conn import connect, import_libvirt
+    from harness.vm.libvirt_conn import connect, import_libvirt
 
     libvirt = import_libvirt()
     report = ReapReport()

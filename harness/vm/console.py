@@ -36,7 +36,7 @@ from typing import IO, Any
 import pexpect
 from pexpect import fdpexpect
 
-from harness.deadline import Deadline, as_deadline
+from harness.util.deadline import Deadline, as_deadline
 
 Regex = str | re.Pattern[str]
 

@@ -79,6 +79,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto", help="QEMU accelerator")
     p.add_argument("--libvirt-uri", default=None, help="libvirt URI (default qemu:///system)")
     p.add_argument("--keep", action="store_true", help="leave the guest running in ddb afterwards")
+    p.add_argument(
+        "--keep-images",
+        action="store_true",
+        help="keep the live memory images and the dump disk of a passing run (a failing run keeps them)",
+    )
     p.add_argument("--offline", action="store_true", help="--release: use only the image cache")
     p.add_argument(
         "--boot-timeout", type=float, default=600.0, metavar="S", help="seconds to boot (default 600)"
@@ -88,7 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.verify.pipeline import ReproConfig, ReproError, run_repro
+    from harness.run import ReproConfig, ReproError, run_repro
 
     try:
         kenv = _kenv(args.kenv)
@@ -134,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         flow=None if args.flow == "auto" else args.flow,
         artifacts=args.artifacts.resolve(),
         keep=args.keep,
+        keep_images=args.keep_images,
         offline=args.offline,
         boot_seconds=args.boot_timeout,
     )
@@ -159,9 +165,7 @@ def run(args: argparse.Namespace) -> int:
     if args.report is not None:
         report.write(args.report)
     print(report.to_json() if args.json else report.summary())
-    print(
-        f"artifacts: {outcome.artifacts} (report.json, dump, console transcript, domain.xml)", file=sys.stderr
-    )
+    print(kept_summary(outcome), file=sys.stderr)
     print(f"total: {time.monotonic() - started:.1f}s", file=sys.stderr)
     if outcome.kept:
         uri = outcome.uri or "qemu:///system"
@@ -183,11 +187,24 @@ def run(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def kept_summary(outcome) -> str:
+    """Where the run's files are, what they take on disk, and what a passing run removed."""
+    from harness.run.rundir import human_size
+
+    kept = outcome.kept_files
+    lines = [f"artifacts: {outcome.artifacts} ({human_size(sum(kept.values()))} kept)"]
+    lines += [f"  {name}  {human_size(size)}" for name, size in sorted(kept.items())]
+    if outcome.removed_files:
+        gone = ", ".join(f"{name} {human_size(size)}" for name, size in sorted(outcome.removed_files.items()))
+        lines.append(f"  removed after the pass (--keep-images keeps them): {gone}")
+    return "\n".join(lines)
+
+
 def _ensure_libvirt(uri: str | None) -> int | None:
     """Start a local libvirtd if nobody did (as `doctor --fix` would); 2 with the reason if that fails."""
     import contextlib
 
-    from harness.doctor import ensure_local_libvirt
+    from harness.vm.doctor import ensure_local_libvirt
 
     with contextlib.redirect_stdout(sys.stderr):
         report = ensure_local_libvirt(uri)

@@ -40,7 +40,7 @@ def serial_pty(domain_xml: str) -> str:
 
 
 def domain_pty(name: str, uri: str | None) -> str:
-    from harness.libvirt_conn import connect
+    from harness.vm.libvirt_conn import connect
 
     conn = connect(uri)
     try:

@@ -4,7 +4,7 @@ Two methods because they trade differently (figures: ``bench/guest.py``):
 - ``memoryPeek`` goes through libvirt, at most 4 MiB per call (~170 MB/s): fine for a page or a
   symbol, and it needs no file permissions.
 - QMP ``pmemsave`` makes QEMU write a range straight to a file (hundreds of MB/s). QEMU runs with the
-  caller's uid (see `harness.domain_xml`), so any directory the caller can write works.
+  caller's uid (see `harness.vm.domain_xml`), so any directory the caller can write works.
 
 Physical layout: RAM is not one range on x86. Below 4 GiB QEMU leaves room for the PCI hole; the rest
 of RAM continues at 4 GiB. `ram_ranges` reproduces QEMU 7.2's split for ``pc`` (i440fx, gigabyte
@@ -70,7 +70,7 @@ def _check_inside(pa: int, size: int, ranges: list[tuple[int, int]]) -> None:
 
 def read_phys(domain: Any, pa: int, size: int, ranges: list[tuple[int, int]]) -> bytes:
     """Read [pa, pa+size) with memoryPeek in <= 4 MiB chunks (must lie inside one RAM range)."""
-    from harness.libvirt_conn import import_libvirt
+    from harness.vm.libvirt_conn import import_libvirt
 
     libvirt = import_libvirt()
     _check_inside(pa, size, ranges)

@@ -1,4 +1,4 @@
-"""`fbsd-hil doctor [--fix] [--state-file F] [--stop]` (standard library only, see harness.doctor)."""
+"""`fbsd-hil doctor [--fix] [--state-file F] [--stop]` (standard library only, see harness.vm.doctor)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from harness import doctor
+    from harness.vm import doctor
 
     if args.stop:
         if args.state_file is None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.verify.pipeline import _crash_bounds, fetch_kernel_over_ssh
+from harness.run.guest_ssh import fetch_kernel_over_ssh
+from harness.run.retrieve.savecore_sftp import crash_bounds as _crash_bounds
 from tests.ssh.sshd_server import other_host_key, sshd  # noqa: F401 - pytest fixtures
 
 

@@ -1,4 +1,4 @@
-"""The repro pipeline's FreeBSD decisions without a guest: the bare-kernel environment, the flow choice
+"""The run's FreeBSD decisions without a guest: the bare-kernel environment, the flow choice
 and the panic flow's dump step, driven by replays of EDITED copies of the real 12.1 console recordings
 (`harness.freebsd.replay`, ``tests/data/transcripts/freebsd-edited/``: no real kernel without ddb exists
 here), and the savecore-vs-host payload check on synthetic dumps.
@@ -10,17 +10,29 @@ from pathlib import Path
 
 import pytest
 
-from harness.console import Console
 from harness.freebsd.panicdump import ALT_PANIC_SEQUENCE, PANIC_FLOW_KENV, DumpFlow, PanicMethod, select_flow
 from harness.freebsd.replay import RecordedTranscript, ReplayConsoleSpawn
 from harness.freebsd.stages import Stage, wait_for_stage
-from harness.verify.pipeline import ReproConfig, bare_kernel_kenv, make_dump, same_payload
+from harness.run.boot import Booted
+from harness.run.config import ReproConfig
+from harness.run.context import RunContext
+from harness.run.dump import enter_and_dump
+from harness.run.retrieve.savecore_sftp import same_payload
+from harness.run.sources.bare_kernel import bare_kernel_kenv
+from harness.vm.console import Console
 
 TRANSCRIPTS = Path(__file__).resolve().parents[1] / "data" / "transcripts"
 
 
+def make_dump(guest, choice, *, memory_mib, run_dir, timings, progress, on_step, panic_before_image=True):
+    """The run's enter and dump steps on `guest` (what `run_repro` does between boot and after image)."""
+    cfg = ReproConfig(memory_mib=memory_mib, panic_before_image=panic_before_image)
+    ctx = RunContext(cfg, run_dir, progress, timings, on_step=on_step)
+    return enter_and_dump(ctx, Booted(guest), choice)
+
+
 class ReplayGuest:
-    """Stands in for harness.guest.Guest around a replayed console (a replay double, not a VM).
+    """Stands in for harness.vm.guest.Guest around a replayed console (a replay double, not a VM).
 
     It has no ``memory_image``: a flow that tried to take a live image would fail loudly."""
 
@@ -168,7 +180,7 @@ class _Ram:
 def test_request_buffers_never_name_the_dumped_data():
     import struct
 
-    from harness.verify.pipeline import _request_buffers
+    from harness.run.verify import _request_buffers
 
     ram = _Ram(0x10000)
     desc = [
@@ -202,7 +214,7 @@ class _Shell:
 
 def test_image_flow_uses_the_kernels_own_backend_list(replay):
     """With a shell the backends come from the kernel (sysctl), not from a banner that may have scrolled."""
-    from harness.verify.pipeline import kernel_facts_with_shell
+    from harness.run.enter import kernel_facts_with_shell
 
     console, _ = replay("freebsd-12.1-amd64", "trial-waitnmi-1")
     wait_for_stage(console, [Stage.ROOT_WAIT], 10)
@@ -222,8 +234,8 @@ def test_images_boot_prepared_with_ssh_forwarded(monkeypatch, tmp_path):
     on this machine), the dump disk on the same bus, SSH forwarded; savecore retrieval must survive the
     reboot (the domain restarts instead of going away)."""
     import images
-    from harness.domain_xml import DiskImageBoot, UserNetwork
-    from harness.verify.pipeline import _prepared_image_source
+    from harness.run.sources import SOURCES, disk_image
+    from harness.vm.domain_xml import DiskImageBoot, UserNetwork
 
     asked = []
 
@@ -240,11 +252,13 @@ def test_images_boot_prepared_with_ssh_forwarded(monkeypatch, tmp_path):
     said: list[str] = []
     for retrieve, on_reboot in (("disk", "destroy"), ("ssh", "restart")):
         cfg = ReproConfig(release="14.3", retrieve=retrieve, offline=True)
-        src = _prepared_image_source(cfg, tmp_path / "dump.raw", said.append)
+        assert SOURCES[cfg.source_kind()] is disk_image.build
+        src = disk_image.build(RunContext(cfg, tmp_path, said.append), tmp_path / "dump.raw")
         assert src.spec.boot == DiskImageBoot(image=PreparedStandIn.image, format="qcow2", bus="sata")
         assert src.spec.disks[0].bus == "sata" and src.dump_dev == "/dev/ada1"
         assert src.spec.network == UserNetwork() and src.spec.on_reboot == on_reboot
         assert src.kernel is None and src.kenv is None and isinstance(src.prepared, PreparedStandIn)
+        assert src.userland and src.dump_disk == tmp_path / "dump.raw"
     assert asked[0][0] == "14.3" and asked[0][1]["offline"] is True
     assert said[0] == "preparing 14.3 for the harness (cached after the first time)"
 

@@ -11,7 +11,7 @@ What it handles, and why:
 - virtlogd + libvirtd: started with ``--daemon`` when no init system runs them, and waited for (the
   first start takes 8-12 s while libvirt probes QEMU). What doctor started is recorded in a state file
   so ``--stop`` stops exactly those and nothing else.
-- a real KVM probe (`harness.accel`): `/dev/kvm` existing proves nothing.
+- a real KVM probe (`harness.vm.accel`): `/dev/kvm` existing proves nothing.
 - the libvirt Python binding in *this* interpreter's environment (it compiles; needs libvirt-dev,
   pkg-config, gcc, python3-dev).
 """
@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PACKAGES_FILE = Path(__file__).resolve().parent / "data" / "debian-packages.txt"
+PACKAGES_FILE = Path(__file__).resolve().parents[1] / "data" / "debian-packages.txt"
 LIBVIRT_SOCKETS = ("/run/libvirt/libvirt-sock", "/var/run/libvirt/libvirt-sock")
 #: program or file that shows a package is there, for hosts without dpkg
 PACKAGE_EVIDENCE = {
@@ -363,7 +363,7 @@ def record_started(state_file: Path, started: list[dict]) -> None:
 
 # ------------------------------------------------------------------ KVM, python binding
 def check_kvm(report: Report) -> None:
-    from harness import accel
+    from harness.vm import accel
 
     verdict = accel.probe_kvm()
     if verdict.usable:
@@ -409,12 +409,12 @@ def check_libvirt_python(report: Report, fix: bool) -> None:
 
 
 def check_leftover_guests(report: Report) -> None:
-    """Reap domains and overlays whose owning run died (SIGKILL, CI timeout); see harness.reaper."""
+    """Reap domains and overlays whose owning run died (SIGKILL, CI timeout); see harness.vm.reaper."""
     try:
         importlib.import_module("libvirt")
     except ImportError:
         return
-    from harness.reaper import reap
+    from harness.vm.reaper import reap
 
     try:
         r = reap()
@@ -459,7 +459,7 @@ def ensure_local_libvirt(uri: str | None = None) -> Report | None:
     yet (no init system starts libvirtd here). Returns None when libvirt already answers or the URI
     is remote; otherwise the report of what was checked and done (its `problems` say what is left).
     """
-    from harness.libvirt_conn import default_uri, is_local
+    from harness.vm.libvirt_conn import default_uri, is_local
 
     uri = uri or default_uri()
     if not is_local(uri) or libvirt_answers(uri):

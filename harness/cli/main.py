@@ -13,10 +13,10 @@ import sys
 
 #: (subcommand name, module providing ``register``)
 SUBCOMMAND_MODULES: list[tuple[str, str]] = [
-    ("doctor", "harness.doctor_cli"),
-    ("images", "images.cli"),
-    ("repro", "harness.repro_cli"),
-    ("console", "harness.console_cli"),
+    ("doctor", "harness.cli.doctor"),
+    ("images", "harness.cli.images"),
+    ("repro", "harness.cli.repro"),
+    ("console", "harness.cli.console"),
 ]
 
 

@@ -1,7 +1,7 @@
 """`Guest`: one transient libvirt domain built from a `GuestSpec`, with its serial console attached.
 
 Lifecycle: create a qcow2 overlay when booting a disk image (the base is only ever a read-only backing
-file), register ownership (see `harness.reaper`), ``createXML`` *paused*, open the serial pty with a
+file), register ownership (see `harness.vm.reaper`), ``createXML`` *paused*, open the serial pty with a
 `Console` (which drains it continuously into a transcript), then resume: not a byte of output is lost.
 Leaving the ``with`` block for any reason (exception, KeyboardInterrupt, interpreter exit) destroys the
 domain and removes the overlay; a run killed outright is cleaned up by the next `reap()`.
@@ -26,11 +26,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from harness import memory as memory_mod
-from harness.accel import resolve_accel
-from harness.console import Console, ConsoleClosed
-from harness.deadline import Deadline, as_deadline
-from harness.domain_xml import (
+from harness.util.deadline import Deadline, as_deadline
+from harness.vm import memory as memory_mod
+from harness.vm.accel import resolve_accel
+from harness.vm.console import Console, ConsoleClosed
+from harness.vm.domain_xml import (
     SERIAL_CHARDEV,
     DiskImageBoot,
     ExtraDisk,
@@ -42,8 +42,8 @@ from harness.domain_xml import (
     build_domain_xml,
     own_dac_label,
 )
-from harness.libvirt_conn import connect, default_uri, import_libvirt, is_local
-from harness.reaper import REGISTRY_DIR, current_owner, write_registry
+from harness.vm.libvirt_conn import connect, default_uri, import_libvirt, is_local
+from harness.vm.reaper import REGISTRY_DIR, current_owner, write_registry
 
 __all__ = [
     "DiskImageBoot",
@@ -179,7 +179,7 @@ class Guest:
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> Guest:
-        if self.domain is None:  # a restored guest (harness.savestate.restore) is already running
+        if self.domain is None:  # a restored guest (harness.vm.savestate.restore) is already running
             self.start()
         return self
 
@@ -523,13 +523,3 @@ class Guest:
         path = self.qmp("qom-get", path="/objects/pc.ram", property="mem-path")
         return memory_mod.PhysicalMemoryImage(path, memory_mod.image_layout(self.ram_ranges()))
 
-    # ------------------------------------------------------------------ saved state
-    def save_state(self, path: str | os.PathLike[str]):
-        """Save this guest's state into directory `path` and carry on running from it.
-
-        Returns a `harness.savestate.SavedState`; `harness.savestate.restore(saved, workdir)` starts new
-        guests from it in seconds.
-        """
-        from harness import savestate
-
-        return savestate.save(self, Path(path))

@@ -31,27 +31,28 @@ def _mock_kernel() -> Path:
 
 @pytest.mark.vm
 def test_virtqueue_of_the_dump_is_named_dump_device_io(tmp_path):
-    from harness.libvirt_conn import LibvirtUnavailable, connect, default_uri
+    from harness.vm.libvirt_conn import LibvirtUnavailable, connect, default_uri
 
     try:
         connect(default_uri()).close()
     except LibvirtUnavailable as exc:
         pytest.skip(f"libvirtd not reachable: {exc}")
     import reader
-    from harness.domain_xml import ExtraDisk, GuestSpec, IsoBoot
     from harness.freebsd.enter import enter_ddb
     from harness.freebsd.retrieve import from_dump_disk
     from harness.freebsd.stages import Stage, wait_for_stage
-    from harness.guest import Guest
+    from harness.run.config import ReproConfig
+    from harness.run.rundir import make_dump_disk as _make_dump_disk
+    from harness.run.sources.bare_kernel import bare_kernel_kenv
+    from harness.run.verify import virtio_blk_io_ranges
     from harness.verify.engine import verify_dump
-    from harness.verify.pipeline import ReproConfig, _make_dump_disk, bare_kernel_kenv, virtio_blk_io_ranges
+    from harness.vm.domain_xml import ExtraDisk, GuestSpec, IsoBoot
+    from harness.vm.guest import Guest
     from images.grub_iso import build_kernel_iso
 
     kernel = _mock_kernel()
-    tmp_path.chmod(0o777)
     cfg = ReproConfig(kernel=kernel, memory_mib=128)
     iso = build_kernel_iso(kernel, bare_kernel_kenv(cfg), tmp_path / "boot.iso")
-    iso.chmod(0o644)
     disk = _make_dump_disk(tmp_path / "dump.raw", cfg.memory_mib)
     spec = GuestSpec(memory_mib=128, boot=IsoBoot(iso), disks=(ExtraDisk(disk),), on_reboot="destroy")
     with Guest(spec, tmp_path) as guest:

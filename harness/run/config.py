@@ -1,0 +1,81 @@
+"""What a run is asked to do (`ReproConfig`), what it hands back (`ReproOutcome`), how it fails
+(`ReproError`: one line naming the step, plus the directory holding the evidence)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.verify.report import VerificationReport
+
+Progress = Callable[[str], None]
+
+
+class ReproError(RuntimeError):
+    """A step failed; ``evidence`` names the directory holding transcript, domain XML and logs."""
+
+    def __init__(self, message: str, *, step: str, evidence: Path | None = None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.evidence = evidence
+
+    def one_line(self) -> str:
+        first = str(self).strip().splitlines()[0] if str(self).strip() else type(self).__name__
+        where = f" (evidence: {self.evidence})" if self.evidence else ""
+        return f"{self.step}: {first}{where}"
+
+
+@dataclass
+class ReproConfig:
+    kernel: Path | None = None
+    image: Path | None = None
+    release: str | None = None
+    kenv: dict[str, str] = field(default_factory=dict)
+    memory_mib: int = 512
+    vcpus: int = 1
+    accel: str = "auto"
+    uri: str | None = None
+    minidump: bool = True
+    trigger: str = "nmi"
+    retrieve: str = "disk"  # a key of harness.run.retrieve.RETRIEVALS
+    compression: str = "none"
+    device: str = "disk"
+    artifacts: Path = field(default_factory=lambda: Path.cwd() / "fbsd-hil-artifacts")
+    keep: bool = False
+    offline: bool = False
+    boot_seconds: float = 600.0
+    #: keep the live images and the dump disk of a passing run (a failing run always keeps them)
+    keep_images: bool = False
+    flow: str | None = None  # None: from the kernel (ddb if it has the backend, else panic); "ddb" | "panic"
+    #: panic flow: a live image right before the trigger (the last stop before the kernel's own dump)
+    panic_before_image: bool = True
+
+    def source_kind(self) -> str:
+        """The key of `harness.run.sources.SOURCES` this configuration boots."""
+        if self.kernel is not None:
+            return "kernel"
+        if self.image is not None:
+            return "image"
+        return "release"
+
+    def source(self) -> str:
+        if self.kernel:
+            return f"kernel {self.kernel}"
+        if self.image:
+            return f"image {self.image}"
+        return f"release {self.release}"
+
+
+@dataclass
+class ReproOutcome:
+    report: VerificationReport
+    artifacts: Path
+    guest_name: str | None = None
+    kept: bool = False
+    uri: str | None = None
+    evidence: dict[str, str] = field(default_factory=dict)
+    flow: str = "ddb"  # "ddb": kept guest sits in ddb; "panic": at "Press a key on the console to reboot"
+    #: files left in `artifacts` (relative name -> bytes on disk) and big files removed after a pass
+    kept_files: dict[str, int] = field(default_factory=dict)
+    removed_files: dict[str, int] = field(default_factory=dict)

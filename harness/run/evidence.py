@@ -1,0 +1,89 @@
+"""Evidence: what a run leaves behind, and nothing more.
+
+A passing run keeps the report, the console transcript, the vmcore (+ info) and the kernel file; the
+live images and the dump disk (each as big as the guest's RAM) only on failure or with
+``keep_images``. A failing run keeps everything, plus the domain XML, QEMU's log tail and the console
+tail. Everything is private to the caller (`rundir.make_private`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+from typing import Any
+
+from harness.run.config import ReproOutcome
+from harness.run.context import RunContext
+from harness.run.dump import Crash
+from harness.run.retrieve import Retrieved, retrieval
+from harness.run.rundir import disk_usage, make_private, save_text
+from harness.run.verify import LiveAfter
+from harness.verify.report import VerificationReport
+
+#: the run directory's files that hold a whole guest RAM each; kept on failure or with keep_images
+BULK_FILES = ("live-before.raw", "live-after.raw", "dump-disk.raw")
+
+
+def conclude(
+    ctx: RunContext, guest: Any, report: VerificationReport, crash: Crash, live: LiveAfter, got: Retrieved
+) -> ReproOutcome:
+    """Decide and write the report, drop the bulk of a passing run, hand back the outcome."""
+    cfg = ctx.cfg
+    ctx.enter("evidence")
+    report.decide()
+    report.write(ctx.dir / "report.json")
+    for image in (crash.before, live.image):
+        with contextlib.suppress(Exception):
+            image.close()
+    removed: dict[str, int] = {}
+    if report.passed and not cfg.keep_images:
+        # a kept guest (--keep) still writes its dump disk: that one stays
+        names = [n for n in BULK_FILES if not (cfg.keep and n == "dump-disk.raw")]
+        removed = remove_bulk(ctx.dir, names)
+    make_private(ctx.dir)
+    kept = False
+    if cfg.keep:
+        if not retrieval(cfg.retrieve).REBOOTS:  # a rebooting retrieval resumed and rebooted it already
+            guest.resume()  # paused for extraction; it goes on sitting in ddb / at "Press a key"
+        kept = True
+    return ReproOutcome(
+        report,
+        ctx.dir,
+        guest.name,
+        kept,
+        cfg.uri,
+        {**got.evidence, "report": str(ctx.dir / "report.json")},
+        flow=crash.choice.flow.value,
+        kept_files=disk_usage(ctx.dir),
+        removed_files=removed,
+    )
+
+
+def remove_bulk(run_dir: Path, names: tuple[str, ...] | list[str]) -> dict[str, int]:
+    """Delete the named run files (ours: the run made them); returns what each held on disk."""
+    removed: dict[str, int] = {}
+    for name in names:
+        path = run_dir / name
+        with contextlib.suppress(OSError):
+            size = path.stat().st_blocks * 512
+            path.unlink()
+            removed[name] = size
+    return removed
+
+
+def collect_on_failure(guest: Any, run_dir: Path, exc: BaseException | None = None) -> None:
+    """Domain XML, QEMU's log tail, the console tail and transcript: what a failed run is debugged from."""
+    with contextlib.suppress(Exception):
+        save_text(run_dir / "domain.xml", guest.domain_xml)
+    with contextlib.suppress(Exception):
+        save_text(run_dir / "qemu-log-tail.txt", guest.log_tail())
+    with contextlib.suppress(Exception):
+        save_text(run_dir / "console-tail.txt", guest.console.tail(64 * 1024))
+    transcript = getattr(getattr(guest, "console", None), "transcript_path", None)
+    if transcript and Path(transcript).is_file() and Path(transcript).parent != run_dir:
+        with contextlib.suppress(OSError):
+            shutil.copy2(transcript, run_dir / "console-transcript.log")
+    tail = getattr(exc, "tail", "") or ""
+    save_text(run_dir / "console-tail.txt", tail)
+    make_private(run_dir)

@@ -1,0 +1,27 @@
+"""The dump read on the host straight from the raw dump disk (savecore semantics, the guest paused):
+needs no guest userland, so early-boot and bare-kernel dumps are retrievable."""
+
+from __future__ import annotations
+
+from harness.freebsd.retrieve import from_dump_disk
+from harness.run.boot import Booted
+from harness.run.context import RunContext
+from harness.run.dump import Crash
+from harness.run.retrieve.base import Retrieved
+
+#: the guest does not need to reboot for this retrieval
+REBOOTS = False
+
+
+def before_dump(ctx: RunContext, booted: Booted) -> None:
+    """Nothing to note: the dump disk is read as a whole."""
+
+
+def retrieve(ctx: RunContext, booted: Booted, crash: Crash) -> Retrieved:
+    ctx.enter("extract")
+    with ctx.timed("extract"):
+        got = from_dump_disk(
+            booted.source.dump_disk, ctx.dir / "crash", guest=booted.guest, kernel=booted.kernel
+        )
+    ctx.progress(f"extracted {got.vmcore} ({got.sizes.get('vmcore', 0) >> 20} MiB)")
+    return Retrieved(got.vmcore, booted.kernel, booted.kernel_source, evidence={"vmcore": str(got.vmcore)})

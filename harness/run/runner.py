@@ -1,0 +1,62 @@
+"""`run_repro`: one run, step by step (the order is the whole point of this module).
+
+    source -> boot -> enter -> dump -> capture live memory -> retrieve -> verify -> evidence
+
+Any failure becomes a `ReproError` naming the step it happened in and the run directory that holds
+the evidence; a passing or failing verification is an outcome, not an error.
+"""
+
+from __future__ import annotations
+
+import json
+
+from harness.run import boot, dump, enter, evidence, verify
+from harness.run.config import Progress, ReproConfig, ReproError, ReproOutcome
+from harness.run.context import RunContext
+from harness.run.retrieve import retrieval
+from harness.run.rundir import make_dump_disk, make_private, new_run_dir
+from harness.run.sources import GuestSource, build_source
+
+
+def run_repro(cfg: ReproConfig, progress: Progress = print) -> ReproOutcome:
+    """Run the whole chain once; raise `ReproError` (one clear line + evidence dir) on a failed step."""
+    run_dir = new_run_dir(cfg.artifacts, f"repro-{'mini' if cfg.minidump else 'full'}-{cfg.trigger}")
+    ctx = RunContext(cfg, run_dir, progress)
+    _write_config(ctx)
+    try:
+        dump_disk = make_dump_disk(run_dir / "dump-disk.raw", cfg.memory_mib)
+        source = build_source(ctx, dump_disk)
+        with boot.started(ctx, source) as guest:
+            return _run_guest(ctx, guest, source)
+    except ReproError:
+        make_private(run_dir)
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line + evidence
+        make_private(run_dir)
+        raise ReproError(f"{type(exc).__name__}: {exc}", step=ctx.step, evidence=run_dir) from exc
+
+
+def _run_guest(ctx: RunContext, guest, source: GuestSource) -> ReproOutcome:
+    try:
+        return _steps(ctx, guest, source)
+    except Exception as exc:
+        evidence.collect_on_failure(guest, ctx.dir, exc)
+        raise
+
+
+def _steps(ctx: RunContext, guest, source: GuestSource) -> ReproOutcome:
+    fetch = retrieval(ctx.cfg.retrieve)
+    booted = boot.boot(ctx, guest, source)
+    fetch.before_dump(ctx, booted)
+    choice = enter.choose_flow(ctx, booted)
+    crash = dump.enter_and_dump(ctx, booted, choice)
+    live = verify.capture_live(ctx, booted, crash)
+    got = fetch.retrieve(ctx, booted, crash)
+    report = verify.judge(ctx, crash, live, got.vmcore, got.kernel, got.kernel_source)
+    report.notes.extend(got.notes)
+    return evidence.conclude(ctx, guest, report, crash, live, got)
+
+
+def _write_config(ctx: RunContext) -> None:
+    config = {k: str(v) if hasattr(v, "__fspath__") else v for k, v in ctx.cfg.__dict__.items()}
+    (ctx.dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")

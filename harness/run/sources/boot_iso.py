@@ -1,0 +1,59 @@
+"""One GRUB ISO per kernel + kernel environment, reused by every run that boots the same pair.
+
+The ISO is a pure function of the kernel file, the kernel environment and the ISO builder
+(`images.grub_iso`), so it is cached under the user's cache directory by the sha256 of all three and
+booted from there: a run directory keeps no copy (it was ~1 GiB of ISOs over a matrix run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import images.grub_iso
+from images.cache import default_cache_dir
+
+CACHE_SUBDIR = "boot-iso"
+
+
+def iso_key(kernel: Path, kenv: Mapping[str, str]) -> str:
+    """sha256 over the kernel's bytes, the environment (sorted) and the ISO builder's own source."""
+    h = hashlib.sha256()
+    with open(kernel, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    h.update(b"\0kenv\0" + json.dumps(dict(kenv), sort_keys=True).encode())
+    h.update(b"\0builder\0" + Path(images.grub_iso.__file__).read_bytes())
+    return h.hexdigest()
+
+
+def cached_kernel_iso(
+    kernel: Path,
+    kenv: Mapping[str, str],
+    *,
+    cache_dir: Path | None = None,
+    build: Callable[..., Path] | None = None,
+) -> tuple[Path, bool]:
+    """(the ISO booting `kernel` with `kenv`, whether it was built now). Built once into a private
+    temporary name next to its final one and renamed into place, so concurrent runs never see half an
+    ISO; a racing run that built the same ISO simply replaces it with identical bytes."""
+    build = build or images.grub_iso.build_kernel_iso
+    root = (cache_dir or default_cache_dir()) / CACHE_SUBDIR
+    if not root.is_dir():
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = root / f"{iso_key(kernel, kenv)}.iso"
+    if path.is_file():
+        return path, False
+    tmp = root / f".{path.stem}.{os.getpid()}.tmp.iso"
+    try:
+        built = Path(build(kernel, dict(kenv), tmp))
+        os.chmod(built, 0o600)
+        os.replace(built, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return path, True
