@@ -140,6 +140,11 @@ class PhysicalMemoryImage:
         self.close()
 
 
+def _create_private(path: Path) -> None:
+    """An empty file only the caller can read: a RAM image holds everything the guest had in memory."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def save_image(guest: Any, path: Path, ranges: list[tuple[int, int]]) -> PhysicalMemoryImage:
     """pmemsave every RAM range of `guest` into one file at `path` (never overwrites)."""
     path = Path(path).resolve()
@@ -154,6 +159,7 @@ def save_image(guest: Any, path: Path, ranges: list[tuple[int, int]]) -> Physica
             part = path if len(ranges) == 1 else path.with_name(f"{path.name}.part{i}")
             if part.exists():
                 raise FileExistsError(f"refusing to overwrite {part}")
+            _create_private(part)  # pmemsave keeps an existing file's mode (QEMU's own would be 0664)
             parts.append(part)
             guest.qmp("pmemsave", val=pa, size=size, filename=str(part))
             got = part.stat().st_size
@@ -162,8 +168,10 @@ def save_image(guest: Any, path: Path, ranges: list[tuple[int, int]]) -> Physica
             image_ranges.append((pa, size, offset))
             offset += size
         if len(ranges) > 1:
-            with open(path, "xb") as out:
-                for part in parts:
+            _create_private(path)
+            parts.append(path)
+            with open(path, "r+b") as out:
+                for part in parts[:-1]:
                     with open(part, "rb") as src:
                         remaining = part.stat().st_size
                         while remaining:
@@ -171,8 +179,11 @@ def save_image(guest: Any, path: Path, ranges: list[tuple[int, int]]) -> Physica
                             if n == 0:
                                 raise OSError(f"short copy from {part}")
                             remaining -= n
-    finally:
-        if len(ranges) > 1:
-            for part in parts:
-                part.unlink(missing_ok=True)
+    except BaseException:
+        for created in parts:  # all made here (O_EXCL): nothing of anyone else's
+            created.unlink(missing_ok=True)
+        raise
+    if len(ranges) > 1:
+        for part in parts[:-1]:
+            part.unlink(missing_ok=True)
     return PhysicalMemoryImage(path, image_ranges)
