@@ -279,142 +279,184 @@ def panic_dump(
     the key press. Anything but a complete dump raises `PanicDumpError` (after the key press, so the guest
     is still there for evidence) unless `check` is False.
     """
-    from harness.vm.console import ConsoleClosed, ConsoleTimeout
-
     if choice.flow != DumpFlow.PANIC or choice.method is None:
         raise ValueError(f"panic_dump needs a panic-flow choice, got {choice.flow.value}")
-    started = time.monotonic()
-    notes: list[str] = [choice.describe()]
     total = as_deadline(
         dump_deadline_seconds(memory_mib) + panic_seconds if deadline is None else deadline, "panic dump"
     )
+    run = _PanicRun(console, choice, total, guest=guest, shell=shell, memory_mib=memory_mib)
     console.discard_pending()  # older text (e.g. a replayed msgbuf) must not count as this panic
     armed = list(getattr(console, "armed", {}) or {})
     suspended = console.suspended(*armed) if armed and hasattr(console, "suspended") else None
-    collected: list[str] = []
-    panic_msg: str | None = None
-
-    def fail(message: str, exc: Exception | None = None, *, tail: str | None = None) -> PanicDumpError:
-        partial = _text(*collected, console.pending() if hasattr(console, "pending") else "")
-        result = _result(partial, started, panic_msg, notes, held=False)
-        err = PanicDumpError(
-            f"{message}; last progress: {describe_progress(result)}",
-            result,
-            tail=tail if tail is not None else (getattr(exc, "tail", "") or console.tail()),
-        )
-        return err
-
-    panicked = {"panic": STAGE_PATTERNS[Stage.PANIC], "db": PROMPT}
     with suspended if suspended is not None else _nothing():
-        # 1. trigger -> panic
-        method = choice.method
-        _fire(method, console, guest=guest, shell=shell)
-        try:
-            if method == PanicMethod.NMI:
-                try:
-                    m = console.expect(panicked, total.sub(nmi_probe_seconds, "NMI -> panic"))
-                except ConsoleTimeout:
-                    ignored = re.search(_NMI_IGNORED, console.pending())
-                    notes.append(
-                        f"NMI did not panic the kernel within {nmi_probe_seconds:g} s"
-                        + (" (it printed 'going to debugger' and went on: no backend)" if ignored else "")
-                    )
-                    if choice.fallback is None:
-                        raise
-                    method = choice.fallback
-                    notes.append(f"falling back to {method.value}")
-                    console.discard_pending()
-                    _fire(method, console, guest=guest, shell=shell)
-                    m = console.expect(panicked, total.sub(panic_seconds, f"{method.value} -> panic"))
-            else:
-                m = console.expect(panicked, total.sub(panic_seconds, f"{method.value} -> panic"))
-        except (ConsoleTimeout, ConsoleClosed) as exc:
-            hint = ""
-            if method == PanicMethod.ALT_PANIC:
-                hint = " (is debug.kdb.alt_break_to_debugger=1 in the kernel environment?)"
-            raise fail(f"{method.value} did not panic the kernel{hint}", exc) from exc
-        collected.append(m.text)
-        if m.name == "panic":
-            panic_msg = m.match.group(1).strip()
-        notes.append(f"panicked via {method.value}: {panic_msg or '(ddb prompt first)'}")
+        run.trigger(panic_seconds, nmi_probe_seconds)
+        end = run.await_own_dump(stall_seconds)
+        held = run.leave_countdown(end) if end.name == "countdown" and not hold else run.hold(end)
 
-        # 2. the kernel's own dump, up to the reboot countdown / the held state
-        ends = {
+    result = run.result(held=held)
+    if check and not result.ok:
+        why = result.error or "no dump was written before the reboot countdown (no dump device: dumpdev?)"
+        raise PanicDumpError(f"automatic dump after panic failed: {why}", result, tail=console.tail())
+    return result
+
+
+class _PanicRun:
+    """One panic flow on a console: the phases of `panic_dump` and what they collected so far."""
+
+    def __init__(self, console, choice: FlowChoice, total: Deadline, *, guest, shell, memory_mib) -> None:
+        self.console, self.choice, self.total = console, choice, total
+        self.guest, self.shell, self.memory_mib = guest, shell, memory_mib
+        self.started = time.monotonic()
+        self.method: PanicMethod = choice.method
+        self.notes: list[str] = [choice.describe()]
+        self.collected: list[str] = []
+        self.panic_msg: str | None = None
+        self.ends = {
             "countdown": _COUNTDOWN,
             "held": STAGE_PATTERNS[Stage.REBOOT_WAIT],
             "rebooting": r"Rebooting\.\.\.|cpu_reset: Stopping other CPUs",
             "firmware": STAGE_PATTERNS[Stage.FIRMWARE],
             "db": PROMPT,
         }
+
+    def result(self, *, held: bool, partial: str = "") -> DumpResult:
+        return _result(_text(*self.collected, partial), self.started, self.panic_msg, self.notes, held=held)
+
+    def fail(self, message: str, exc: Exception | None = None) -> PanicDumpError:
+        console = self.console
+        result = self.result(held=False, partial=console.pending() if hasattr(console, "pending") else "")
+        return PanicDumpError(
+            f"{message}; last progress: {describe_progress(result)}",
+            result,
+            tail=getattr(exc, "tail", "") or console.tail(),
+        )
+
+    # 1. trigger -> panic
+    def trigger(self, panic_seconds: float, nmi_probe_seconds: float) -> None:
+        from harness.vm.console import ConsoleClosed, ConsoleTimeout
+
+        self.method = self.choice.method
+        _fire(self.method, self.console, guest=self.guest, shell=self.shell)
+        panicked = {"panic": STAGE_PATTERNS[Stage.PANIC], "db": PROMPT}
+        try:
+            if self.method == PanicMethod.NMI:
+                m = self._nmi_or_fallback(panicked, panic_seconds, nmi_probe_seconds)
+            else:
+                m = self.console.expect(panicked, self._budget(panic_seconds))
+        except (ConsoleTimeout, ConsoleClosed) as exc:
+            method = self.method
+            hint = ""
+            if method == PanicMethod.ALT_PANIC:
+                hint = " (is debug.kdb.alt_break_to_debugger=1 in the kernel environment?)"
+            raise self.fail(f"{method.value} did not panic the kernel{hint}", exc) from exc
+        self.collected.append(m.text)
+        if m.name == "panic":
+            self.panic_msg = m.match.group(1).strip()
+        self.notes.append(f"panicked via {self.method.value}: {self.panic_msg or '(ddb prompt first)'}")
+
+    def _nmi_or_fallback(self, panicked: dict, panic_seconds: float, nmi_probe_seconds: float):
+        """An NMI panics only kernels that panic on unclaimed NMIs: give it `nmi_probe_seconds`, then the
+        fallback method (`self.method` says which one is in play). Returns the match."""
+        from harness.vm.console import ConsoleTimeout
+
+        try:
+            return self.console.expect(panicked, self.total.sub(nmi_probe_seconds, "NMI -> panic"))
+        except ConsoleTimeout:
+            ignored = re.search(_NMI_IGNORED, self.console.pending())
+            self.notes.append(
+                f"NMI did not panic the kernel within {nmi_probe_seconds:g} s"
+                + (" (it printed 'going to debugger' and went on: no backend)" if ignored else "")
+            )
+            if self.choice.fallback is None:
+                raise
+        self.method = self.choice.fallback
+        self.notes.append(f"falling back to {self.method.value}")
+        self.console.discard_pending()
+        _fire(self.method, self.console, guest=self.guest, shell=self.shell)
+        return self.console.expect(panicked, self._budget(panic_seconds))
+
+    def _budget(self, panic_seconds: float) -> Deadline:
+        return self.total.sub(panic_seconds, f"{self.method.value} -> panic")
+
+    # 2. the kernel's own dump, up to the reboot countdown / the held state
+    def await_own_dump(self, stall_seconds: float):
+        from harness.vm.console import ConsoleClosed, ConsoleTimeout
+
         continued = 0
         while True:
             try:
-                m = expect_while_printing(console, ends, total, stall_seconds, "automatic dump after panic")
+                m = expect_while_printing(
+                    self.console, self.ends, self.total, stall_seconds, "automatic dump after panic"
+                )
             except (ConsoleTimeout, ConsoleClosed) as exc:
                 why = (
                     f"no console output for {stall_seconds:g} s"
-                    if isinstance(exc, ConsoleTimeout) and not total.expired()
-                    else f"not within {total.seconds:g} s"
+                    if isinstance(exc, ConsoleTimeout) and not self.total.expired()
+                    else f"not within {self.total.seconds:g} s"
                     if isinstance(exc, ConsoleTimeout)
                     else "the console closed"
                 )
-                raise fail(f"no reboot countdown after the panic ({why})", exc) from exc
-            collected.append(m.text)
+                raise self.fail(f"no reboot countdown after the panic ({why})", exc) from exc
+            self.collected.append(m.text)
             if m.name != "db":
                 break
             # A kernel with ddb stops in ddb on the panic (debug.debugger_on_panic=1): continue.
             if continued >= 2:
-                raise fail("the kernel keeps stopping in ddb after the panic")
+                raise self.fail("the kernel keeps stopping in ddb after the panic")
             continued += 1
-            notes.append("the kernel stopped in ddb on the panic; continuing (c) so it dumps by itself")
-            ddb = Ddb(console, memory_mib=memory_mib)
-            ddb._pager_off = True  # nothing to page: `c` prints no output
-            ddb.continue_()
-            if panic_msg is None:
-                pm = re.search(STAGE_PATTERNS[Stage.PANIC], _text(*collected))
-                panic_msg = pm.group(1).strip() if pm else None
+            self._continue_from_ddb()
+        if m.name in ("rebooting", "firmware"):
+            self._rebooted()
+        return m
 
-        held = m.name == "held"
-        if m.name == "countdown":
-            seconds = int(m.match.group(1))
-            if hold:
-                console.send(KEY)
-                notes.append(f"pressed a key during the {seconds} s reboot countdown")
-                try:
-                    k = console.expect(
-                        {"held": STAGE_PATTERNS[Stage.REBOOT_WAIT], "rebooting": ends["rebooting"],
-                         "firmware": ends["firmware"]},
-                        total.sub(max(KEY_WINDOW_SECONDS, seconds + 10.0), "key press -> held"),
-                    )
-                except (ConsoleTimeout, ConsoleClosed) as exc:
-                    raise fail(
-                        "no '--> Press a key on the console to reboot' after our key press", exc
-                    ) from exc
-                collected.append(k.text)
-                if k.name != "held":
-                    raise fail(
-                        f"the kernel rebooted before our key press aborted the {seconds} s countdown; boot "
-                        "with kenv kern.panic_reboot_wait_time=-1 so it waits for a key at once"
-                    )
-                held = True
-            else:
-                notes.append(f"not holding: the kernel reboots in {seconds} s")
-        elif m.name in ("rebooting", "firmware"):
-            result = _result(_text(*collected), started, panic_msg, notes, held=False)
-            if result.ok:
-                raise PanicDumpError(
-                    "the dump completed but the kernel rebooted at once (kern.panic_reboot_wait_time=0?): "
-                    "the dump disk is usable, live memory is gone; boot with kern.panic_reboot_wait_time=-1",
-                    result,
-                    tail=console.tail(),
-                )
-            raise fail("the kernel rebooted without writing a dump")
+    def _continue_from_ddb(self) -> None:
+        self.notes.append("the kernel stopped in ddb on the panic; continuing (c) so it dumps by itself")
+        ddb = Ddb(self.console, memory_mib=self.memory_mib)
+        ddb._pager_off = True  # nothing to page: `c` prints no output
+        ddb.continue_()
+        if self.panic_msg is None:
+            pm = re.search(STAGE_PATTERNS[Stage.PANIC], _text(*self.collected))
+            self.panic_msg = pm.group(1).strip() if pm else None
 
-    result = _result(_text(*collected), started, panic_msg, notes, held=held)
-    if check and not result.ok:
-        why = result.error or "no dump was written before the reboot countdown (no dump device: dumpdev?)"
-        raise PanicDumpError(f"automatic dump after panic failed: {why}", result, tail=console.tail())
-    return result
+    def _rebooted(self) -> None:
+        result = self.result(held=False)
+        if result.ok:
+            raise PanicDumpError(
+                "the dump completed but the kernel rebooted at once (kern.panic_reboot_wait_time=0?): "
+                "the dump disk is usable, live memory is gone; boot with kern.panic_reboot_wait_time=-1",
+                result,
+                tail=self.console.tail(),
+            )
+        raise self.fail("the kernel rebooted without writing a dump")
+
+    # 3. hold the kernel at "Press a key on the console to reboot"
+    def hold(self, end) -> bool:
+        from harness.vm.console import ConsoleClosed, ConsoleTimeout
+
+        if end.name == "held":
+            return True
+        seconds = int(end.match.group(1))
+        self.console.send(KEY)
+        self.notes.append(f"pressed a key during the {seconds} s reboot countdown")
+        try:
+            after_key = {k: self.ends[k] for k in ("held", "rebooting", "firmware")}
+            k = self.console.expect(
+                after_key,
+                self.total.sub(max(KEY_WINDOW_SECONDS, seconds + 10.0), "key press -> held"),
+            )
+        except (ConsoleTimeout, ConsoleClosed) as exc:
+            raise self.fail("no '--> Press a key on the console to reboot' after our key press", exc) from exc
+        self.collected.append(k.text)
+        if k.name != "held":
+            raise self.fail(
+                f"the kernel rebooted before our key press aborted the {seconds} s countdown; boot "
+                "with kenv kern.panic_reboot_wait_time=-1 so it waits for a key at once"
+            )
+        return True
+
+    def leave_countdown(self, end) -> bool:
+        self.notes.append(f"not holding: the kernel reboots in {int(end.match.group(1))} s")
+        return False
 
 
 def _result(text: str, started: float, panic_msg: str | None, notes: list[str], *, held: bool) -> DumpResult:
