@@ -213,14 +213,41 @@ def enter_ddb(
     on the guest with ``run(cmd)`` and ``start(cmd)`` (a `ConsoleShell` or an `SshSession`). With
     `set_knob` and a shell, the sysctl the route needs is set to 1 first.
     """
-    from harness.vm.console import ConsoleTimeout
-
     route = DdbRoute(route)
     info = ROUTES[route]
     dl = as_deadline(deadline, f"enter ddb via {route.value}")
     state = current_stage(console)
     notes: list[str] = []
     started = time.monotonic()
+    _refuse_impossible_route(console, route, state, guest=guest, shell=shell)
+    if shell is not None:
+        _check_backend(shell, notes, console)
+    if set_knob and shell is not None and info.knob and route != DdbRoute.NMI:
+        shell.run(f"sysctl {info.knob}=1", check=True)
+        notes.append(f"set {info.knob}=1")
+
+    if route in (DdbRoute.SYSCTL, DdbRoute.PANIC, DdbRoute.ALT_BREAK):
+        attempts, text = 1, _enter_by_console_or_shell(console, route, dl, shell=shell)
+    elif route == DdbRoute.BREAK:
+        attempts, text = 1, _enter_by_break(console, guest, dl, state)
+    else:
+        attempts, text = _enter_by_nmi(console, guest, dl, state, mountroot_nmi_attempts, notes)
+    parsed = _parse_entry(text)
+    return DdbEntry(
+        route=route,
+        ddb=Ddb(console, memory_mib=memory_mib),
+        attempts=attempts,
+        seconds=time.monotonic() - started,
+        state_before=state,
+        notes=notes,
+        text=text,
+        **parsed,
+    )
+
+
+def _refuse_impossible_route(console, route: DdbRoute, state: Stage | None, *, guest, shell) -> None:
+    """Refuse, before anything is sent, a route that cannot reach ddb here (one line saying why)."""
+    info = ROUTES[route]
     if state == Stage.DDB_PROMPT:
         raise DdbEntryError(f"enter ddb via {route.value}: the kernel is already at db>", tail=console.tail())
     facts = kernel_facts(console.tail(TAIL_WINDOW))
@@ -247,88 +274,85 @@ def enter_ddb(
             "(retried, 3 of 6 observed) or boot with vfs.mountroot.timeout so it waits quietly.",
             tail=console.tail(),
         )
-    if shell is not None:
-        _check_backend(shell, notes, console)
-    if set_knob and shell is not None and info.knob and route != DdbRoute.NMI:
-        shell.run(f"sysctl {info.knob}=1", check=True)
-        notes.append(f"set {info.knob}=1")
 
-    attempts = 0
-    text = ""
-    if route in (DdbRoute.SYSCTL, DdbRoute.PANIC, DdbRoute.ALT_BREAK):
-        attempts = 1
-        if route == DdbRoute.ALT_BREAK:
-            console.send(ALT_BREAK_SEQUENCE, char_delay=ALT_BREAK_CHAR_DELAY)
-        else:
-            shell.start(
-                "sysctl debug.kdb.enter=1" if route == DdbRoute.SYSCTL else "sysctl debug.kdb.panic=1"
-            )
-        try:
-            text = _wait_ddb(console, dl)
-        except ConsoleTimeout as exc:
-            need = f"{info.knob}=1" if info.knob else "securelevel <= 0 and a kernel with KDB+DDB"
-            raise DdbEntryError(
-                f"{route.value} did not reach db> within {dl.seconds:g} s (needs {need}; "
-                f"{'set/checked through the shell' if shell is not None else 'not checked: no shell'}); "
-                f"{_last_seen(exc.tail)}",
+
+def _enter_by_console_or_shell(console, route: DdbRoute, dl: Deadline, *, shell) -> str:
+    """The ALT break sequence on the console, or ``sysctl debug.kdb.enter=1`` / ``debug.kdb.panic=1``."""
+    from harness.vm.console import ConsoleTimeout
+
+    info = ROUTES[route]
+    if route == DdbRoute.ALT_BREAK:
+        console.send(ALT_BREAK_SEQUENCE, char_delay=ALT_BREAK_CHAR_DELAY)
+    else:
+        shell.start("sysctl debug.kdb.enter=1" if route == DdbRoute.SYSCTL else "sysctl debug.kdb.panic=1")
+    try:
+        return _wait_ddb(console, dl)
+    except ConsoleTimeout as exc:
+        need = f"{info.knob}=1" if info.knob else "securelevel <= 0 and a kernel with KDB+DDB"
+        raise DdbEntryError(
+            f"{route.value} did not reach db> within {dl.seconds:g} s (needs {need}; "
+            f"{'set/checked through the shell' if shell is not None else 'not checked: no shell'}); "
+            f"{_last_seen(exc.tail)}",
+            tail=exc.tail,
+        ) from exc
+
+
+def _enter_by_break(console, guest, dl: Deadline, state: Stage | None) -> str:
+    from harness.vm.console import ConsoleTimeout
+
+    guest.send_break()
+    try:
+        return _wait_ddb(
+            console, dl if state != Stage.MOUNTROOT_PROMPT else dl.sub(NMI_ATTEMPT_SECONDS * 2, "break")
+        )
+    except ConsoleTimeout as exc:
+        if state == Stage.MOUNTROOT_PROMPT:
+            raise MountrootPromptError(
+                "serial BREAK did not reach ddb while the kernel sits at the interactive mountroot> "
+                "prompt (it polls the console with the uart lock held); use route 'nmi'",
                 tail=exc.tail,
             ) from exc
-    elif route == DdbRoute.BREAK:
-        attempts = 1
-        guest.send_break()
+        raise
+
+
+def _enter_by_nmi(
+    console, guest, dl: Deadline, state: Stage | None, mountroot_nmi_attempts: int, notes: list[str]
+) -> tuple[int, str]:
+    """NMIs until db> (several only at mountroot>, where one is unreliable). Returns (attempts, text)."""
+    from harness.vm.console import ConsoleTimeout
+
+    text = ""
+    limit = max(1, mountroot_nmi_attempts) if state == Stage.MOUNTROOT_PROMPT else 1
+    if limit > 1:
+        notes.append(f"kernel at mountroot>: NMI is unreliable there, trying up to {limit} times")
+    last_exc: ConsoleTimeout | None = None
+    attempts = 0
+    for attempts in range(1, limit + 1):  # noqa: B007 - attempts is reported
+        guest.inject_nmi()
+        per_try = dl if limit == 1 else dl.sub(NMI_ATTEMPT_SECONDS, f"nmi attempt {attempts}")
         try:
-            text = _wait_ddb(
-                console, dl if state != Stage.MOUNTROOT_PROMPT else dl.sub(NMI_ATTEMPT_SECONDS * 2, "break")
-            )
+            text = _wait_ddb(console, per_try)
+            break
         except ConsoleTimeout as exc:
-            if state == Stage.MOUNTROOT_PROMPT:
-                raise MountrootPromptError(
-                    "serial BREAK did not reach ddb while the kernel sits at the interactive mountroot> "
-                    "prompt (it polls the console with the uart lock held); use route 'nmi'",
-                    tail=exc.tail,
-                ) from exc
-            raise
-    else:  # NMI
-        limit = max(1, mountroot_nmi_attempts) if state == Stage.MOUNTROOT_PROMPT else 1
-        if limit > 1:
-            notes.append(f"kernel at mountroot>: NMI is unreliable there, trying up to {limit} times")
-        last_exc: ConsoleTimeout | None = None
-        for attempts in range(1, limit + 1):  # noqa: B007 - attempts is reported
-            guest.inject_nmi()
-            per_try = dl if limit == 1 else dl.sub(NMI_ATTEMPT_SECONDS, f"nmi attempt {attempts}")
-            try:
-                text = _wait_ddb(console, per_try)
+            last_exc = exc
+            notes.append(f"NMI attempt {attempts} did not reach db> within {per_try.seconds:g} s")
+            if dl.expired():
                 break
-            except ConsoleTimeout as exc:
-                last_exc = exc
-                notes.append(f"NMI attempt {attempts} did not reach db> within {per_try.seconds:g} s")
-                if dl.expired():
-                    break
-        else:
-            raise MountrootPromptError(
-                f"{attempts} NMIs did not reach ddb while the kernel sits at the interactive "
-                "mountroot> prompt (observed 3 of 6 there: the prompt polls the console under the "
-                "uart spin lock). Boot with vfs.mountroot.timeout to wait quietly, or answer the prompt.",
-                tail=last_exc.tail if last_exc else console.tail(),
-            )
-        if not text:
-            error = MountrootPromptError if state == Stage.MOUNTROOT_PROMPT else DdbEntryError
-            raise error(
-                f"NMI did not reach ddb before the deadline ({'; '.join(notes)}); is machdep.kdb_on_nmi=1 "
-                f"and the kernel built with KDB+DDB? {_last_seen(console.tail(TAIL_WINDOW))}",
-                tail=last_exc.tail if last_exc else console.tail(),
-            )
-    parsed = _parse_entry(text)
-    return DdbEntry(
-        route=route,
-        ddb=Ddb(console, memory_mib=memory_mib),
-        attempts=attempts,
-        seconds=time.monotonic() - started,
-        state_before=state,
-        notes=notes,
-        text=text,
-        **parsed,
-    )
+    else:
+        raise MountrootPromptError(
+            f"{attempts} NMIs did not reach ddb while the kernel sits at the interactive "
+            "mountroot> prompt (observed 3 of 6 there: the prompt polls the console under the "
+            "uart spin lock). Boot with vfs.mountroot.timeout to wait quietly, or answer the prompt.",
+            tail=last_exc.tail if last_exc else console.tail(),
+        )
+    if not text:
+        error = MountrootPromptError if state == Stage.MOUNTROOT_PROMPT else DdbEntryError
+        raise error(
+            f"NMI did not reach ddb before the deadline ({'; '.join(notes)}); is machdep.kdb_on_nmi=1 "
+            f"and the kernel built with KDB+DDB? {_last_seen(console.tail(TAIL_WINDOW))}",
+            tail=last_exc.tail if last_exc else console.tail(),
+        )
+    return attempts, text
 
 
 def panic_at_mountroot(
