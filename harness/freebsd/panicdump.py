@@ -147,9 +147,26 @@ def choose_flow(
                           cannot=cannot)
 
     reason = "no ddb backend" if has_ddb is False else "panic flow requested"
+    method, fallback, cannot = _panic_method(has_ddb, trigger, has_shell=has_shell, state=state)
+    needs = _alt_panic_needs((method, fallback), has_shell=has_shell, alt_break_enabled=alt_break_enabled)
+    return FlowChoice(
+        DumpFlow.PANIC,
+        trigger,
+        method=method,
+        fallback=fallback,
+        why=f"{reason}: panic via {method.value}, the kernel writes its own dump, then we hold it at "
+        "'Press a key on the console to reboot'",
+        cannot=cannot,
+        needs=needs,
+    )
+
+
+def _panic_method(
+    has_ddb: bool | None, trigger: DdbRoute, *, has_shell: bool, state: Stage | None
+) -> tuple[PanicMethod, PanicMethod | None, list[str]]:
+    """How to panic for `trigger` in this state: (method, fallback, routes that cannot work, one line
+    each)."""
     cannot: list[str] = []
-    needs: list[str] = []
-    method: PanicMethod
     fallback: PanicMethod | None = None
     console_panic = PanicMethod.MOUNTROOT_EMPTY if state == Stage.MOUNTROOT_PROMPT else PanicMethod.ALT_PANIC
     if has_ddb is not False and trigger in (DdbRoute.NMI, DdbRoute.BREAK, DdbRoute.SYSCTL):
@@ -180,7 +197,16 @@ def choose_flow(
             pass  # CR ~ Ctrl-P instead of Ctrl-B: same knob, panics instead of entering the debugger
         elif trigger == DdbRoute.ALT_BREAK and method == PanicMethod.MOUNTROOT_EMPTY:
             cannot.append("route alt_break at mountroot>: the prompt reads the CR; answering it empty panics")
-    for m in (method, fallback):
+    return method, fallback, cannot
+
+
+def _alt_panic_needs(
+    methods: tuple[PanicMethod | None, ...], *, has_shell: bool, alt_break_enabled: bool | None
+) -> list[str]:
+    """The ALT panic sequence without a shell needs ``debug.kdb.alt_break_to_debugger=1`` at boot:
+    refuse when it is known to be off, say so when it cannot be checked."""
+    needs: list[str] = []
+    for m in methods:
         if m == PanicMethod.ALT_PANIC and not has_shell:
             if alt_break_enabled is False:
                 raise FreeBSDStageError(
@@ -191,16 +217,7 @@ def choose_flow(
             if alt_break_enabled is None:
                 needs.append("debug.kdb.alt_break_to_debugger=1 in the kernel environment (not checkable "
                              "without a shell) for CR ~ Ctrl-P")
-    return FlowChoice(
-        DumpFlow.PANIC,
-        trigger,
-        method=method,
-        fallback=fallback,
-        why=f"{reason}: panic via {method.value}, the kernel writes its own dump, then we hold it at "
-        "'Press a key on the console to reboot'",
-        cannot=cannot,
-        needs=needs,
-    )
+    return needs
 
 
 def select_flow(

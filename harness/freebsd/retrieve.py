@@ -143,6 +143,40 @@ def from_dump_disk(
 
 
 # ----------------------------------------------------------------------------- (b) savecore + SFTP
+def _new_dump_number(
+    ssh, crashdir: str, dump_device: str | None, previous_bounds: int | None, wait_seconds: float
+) -> int:
+    """N of the dump savecore wrote after ours; runs savecore itself when rc's did not."""
+    n = _latest_number(ssh, crashdir)
+    if n is not None and (previous_bounds is None or n > previous_bounds):
+        return n
+    if dump_device is None:
+        raise RetrieveError(
+            f"no new dump in {crashdir} (bounds says {n}, before the dump {previous_bounds}) and no "
+            "dump device given to run savecore on"
+        )
+    r = ssh.run(f"savecore -v {crashdir} {dump_device}", timeout=wait_seconds)
+    n = _latest_number(ssh, crashdir)
+    if n is None or (previous_bounds is not None and n <= previous_bounds):
+        raise RetrieveError(
+            f"savecore wrote no dump from {dump_device} into {crashdir} (status {r.status}):\n"
+            f"{r.stdout}{r.stderr}"
+        )
+    return n
+
+
+def _core_name(names: list[str], n: int, crashdir: str) -> str:
+    """The dump file savecore wrote as number N (plain, compressed, encrypted or a textdump)."""
+    cores = [
+        name
+        for name in names
+        if re.fullmatch(rf"(?:vmcore|vmcore_encrypted|textdump\.tar)\.{n}(?:\.gz|\.zst)?", name)
+    ]
+    if not cores:
+        raise RetrieveError(f"{crashdir} has bounds {n + 1} but no vmcore.{n}*: {sorted(names)}")
+    return sorted(cores, key=lambda c: c.startswith("vmcore_encrypted"))[0]
+
+
 def _latest_number(ssh, crashdir: str) -> int | None:
     r = ssh.run(f"cat {crashdir}/bounds 2>/dev/null")
     if r.status != 0 or not r.stdout.strip().isdigit():
@@ -172,30 +206,10 @@ def via_savecore(
     outdir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t0 = time.monotonic()
-    n = _latest_number(ssh, crashdir)
-    if n is None or (previous_bounds is not None and n <= previous_bounds):
-        if dump_device is None:
-            raise RetrieveError(
-                f"no new dump in {crashdir} (bounds says {n}, before the dump {previous_bounds}) and no "
-                "dump device given to run savecore on"
-            )
-        r = ssh.run(f"savecore -v {crashdir} {dump_device}", timeout=wait_seconds)
-        n = _latest_number(ssh, crashdir)
-        if n is None or (previous_bounds is not None and n <= previous_bounds):
-            raise RetrieveError(
-                f"savecore wrote no dump from {dump_device} into {crashdir} (status {r.status}):\n"
-                f"{r.stdout}{r.stderr}"
-            )
+    n = _new_dump_number(ssh, crashdir, dump_device, previous_bounds, wait_seconds)
     timings["savecore"] = time.monotonic() - t0
     names = ssh.listdir(crashdir)
-    cores = [
-        name
-        for name in names
-        if re.fullmatch(rf"(?:vmcore|vmcore_encrypted|textdump\.tar)\.{n}(?:\.gz|\.zst)?", name)
-    ]
-    if not cores:
-        raise RetrieveError(f"{crashdir} has bounds {n + 1} but no vmcore.{n}*: {sorted(names)}")
-    core = sorted(cores, key=lambda c: c.startswith("vmcore_encrypted"))[0]
+    core = _core_name(names, n, crashdir)
     fetched: dict[str, Path] = {}
     sizes: dict[str, int] = {}
     t = time.monotonic()
