@@ -212,21 +212,9 @@ def build_domain_xml(
     lines += [
         f"  <memory unit='MiB'>{spec.memory_mib}</memory>",
         f"  <vcpu>{spec.vcpus}</vcpu>",
-        "  <os>",
-        f"    <type arch='x86_64' machine={_q(spec.machine)}>hvm</type>",
+        *_os_xml(spec),
+        "  <features><acpi/><apic/></features>",
     ]
-    boot = spec.boot
-    if isinstance(boot, KernelBoot):
-        lines.append(f"    <kernel>{_esc(boot.kernel)}</kernel>")
-        if boot.initrd is not None:
-            lines.append(f"    <initrd>{_esc(boot.initrd)}</initrd>")
-        if boot.cmdline:
-            lines.append(f"    <cmdline>{_esc(boot.cmdline)}</cmdline>")
-    elif isinstance(boot, IsoBoot):
-        lines.append("    <boot dev='cdrom'/>")
-    else:
-        lines.append("    <boot dev='hd'/>")
-    lines += ["  </os>", "  <features><acpi/><apic/></features>"]
     if spec.cpu_model:
         lines.append(
             f"  <cpu mode='custom' match='exact'><model fallback='allow'>{spec.cpu_model}</model></cpu>"
@@ -241,7 +229,46 @@ def build_domain_xml(
         f"  <on_reboot>{spec.on_reboot}</on_reboot>",
         "  <on_crash>destroy</on_crash>",
         "  <devices>",
+        *_disks_xml(spec, boot_disk, boot_disk_format),
+        "    <serial type='pty'>",
+        f"      <log file={_q(console_log)} append='off'/>",
+        "      <target port='0'/>",
+        "    </serial>",
+        "    <console type='pty'><target type='serial' port='0'/></console>",
+        "    <controller type='usb' model='none'/>",
+        "    <memballoon model='none'/>",
+        "  </devices>",
     ]
+    if dac_label is not None:
+        lines.append(
+            f"  <seclabel type='static' model='dac' relabel='no'><label>{dac_label}</label></seclabel>"
+        )
+    lines += _qemu_commandline_xml(spec, host_port)
+    lines.append("</domain>")
+    return "\n".join(lines) + "\n"
+
+
+def _os_xml(spec: GuestSpec) -> list[str]:
+    """``<os>``: a direct kernel boot, or boot from the CD-ROM (ISO) or the first disk."""
+    lines = ["  <os>", f"    <type arch='x86_64' machine={_q(spec.machine)}>hvm</type>"]
+    boot = spec.boot
+    if isinstance(boot, KernelBoot):
+        lines.append(f"    <kernel>{_esc(boot.kernel)}</kernel>")
+        if boot.initrd is not None:
+            lines.append(f"    <initrd>{_esc(boot.initrd)}</initrd>")
+        if boot.cmdline:
+            lines.append(f"    <cmdline>{_esc(boot.cmdline)}</cmdline>")
+    elif isinstance(boot, IsoBoot):
+        lines.append("    <boot dev='cdrom'/>")
+    else:
+        lines.append("    <boot dev='hd'/>")
+    return [*lines, "  </os>"]
+
+
+def _disks_xml(spec: GuestSpec, boot_disk: Path | None, boot_disk_format: str) -> list[str]:
+    """The boot overlay first (it is the guest's first disk on its bus), the extra disks, the ISO."""
+    lines: list[str] = []
+    boot = spec.boot
     index = {"virtio": 0, "sata": 0}
     if isinstance(boot, DiskImageBoot):
         if boot_disk is None:
@@ -266,20 +293,11 @@ def build_domain_xml(
             "      <readonly/>",
             "    </disk>",
         ]
-    lines += [
-        "    <serial type='pty'>",
-        f"      <log file={_q(console_log)} append='off'/>",
-        "      <target port='0'/>",
-        "    </serial>",
-        "    <console type='pty'><target type='serial' port='0'/></console>",
-        "    <controller type='usb' model='none'/>",
-        "    <memballoon model='none'/>",
-        "  </devices>",
-    ]
-    if dac_label is not None:
-        lines.append(
-            f"  <seclabel type='static' model='dac' relabel='no'><label>{dac_label}</label></seclabel>"
-        )
+    return lines
+
+
+def _qemu_commandline_xml(spec: GuestSpec, host_port: int | None) -> list[str]:
+    """QEMU arguments libvirt has no element for: user networking with the SSH forward, extras."""
     qemu_args: list[str] = []
     if spec.network is not None:
         if host_port is None:
@@ -293,12 +311,10 @@ def build_domain_xml(
             f"{net.model},netdev=fbhnet0,bus={'pcie.0' if spec.machine == 'q35' else 'pci.0'},addr=0x1e",
         ]
     qemu_args += list(spec.extra_qemu_args)
-    if qemu_args:
-        lines.append("  <qemu:commandline>")
-        lines += [f"    <qemu:arg value={_q(a)}/>" for a in qemu_args]
-        lines.append("  </qemu:commandline>")
-    lines.append("</domain>")
-    return "\n".join(lines) + "\n"
+    if not qemu_args:
+        return []
+    args = [f"    <qemu:arg value={_q(a)}/>" for a in qemu_args]
+    return ["  <qemu:commandline>", *args, "  </qemu:commandline>"]
 
 
 def _esc(value: object) -> str:
