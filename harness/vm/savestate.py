@@ -181,6 +181,30 @@ def _restore_into(guest, saved: SavedState, *, same_guest: bool) -> None:
     xml = guest.conn.saveImageGetXMLDesc(str(saved.state_file), libvirt.VIR_DOMAIN_SAVE_IMAGE_XML_SECURE)
     root = ET.fromstring(xml)
     root.find("name").text = guest.name
+    _point_disks_at_copies(root, guest, saved, _disk_copies(guest, saved, tag, same_guest=same_guest))
+    if not same_guest and guest.spec.network is not None:
+        # the saved guest may still hold its forward port: a new guest forwards from its own port
+        guest.ssh_port = guest_mod.free_local_port()
+        for arg in root.iter(f"{{{QEMU_NS}}}arg"):
+            value = arg.get("value", "")
+            if "hostfwd=tcp:127.0.0.1:" in value:
+                new = f"hostfwd=tcp:127.0.0.1:{guest.ssh_port}-"
+                arg.set("value", re.sub(r"hostfwd=tcp:127\.0\.0\.1:\d+-", new, value))
+    guest.console_log = guest.dir / f"console-{tag}.log"
+    for log in [*root.findall("./devices/serial/log"), *root.findall("./devices/console/log")]:
+        log.set("file", str(guest.console_log))
+    guest.console_logs.append(guest.console_log)
+    _claim_ownership(root, guest)
+    _restore_domain(guest, saved, root, tag, same_guest=same_guest)
+    guest._attach_console(new=not same_guest)
+    guest.resume()
+    guest.resumed_at = time.monotonic()
+
+
+def _disk_copies(guest, saved: SavedState, tag: str, *, same_guest: bool) -> dict[str, Path]:
+    """A private overlay (or sparse copy) of each saved disk for this guest: target -> path."""
+    from harness.vm import guest as guest_mod
+
     new_paths: dict[str, Path] = {}
     for d in saved.disks:
         if same_guest and not d.boot:
@@ -195,24 +219,20 @@ def _restore_into(guest, saved: SavedState, *, same_guest: bool) -> None:
             _sparse_copy(d.frozen, path)
         guest.created_files.append(path)
         new_paths[d.target] = path
+    return new_paths
+
+
+def _point_disks_at_copies(root, guest, saved: SavedState, new_paths: dict[str, Path]) -> None:
     for disk in _file_disks(root):
         target = disk.find("target").get("dev")
         if target in new_paths:
             disk.find("source").set("file", str(new_paths[target]))
             if any(sd.target == target and sd.mode == "overlay" for sd in saved.disks):
                 disk.find("driver").set("type", "qcow2")
-    if not same_guest and guest.spec.network is not None:
-        # the saved guest may still hold its forward port: a new guest forwards from its own port
-        guest.ssh_port = guest_mod.free_local_port()
-        for arg in root.iter(f"{{{QEMU_NS}}}arg"):
-            value = arg.get("value", "")
-            if "hostfwd=tcp:127.0.0.1:" in value:
-                new = f"hostfwd=tcp:127.0.0.1:{guest.ssh_port}-"
-                arg.set("value", re.sub(r"hostfwd=tcp:127\.0\.0\.1:\d+-", new, value))
-    guest.console_log = guest.dir / f"console-{tag}.log"
-    for log in [*root.findall("./devices/serial/log"), *root.findall("./devices/console/log")]:
-        log.set("file", str(guest.console_log))
-    guest.console_logs.append(guest.console_log)
+
+
+def _claim_ownership(root, guest) -> None:
+    """This process owns the restored domain (the reaper's metadata), not the one that saved it."""
     metadata = root.find("metadata")
     if metadata is None:
         metadata = ET.SubElement(root, "metadata")
@@ -227,6 +247,13 @@ def _restore_into(guest, saved: SavedState, *, same_guest: bool) -> None:
         "proc-start": owner.proc_start,
     }
     metadata.append(ET.fromstring(owner.to_xml()))
+
+
+def _restore_domain(guest, saved: SavedState, root, tag: str, *, same_guest: bool) -> None:
+    """libvirt restore, paused; a new guest restores from a private copy carrying its own XML."""
+    from harness.vm import guest as guest_mod
+
+    libvirt = import_libvirt()
     state_file = saved.state_file
     dxml: str | None
     if same_guest:
@@ -258,6 +285,3 @@ def _restore_into(guest, saved: SavedState, *, same_guest: bool) -> None:
     finally:
         if state_file != saved.state_file:
             state_file.unlink(missing_ok=True)
-    guest._attach_console(new=not same_guest)
-    guest.resume()
-    guest.resumed_at = time.monotonic()
