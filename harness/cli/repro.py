@@ -93,7 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.run import ReproConfig, ReproError, run_repro
+    from harness.run import ReproError, run_repro
 
     try:
         kenv = _kenv(args.kenv)
@@ -101,48 +101,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"fbsd-hil repro: {exc}", file=sys.stderr)
         return 2
     trigger = args.trigger or "nmi"
-    if args.kernel is not None and trigger in ("sysctl", "panic"):
-        print(
-            f"fbsd-hil repro: --trigger {trigger} runs a sysctl in a shell; a bare --kernel boot has no "
-            "userland: use nmi, break or alt-break",
-            file=sys.stderr,
-        )
+    if (why := _refusal(args, trigger)) is not None:
+        print(f"fbsd-hil repro: {why}", file=sys.stderr)
         return 2
-    if args.kernel is not None and not args.kernel.is_file():
-        print(f"fbsd-hil repro: kernel file {args.kernel} does not exist", file=sys.stderr)
-        return 2
-    if args.image is not None and not args.image.is_file():
-        print(f"fbsd-hil repro: image {args.image} does not exist", file=sys.stderr)
-        return 2
-    if args.report is not None and args.report.exists():
-        print(f"fbsd-hil repro: {args.report} exists; refusing to overwrite it", file=sys.stderr)
-        return 2
-    if args.retrieve == "ssh" and args.kernel is not None:
-        print(
-            "fbsd-hil repro: --retrieve ssh reboots into userland and runs savecore; a bare --kernel boot "
-            "has no userland: use --retrieve disk, or --image/--release",
-            file=sys.stderr,
-        )
-        return 2
-    cfg = ReproConfig(
-        kernel=args.kernel.resolve() if args.kernel else None,
-        image=args.image.resolve() if args.image else None,
-        release=args.release,
-        kenv=kenv,
-        memory_mib=args.memory,
-        vcpus=args.vcpus,
-        accel=args.accel,
-        uri=args.libvirt_uri,
-        minidump=args.minidump == "1",
-        trigger=trigger,
-        retrieve=args.retrieve,
-        flow=None if args.flow == "auto" else args.flow,
-        artifacts=args.artifacts.resolve(),
-        keep=args.keep,
-        keep_images=args.keep_images,
-        offline=args.offline,
-        boot_seconds=args.boot_timeout,
-    )
+    cfg = _config(args, kenv, trigger)
     if (code := _ensure_libvirt(args.libvirt_uri)) is not None:
         return code
     started = time.monotonic()
@@ -168,23 +130,72 @@ def run(args: argparse.Namespace) -> int:
     print(kept_summary(outcome), file=sys.stderr)
     print(f"total: {time.monotonic() - started:.1f}s", file=sys.stderr)
     if outcome.kept:
-        uri = outcome.uri or "qemu:///system"
-        where = (
-            "running (it rebooted for savecore)"
-            if cfg.retrieve == "ssh"
-            else "held at 'Press a key on the console to reboot' after its panic dump"
-            if outcome.flow == "panic"
-            else "in ddb"
-        )
-        print(
-            f"guest {outcome.guest_name} is still {where}.\n"
-            f"  attach:  fbsd-hil console {outcome.guest_name}"
-            + (f" --libvirt-uri {outcome.uri}" if outcome.uri else "")
-            + "\n"
-            f"  destroy: virsh -c {uri} destroy {outcome.guest_name}",
-            file=sys.stderr,
-        )
+        print(_kept_guest(outcome, cfg.retrieve), file=sys.stderr)
     return 0 if report.passed else 1
+
+
+def _refusal(args: argparse.Namespace, trigger: str) -> str | None:
+    """Why these options cannot run (one line), before anything boots; None when they can."""
+    if args.kernel is not None and trigger in ("sysctl", "panic"):
+        return (
+            f"--trigger {trigger} runs a sysctl in a shell; a bare --kernel boot has no "
+            "userland: use nmi, break or alt-break"
+        )
+    if args.kernel is not None and not args.kernel.is_file():
+        return f"kernel file {args.kernel} does not exist"
+    if args.image is not None and not args.image.is_file():
+        return f"image {args.image} does not exist"
+    if args.report is not None and args.report.exists():
+        return f"{args.report} exists; refusing to overwrite it"
+    if args.retrieve == "ssh" and args.kernel is not None:
+        return (
+            "--retrieve ssh reboots into userland and runs savecore; a bare --kernel boot "
+            "has no userland: use --retrieve disk, or --image/--release"
+        )
+    return None
+
+
+def _config(args: argparse.Namespace, kenv: dict[str, str], trigger: str):
+    from harness.run import ReproConfig
+
+    return ReproConfig(
+        kernel=args.kernel.resolve() if args.kernel else None,
+        image=args.image.resolve() if args.image else None,
+        release=args.release,
+        kenv=kenv,
+        memory_mib=args.memory,
+        vcpus=args.vcpus,
+        accel=args.accel,
+        uri=args.libvirt_uri,
+        minidump=args.minidump == "1",
+        trigger=trigger,
+        retrieve=args.retrieve,
+        flow=None if args.flow == "auto" else args.flow,
+        artifacts=args.artifacts.resolve(),
+        keep=args.keep,
+        keep_images=args.keep_images,
+        offline=args.offline,
+        boot_seconds=args.boot_timeout,
+    )
+
+
+def _kept_guest(outcome, retrieve: str) -> str:
+    """Where the kept guest sits and how to attach to it or get rid of it."""
+    uri = outcome.uri or "qemu:///system"
+    where = (
+        "running (it rebooted for savecore)"
+        if retrieve == "ssh"
+        else "held at 'Press a key on the console to reboot' after its panic dump"
+        if outcome.flow == "panic"
+        else "in ddb"
+    )
+    return (
+        f"guest {outcome.guest_name} is still {where}.\n"
+        f"  attach:  fbsd-hil console {outcome.guest_name}"
+        + (f" --libvirt-uri {outcome.uri}" if outcome.uri else "")
+        + "\n"
+        f"  destroy: virsh -c {uri} destroy {outcome.guest_name}"
+    )
 
 
 def kept_summary(outcome) -> str:

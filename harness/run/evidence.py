@@ -72,6 +72,17 @@ def remove_bulk(run_dir: Path, names: tuple[str, ...] | list[str]) -> dict[str, 
     return removed
 
 
+def keep_boot_iso(spec: Any, run_dir: Path) -> None:
+    """A failed run keeps a copy of the GRUB ISO it booted (the ISO itself may be what failed; a copy,
+    not a link, so nothing done to the evidence can change the cache). A passing run only names it in
+    domain.xml."""
+    iso = getattr(getattr(spec, "boot", None), "iso", None)
+    if iso is None or not Path(iso).is_file() or (run_dir / "boot.iso").exists():
+        return
+    with contextlib.suppress(OSError):
+        shutil.copyfile(iso, run_dir / "boot.iso")
+
+
 def collect_on_failure(guest: Any, run_dir: Path, exc: BaseException | None = None) -> None:
     """Domain XML, QEMU's log tail, the console tail and transcript: what a failed run is debugged from."""
     with contextlib.suppress(Exception):

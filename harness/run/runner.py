@@ -40,6 +40,7 @@ def _run_guest(ctx: RunContext, guest, source: GuestSource) -> ReproOutcome:
     try:
         return _steps(ctx, guest, source)
     except Exception as exc:
+        evidence.keep_boot_iso(source.spec, ctx.dir)
         evidence.collect_on_failure(guest, ctx.dir, exc)
         raise
 

@@ -209,3 +209,16 @@ def test_the_summary_says_what_was_kept_and_removed(tmp_path):
     assert text.splitlines()[0].startswith(f"artifacts: {run} (") and "kept)" in text.splitlines()[0]
     assert "  crash/vmcore.0  4 KiB" in text and "  report.json  " in text
     assert "removed after the pass (--keep-images keeps them): dump-disk.raw 8 KiB" in text
+
+
+def test_a_failed_run_keeps_a_copy_of_the_boot_iso(tmp_path):
+    from types import SimpleNamespace
+
+    from harness.run.evidence import keep_boot_iso
+
+    iso = tmp_path / "cached.iso"
+    iso.write_bytes(b"ISO")
+    run = new_run_dir(tmp_path, "x")
+    keep_boot_iso(SimpleNamespace(boot=SimpleNamespace(iso=iso)), run)
+    assert (run / "boot.iso").read_bytes() == b"ISO" and (run / "boot.iso").stat().st_ino != iso.stat().st_ino
+    keep_boot_iso(SimpleNamespace(boot=SimpleNamespace(image=iso)), run / "other")  # no ISO: nothing
