@@ -54,6 +54,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="how to enter ddb (default nmi; sysctl/panic need a shell, i.e. an image)",
     )
     p.add_argument(
+        "--dump-twice",
+        action="store_true",
+        help="in one ddb session: a minidump, then `write/l do_minidump 0` and a full dump; both verified "
+        "(report.json, report-2.json)",
+    )
+    p.add_argument(
         "--flow",
         choices=("auto", "ddb", "panic"),
         default="auto",
@@ -126,12 +132,16 @@ def run(args: argparse.Namespace) -> int:
     report = outcome.report
     if args.report is not None:
         report.write(args.report)
-    print(report.to_json() if args.json else report.summary())
+    reports = outcome.reports or [report]
+    if args.json:
+        print(report.to_json() if len(reports) == 1 else "[" + ",\n".join(r.to_json() for r in reports) + "]")
+    else:
+        print("\n\n".join(r.summary() for r in reports))
     print(kept_summary(outcome), file=sys.stderr)
     print(f"total: {time.monotonic() - started:.1f}s", file=sys.stderr)
     if outcome.kept:
         print(_kept_guest(outcome, cfg.retrieve), file=sys.stderr)
-    return 0 if report.passed else 1
+    return 0 if outcome.passed else 1
 
 
 def _refusal(args: argparse.Namespace, trigger: str) -> str | None:
@@ -147,6 +157,11 @@ def _refusal(args: argparse.Namespace, trigger: str) -> str | None:
         return f"image {args.image} does not exist"
     if args.report is not None and args.report.exists():
         return f"{args.report} exists; refusing to overwrite it"
+    if args.dump_twice and (args.minidump != "1" or args.retrieve != "disk" or args.flow == "panic"):
+        return (
+            "--dump-twice makes a minidump, switches minidumps off in ddb and dumps again, both read from "
+            "the dump disk: it needs --minidump 1, --retrieve disk and the ddb flow"
+        )
     if args.retrieve == "ssh" and args.kernel is not None:
         return (
             "--retrieve ssh reboots into userland and runs savecore; a bare --kernel boot "
@@ -176,6 +191,7 @@ def _config(args: argparse.Namespace, kenv: dict[str, str], trigger: str):
         keep_images=args.keep_images,
         offline=args.offline,
         boot_seconds=args.boot_timeout,
+        dump_twice=args.dump_twice,
     )
 
 

@@ -8,7 +8,7 @@ a module and a table entry. This package sits above `harness.verify`, `harness.f
 (docs/architecture.md); nothing below it imports it.
 """
 
-from harness.run.config import ReproConfig, ReproError, ReproOutcome
+from harness.run.config import ReproConfig, ReproError, ReproOutcome, ReproUnsupported
 from harness.run.runner import run_repro
 
-__all__ = ["ReproConfig", "ReproError", "ReproOutcome", "run_repro"]
+__all__ = ["ReproConfig", "ReproError", "ReproOutcome", "ReproUnsupported", "run_repro"]

@@ -26,6 +26,10 @@ class ReproError(RuntimeError):
         return f"{self.step}: {first}{where}"
 
 
+class ReproUnsupported(ReproError):
+    """This kernel cannot do what the run asks (no ddb, no ``do_minidump``): known only after boot."""
+
+
 @dataclass
 class ReproConfig:
     kernel: Path | None = None
@@ -50,6 +54,8 @@ class ReproConfig:
     flow: str | None = None  # None: from the kernel (ddb if it has the backend, else panic); "ddb" | "panic"
     #: panic flow: a live image right before the trigger (the last stop before the kernel's own dump)
     panic_before_image: bool = True
+    #: dump twice in one ddb session: a minidump, then ``write/l do_minidump 0`` and a full dump
+    dump_twice: bool = False
 
     def source_kind(self) -> str:
         """The key of `harness.run.sources.SOURCES` this configuration boots."""
@@ -79,3 +85,9 @@ class ReproOutcome:
     #: files left in `artifacts` (relative name -> bytes on disk) and big files removed after a pass
     kept_files: dict[str, int] = field(default_factory=dict)
     removed_files: dict[str, int] = field(default_factory=dict)
+    #: every dump's report in the order dumped (`report` is the first); two with ``dump_twice``
+    reports: list[VerificationReport] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.reports or [self.report])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +23,33 @@ from harness.run.verify import LiveAfter
 from harness.verify.report import VerificationReport
 
 #: the run directory's files that hold a whole guest RAM each; kept on failure or with keep_images
-BULK_FILES = ("live-before.raw", "live-after.raw", "dump-disk.raw")
+BULK_FILES = ("live-before.raw", "live-after.raw", "live-after-2.raw", "dump-disk.raw")
 
 
-def conclude(
-    ctx: RunContext, guest: Any, report: VerificationReport, crash: Crash, live: LiveAfter, got: Retrieved
-) -> ReproOutcome:
-    """Decide and write the report, drop the bulk of a passing run, hand back the outcome."""
+@dataclass
+class Judged:
+    """One dump and its verdict: what `conclude` writes and cleans up."""
+
+    report: VerificationReport
+    crash: Crash
+    live: LiveAfter
+    got: Retrieved
+    report_name: str = "report.json"
+
+
+def conclude(ctx: RunContext, guest: Any, judged: list[Judged]) -> ReproOutcome:
+    """Decide and write every report, drop the bulk of a passing run, hand back the outcome."""
     cfg = ctx.cfg
     ctx.enter("evidence")
-    report.decide()
-    report.write(ctx.dir / "report.json")
-    for image in (crash.before, live.image):
-        with contextlib.suppress(Exception):
-            image.close()
+    for j in judged:
+        j.report.decide()
+        j.report.write(ctx.dir / j.report_name)
+    for j in judged:
+        for image in (j.crash.before, j.live.image):
+            with contextlib.suppress(Exception):
+                image.close()
     removed: dict[str, int] = {}
-    if report.passed and not cfg.keep_images:
+    if all(j.report.passed for j in judged) and not cfg.keep_images:
         # a kept guest (--keep) still writes its dump disk: that one stays
         names = [n for n in BULK_FILES if not (cfg.keep and n == "dump-disk.raw")]
         removed = remove_bulk(ctx.dir, names)
@@ -47,16 +59,22 @@ def conclude(
         if not retrieval(cfg.retrieve).REBOOTS:  # a rebooting retrieval resumed and rebooted it already
             guest.resume()  # paused for extraction; it goes on sitting in ddb / at "Press a key"
         kept = True
+    evidence: dict[str, str] = {}
+    for n, j in enumerate(judged, 1):
+        suffix = "" if n == 1 else f"_{n}"
+        evidence |= {f"{k}{suffix}": v for k, v in j.got.evidence.items()}
+        evidence[f"report{suffix}"] = str(ctx.dir / j.report_name)
     return ReproOutcome(
-        report,
+        judged[0].report,
         ctx.dir,
         guest.name,
         kept,
         cfg.uri,
-        {**got.evidence, "report": str(ctx.dir / "report.json")},
-        flow=crash.choice.flow.value,
+        evidence,
+        flow=judged[0].crash.choice.flow.value,
         kept_files=disk_usage(ctx.dir),
         removed_files=removed,
+        reports=[j.report for j in judged],
     )
 
 

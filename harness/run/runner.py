@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from harness.run import boot, dump, enter, evidence, verify
+from harness.run import boot, dump, dump_twice, enter, evidence, verify
 from harness.run.config import Progress, ReproConfig, ReproError, ReproOutcome
 from harness.run.context import RunContext
 from harness.run.retrieve import retrieval
@@ -20,6 +20,12 @@ from harness.run.sources import GuestSource, build_source
 
 def run_repro(cfg: ReproConfig, progress: Progress = print) -> ReproOutcome:
     """Run the whole chain once; raise `ReproError` (one clear line + evidence dir) on a failed step."""
+    if cfg.dump_twice and (cfg.retrieve != "disk" or not cfg.minidump):
+        raise ReproError(
+            "dumping twice makes a minidump, then a full dump, both read from the dump disk: it needs "
+            "minidumps on and --retrieve disk",
+            step="setup",
+        )
     run_dir = new_run_dir(cfg.artifacts, f"repro-{'mini' if cfg.minidump else 'full'}-{cfg.trigger}")
     ctx = RunContext(cfg, run_dir, progress)
     _write_config(ctx)
@@ -50,12 +56,24 @@ def _steps(ctx: RunContext, guest, source: GuestSource) -> ReproOutcome:
     booted = boot.boot(ctx, guest, source)
     fetch.before_dump(ctx, booted)
     choice = enter.choose_flow(ctx, booted)
+    if ctx.cfg.dump_twice:
+        dump_twice.check_can_dump_twice(ctx, booted, choice)
     crash = dump.enter_and_dump(ctx, booted, choice)
     live = verify.capture_live(ctx, booted, crash)
     got = fetch.retrieve(ctx, booted, crash)
+    judged = [_judge(ctx, crash, live, got)]
+    if ctx.cfg.dump_twice:
+        second = dump_twice.dump_again_full(ctx, booted, crash, live)
+        live2 = verify.capture_live(ctx, booted, second, name="live-after-2.raw")
+        got2 = fetch.retrieve(ctx, booted, second, outdir="crash-2")
+        judged.append(_judge(ctx, second, live2, got2, "report-2.json"))
+    return evidence.conclude(ctx, guest, judged)
+
+
+def _judge(ctx: RunContext, crash, live, got, report_name: str = "report.json") -> evidence.Judged:
     report = verify.judge(ctx, crash, live, got.vmcore, got.kernel, got.kernel_source)
     report.notes.extend(got.notes)
-    return evidence.conclude(ctx, guest, report, crash, live, got)
+    return evidence.Judged(report, crash, live, got, report_name)
 
 
 def _write_config(ctx: RunContext) -> None:

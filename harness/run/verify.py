@@ -35,9 +35,9 @@ class LiveAfter:
     io_ranges: list[tuple[int, int, str]] = field(default_factory=list)
 
 
-def capture_live(ctx: RunContext, booted: Booted, crash: Crash) -> LiveAfter:
+def capture_live(ctx: RunContext, booted: Booted, crash: Crash, *, name: str = "live-after.raw") -> LiveAfter:
     ctx.enter("live image (after dump)")
-    path = ctx.dir / "live-after.raw"
+    path = ctx.dir / name
     after = booted.guest.memory_image(path)
     cr3 = _cr3(booted.guest)
     # the dump device's own I/O state (rings, request header/status: FreeBSD's vtblk sets the status

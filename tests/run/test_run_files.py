@@ -13,7 +13,7 @@ from harness.freebsd.panicdump import DumpFlow, FlowChoice
 from harness.run.config import ReproConfig, ReproOutcome
 from harness.run.context import RunContext
 from harness.run.dump import Crash
-from harness.run.evidence import BULK_FILES, conclude
+from harness.run.evidence import BULK_FILES, Judged, conclude
 from harness.run.retrieve.base import Retrieved
 from harness.run.rundir import disk_usage, make_dump_disk, make_private, new_run_dir
 from harness.run.sources.boot_iso import cached_kernel_iso
@@ -95,7 +95,7 @@ def _finished_run(tmp_path: Path, *, passed: bool, **cfg) -> tuple[ReproOutcome,
     if not passed:
         report.errors.append("stand-in failure")
     ctx = RunContext(ReproConfig(artifacts=tmp_path, **cfg), run, lambda _m: None)
-    return conclude(ctx, _Guest(), report, crash, live, got), run, before, after
+    return conclude(ctx, _Guest(), [Judged(report, crash, live, got)]), run, before, after
 
 
 def test_a_passing_run_keeps_report_and_vmcore_but_not_the_bulk(tmp_path):
@@ -120,7 +120,7 @@ def test_a_failing_run_or_keep_images_keeps_the_bulk(tmp_path):
 def test_a_kept_guest_keeps_its_dump_disk(tmp_path):
     outcome, run, _, _ = _finished_run(tmp_path, passed=True, keep=True)
     assert outcome.kept and (run / "dump-disk.raw").exists()
-    assert set(outcome.removed_files) == {"live-before.raw", "live-after.raw"}
+    assert set(outcome.removed_files) == {"live-before.raw", "live-after.raw", "live-after-2.raw"}
 
 
 def test_one_grub_iso_per_kernel_and_environment(tmp_path):

@@ -92,3 +92,45 @@ def test_virtqueue_of_the_dump_is_named_dump_device_io(tmp_path):
     assert len([d for d in named.differences if not d.explained]) <= len(
         [d for d in bare.differences if not d.explained]
     )
+
+
+@pytest.mark.vm
+def test_repro_dumps_twice_and_verifies_both(tmp_path):
+    """`fbsd-hil repro --dump-twice` on the mock kernel (NOT FreeBSD): a minidump, `write/l do_minidump 0`,
+    a full dump, both verified against live memory; a passing run keeps reports and vmcores only, all of
+    it private to the caller."""
+    import json
+    import stat
+    import subprocess
+    import sys
+
+    from harness.vm.libvirt_conn import LibvirtUnavailable, connect, default_uri
+
+    try:
+        connect(default_uri()).close()
+    except LibvirtUnavailable as exc:
+        pytest.skip(f"libvirtd not reachable: {exc}")
+    kernel = _mock_kernel()
+    art = tmp_path / "art"
+    art.mkdir(mode=0o700)
+    cmd = [
+        sys.executable, "-m", "harness", "repro", "--kernel", str(kernel), "--memory", "128",
+        "--accel", "tcg", "--artifacts", str(art), "--boot-timeout", "120", "--dump-twice",
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, check=False)
+    assert r.returncode == 0, r.stderr[-4000:]
+    (run,) = list(art.iterdir())
+    first, second = (json.loads((run / n).read_text()) for n in ("report.json", "report-2.json"))
+    assert (first["dump_kind"], second["dump_kind"]) == ("mini", "full")
+    for report in (first, second):
+        bad = [d for d in report["differences"] if not d["explained"]]
+        assert report["passed"] and not bad and report["missing_pages"] == 0, bad
+    assert any("write/l do_minidump 0" in n for n in second["notes"]), second["notes"]
+    assert second["pages_compared"] > 30000 > first["pages_compared"]
+    assert (run / "crash" / "vmcore.0").is_file() and (run / "crash-2" / "vmcore.0").is_file()
+    assert not [p.name for p in run.iterdir() if p.suffix == ".raw"], "bulk files kept after a pass"
+    assert "removed after the pass" in r.stderr and "report-2.json" in r.stderr
+    assert stat.S_IMODE(art.stat().st_mode) == 0o700
+    for p in [run, *run.rglob("*")]:
+        if not p.is_symlink():
+            assert stat.S_IMODE(p.stat().st_mode) & 0o077 == 0, p

@@ -17,11 +17,10 @@ def before_dump(ctx: RunContext, booted: Booted) -> None:
     """Nothing to note: the dump disk is read as a whole."""
 
 
-def retrieve(ctx: RunContext, booted: Booted, crash: Crash) -> Retrieved:
+def retrieve(ctx: RunContext, booted: Booted, crash: Crash, *, outdir: str = "crash") -> Retrieved:
     ctx.enter("extract")
     with ctx.timed("extract"):
-        got = from_dump_disk(
-            booted.source.dump_disk, ctx.dir / "crash", guest=booted.guest, kernel=booted.kernel
-        )
+        disk = booted.source.dump_disk
+        got = from_dump_disk(disk, ctx.dir / outdir, guest=booted.guest, kernel=booted.kernel)
     ctx.progress(f"extracted {got.vmcore} ({got.sizes.get('vmcore', 0) >> 20} MiB)")
     return Retrieved(got.vmcore, booted.kernel, booted.kernel_source, evidence={"vmcore": str(got.vmcore)})
