@@ -328,7 +328,7 @@ def run_config(target: FbsdTarget, case: HilCase, artifacts: Path, **overrides: 
 @pytest.fixture
 def fbsd_repro(fbsd_target: FbsdTarget, fbsd_artifacts, fbsd_record_report, tmp_path_factory):
     """``fbsd_repro(case=None, **overrides) -> ReproOutcome``: one full run, evidence registered."""
-    from harness.run import ReproError, run_repro
+    from harness.run import ReproError, ReproUnsupported, run_repro
 
     work = tmp_path_factory.mktemp("fbsd-hil-run")
 
@@ -342,13 +342,17 @@ def fbsd_repro(fbsd_target: FbsdTarget, fbsd_artifacts, fbsd_record_report, tmp_
             fbsd_artifacts.add(fbsd_target.kernel, "kernel")
         try:
             outcome = run_repro(cfg, progress=lambda _msg: None)
+        except ReproUnsupported as exc:  # what this kernel cannot do is known only after its boot
+            pytest.skip(f"{case.id}: {exc.one_line()}")
         except ReproError as exc:
             if exc.evidence is not None:
                 fbsd_artifacts.add(exc.evidence, "run")
             pytest.fail(f"{case.id}: {exc.one_line()}", pytrace=False)
         fbsd_artifacts.add(outcome.artifacts, "run")
-        fbsd_artifacts.add_text("summary.txt", outcome.report.summary() + "\n")
-        fbsd_record_report(outcome.report, case.id)
+        reports = outcome.reports or [outcome.report]
+        fbsd_artifacts.add_text("summary.txt", "\n\n".join(r.summary() for r in reports) + "\n")
+        for n, report in enumerate(reports, 1):
+            fbsd_record_report(report, case.id if n == 1 else f"{case.id} (dump {n})")
         return outcome
 
     return run

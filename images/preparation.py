@@ -304,82 +304,119 @@ def prepare(
     Boots the base once on a throw-away overlay, logs in on the serial console, runs `recipe()`,
     records the SSH host key, shuts down cleanly and stores the flattened result read-only.
     """
-    from images.download import fetch
-
     cache = cache if isinstance(cache, ImageCache) else ImageCache(cache)
     if disk_bus not in DUMP_DEVICES:
         raise PreparationError(f"disk bus {disk_bus!r} unknown; use one of {sorted(DUMP_DEVICES)}")
-    login, password, root_fs, release = "root", "", "ufs:/dev/gpt/rootfs", None
-    if isinstance(release_or_base, Path) or Path(str(release_or_base)).is_file():
-        base = Path(release_or_base)
-        base_sha = sha256_file(base)
-    else:
-        image = (catalogue or load_catalogue()).lookup(str(release_or_base))
-        base = fetch(image.key, cache=cache, offline=offline, progress=progress, catalogue=catalogue)
-        base_sha = base.stem
-        login, password, root_fs, release = image.login, image.password, image.root, image.release
-
+    src = _base_image(release_or_base, cache=cache, offline=offline, catalogue=catalogue, progress=progress)
     keys = ensure_ssh_keypair(cache)
     dump_device = DUMP_DEVICES[disk_bus]
     steps = recipe(dump_device=dump_device, authorized_key=keys.public_key)
     digest = recipe_digest(steps)
-    target = cache.prepared_dir / f"{base_sha[:16]}-r{RECIPE_VERSION}-{digest[:12]}-{disk_bus}.qcow2"
+    target = cache.prepared_dir / f"{src.sha256[:16]}-r{RECIPE_VERSION}-{digest[:12]}-{disk_bus}.qcow2"
     meta = target.with_suffix(".json")
-    transcript = target.with_suffix(".console.log")
     with cache.lock(target.stem):
-        if target.is_file() and meta.is_file():
-            try:
-                return PreparedImage.from_json(json.loads(meta.read_text()))
-            except (OSError, ValueError, TypeError, KeyError):
-                # A record from another fbsd-hil version: ours to replace, prepare again.
-                target.unlink()
-                meta.unlink()
+        if (cached := _cached_record(target, meta)) is not None:
+            return cached
         with tempfile.TemporaryDirectory(prefix="prepare.", dir=cache.prepared_dir) as tmp:
             work = Path(tmp)
             dump_disk = work / "dump.raw"
             _qemu_img("create", "-q", "-f", "raw", str(dump_disk), "256M")
-            from harness.freebsd.session import ConsoleShell
-            from harness.util.deadline import Deadline
-            from harness.vm.guest import Guest
-
-            spec = _guest_spec(base, dump_disk, disk_bus=disk_bus, memory_mib=memory_mib, vcpus=vcpus,
+            spec = _guest_spec(src.path, dump_disk, disk_bus=disk_bus, memory_mib=memory_mib, vcpus=vcpus,
                                accel=accel, uri=uri)
-            guest = None
-            try:
-                with Guest(spec, work) as guest:
-                    shell = ConsoleShell(guest.console)
-                    try:
-                        shell.login(Deadline(boot_timeout, "first boot to login"), user=login,
-                                    password=password)
-                        done = run_recipe(shell, steps)
-                        host_key = read_host_key(shell)
-                        shell.start("shutdown -p now")
-                        guest.console.wait_closed(Deadline(300, "clean shutdown"))
-                        guest.wait_gone(60)
-                    except PreparationError as exc:
-                        raise PreparationError(f"{exc} (console transcript: {transcript})") from exc
-                    except Exception as exc:
-                        raise PreparationError(
-                            f"preparing {base} failed: {exc}\n--- console tail ---\n{guest.console.tail()}"
-                            f"\n(console transcript: {transcript})"
-                        ) from exc
-                    # The guest powered itself off: its overlay is consistent. Flatten it before the
-                    # Guest removes it.
-                    partial = target.with_name(target.name + ".tmp")
-                    _qemu_img("convert", "-q", "-O", "qcow2", str(guest.overlay), str(partial))
-            finally:
-                if guest is not None:  # after the Guest closed its console: the transcript is complete
-                    _keep_transcript(guest, transcript)
-            os.replace(partial, target)
-            make_read_only(target)
+            done, host_key = _prepare_on_overlay(src, spec, work, steps, target, boot_timeout)
         prepared = PreparedImage(
-            image=target, base=base, base_sha256=base_sha, release=release, disk_bus=disk_bus,
-            dump_device=dump_device, root=root_fs, ssh_private_key=keys.private_key,
+            image=target, base=src.path, base_sha256=src.sha256, release=src.release, disk_bus=disk_bus,
+            dump_device=dump_device, root=src.root_fs, ssh_private_key=keys.private_key,
             ssh_public_key=keys.public_key, host_key=host_key, recipe_digest=digest,
             created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), steps=done,
         )
         cache.write_json(meta, prepared.to_json())
         return prepared
+
+
+@dataclass(frozen=True)
+class _Base:
+    """The image a prepared image is made from, and how to log into it."""
+
+    path: Path
+    sha256: str
+    login: str = "root"
+    password: str = ""
+    root_fs: str = "ufs:/dev/gpt/rootfs"
+    release: str | None = None
+
+
+def _base_image(
+    release_or_base: str | Path,
+    *,
+    cache: ImageCache,
+    offline: bool,
+    catalogue: Catalogue | None,
+    progress: bool,
+) -> _Base:
+    """A base image file as it is, or a release from the catalogue (downloaded and cached)."""
+    from images.download import fetch
+
+    if isinstance(release_or_base, Path) or Path(str(release_or_base)).is_file():
+        base = Path(release_or_base)
+        return _Base(base, sha256_file(base))
+    image = (catalogue or load_catalogue()).lookup(str(release_or_base))
+    base = fetch(image.key, cache=cache, offline=offline, progress=progress, catalogue=catalogue)
+    return _Base(base, base.stem, image.login, image.password, image.root, image.release)
+
+
+def _cached_record(target: Path, meta: Path) -> PreparedImage | None:
+    """The prepared image already in the cache (None: not there, or a record we replace)."""
+    if not (target.is_file() and meta.is_file()):
+        return None
+    try:
+        return PreparedImage.from_json(json.loads(meta.read_text()))
+    except (OSError, ValueError, TypeError, KeyError):
+        # A record from another fbsd-hil version: ours to replace, prepare again.
+        target.unlink()
+        meta.unlink()
+        return None
+
+
+def _prepare_on_overlay(
+    src: _Base, spec, work: Path, steps, target: Path, boot_timeout: float
+) -> tuple[list, str]:
+    """Boot the base on a throw-away overlay, log in, run the recipe, note the host key, power off,
+    flatten the overlay into `target` (read-only). Returns (the steps done, the SSH host key)."""
+    from harness.freebsd.session import ConsoleShell
+    from harness.util.deadline import Deadline
+    from harness.vm.guest import Guest
+
+    transcript = target.with_suffix(".console.log")
+    guest = None
+    try:
+        with Guest(spec, work) as guest:
+            shell = ConsoleShell(guest.console)
+            try:
+                shell.login(Deadline(boot_timeout, "first boot to login"), user=src.login,
+                            password=src.password)
+                done = run_recipe(shell, steps)
+                host_key = read_host_key(shell)
+                shell.start("shutdown -p now")
+                guest.console.wait_closed(Deadline(300, "clean shutdown"))
+                guest.wait_gone(60)
+            except PreparationError as exc:
+                raise PreparationError(f"{exc} (console transcript: {transcript})") from exc
+            except Exception as exc:
+                raise PreparationError(
+                    f"preparing {src.path} failed: {exc}\n--- console tail ---\n{guest.console.tail()}"
+                    f"\n(console transcript: {transcript})"
+                ) from exc
+            # The guest powered itself off: its overlay is consistent. Flatten it before the
+            # Guest removes it.
+            partial = target.with_name(target.name + ".tmp")
+            _qemu_img("convert", "-q", "-O", "qcow2", str(guest.overlay), str(partial))
+    finally:
+        if guest is not None:  # after the Guest closed its console: the transcript is complete
+            _keep_transcript(guest, transcript)
+    os.replace(partial, target)
+    make_read_only(target)
+    return done, host_key
 
 
 def _keep_transcript(guest, transcript: Path) -> None:

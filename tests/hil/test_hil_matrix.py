@@ -60,3 +60,13 @@ def test_panic_flow_dump_verifies(fbsd_repro):
     assert report.flow == outcome.flow == "panic"
     assert any(n.startswith("panic flow (") for n in report.notes), report.notes
     assert report.passed, report.summary()
+
+
+def test_dump_twice_in_one_ddb_session(fbsd_repro):
+    """`--dump-twice`: a minidump, `write/l do_minidump 0` in the same ddb session, a full dump; both
+    verified against live memory (skips, saying why, on a kernel without ddb or without do_minidump)."""
+    outcome = fbsd_repro(dump_twice=True)
+    assert [r.dump_kind for r in outcome.reports] == ["mini", "full"]
+    for report in outcome.reports:
+        assert report.passed, report.summary()
+    assert outcome.passed
