@@ -109,53 +109,10 @@ def download(url: str, part: Path, *, progress: bool = True, timeout: float = 60
 
     with response:
         status = response.status
-        if offset and status == 206:
-            start, total = _parse_content_range(response.headers.get("Content-Range"), url, offset)
-            if start != offset:
-                raise DownloadError(
-                    f"{url}: asked for bytes from {offset}, server sent from {start}", url=url,
-                    status=status, offset=offset,
-                )
-            mode, resumed_from = "ab", offset
-        elif status == 200:
-            length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-            mode, resumed_from, offset = "wb", 0, 0
-        else:
-            raise DownloadError(f"{url}: unexpected HTTP {status}", url=url, status=status, offset=offset)
+        mode, resumed_from, offset, total = _resume_or_restart(response, url, offset)
         if mode == "wb":
-            # A strong ETag (or else Last-Modified) identifies this version for a later If-Range.
-            etag = response.headers.get("ETag")
-            strong = etag if etag and not etag.startswith("W/") else None
-            new_validator = strong or response.headers.get("Last-Modified")
-            if new_validator:
-                validator_file.write_text(new_validator + "\n", encoding="utf-8")
-            else:
-                validator_file.unlink(missing_ok=True)
-
-        written = offset
-        name = part.name.removesuffix(".part")
-        with open(part, mode) as out, transfer_progress(progress, name, total, start=written) as bar:
-            while True:
-                try:
-                    block = response.read(CHUNK)
-                except (TimeoutError, OSError, HTTPException) as exc:
-                    raise DownloadError(
-                        f"{url}: connection lost at byte {written}"
-                        f"{f' of {total}' if total is not None else ''} ({exc}); "
-                        f"{part} is kept and the next fetch resumes from there",
-                        url=url, status=status, offset=written,
-                    ) from exc
-                if not block:
-                    break
-                try:
-                    out.write(block)
-                except OSError as exc:  # disk full, quota: not the network's fault
-                    raise CacheWriteError(
-                        f"downloading {url}: cannot write {part} at byte {written}: {exc}"
-                    ) from exc
-                written += len(block)
-                bar(written)
+            _remember_validator(response, validator_file)
+        written = _copy_body(response, part, mode, offset, total, url=url, progress=progress)
     if total is not None and written != total:
         raise DownloadError(
             f"{url}: connection closed at byte {written} of {total} (HTTP {status}); "
@@ -163,6 +120,63 @@ def download(url: str, part: Path, *, progress: bool = True, timeout: float = 60
             url=url, status=status, offset=written,
         )
     return Transfer(part, written, resumed_from)
+
+
+def _resume_or_restart(response, url: str, offset: int) -> tuple[str, int, int, int | None]:
+    """From the response status: append to the partial file (206 at our offset) or start over (200).
+    Returns (file mode, resumed from, the offset written from, total size if known)."""
+    status = response.status
+    if offset and status == 206:
+        start, total = _parse_content_range(response.headers.get("Content-Range"), url, offset)
+        if start != offset:
+            raise DownloadError(
+                f"{url}: asked for bytes from {offset}, server sent from {start}", url=url,
+                status=status, offset=offset,
+            )
+        return "ab", offset, offset, total
+    if status == 200:
+        length = response.headers.get("Content-Length")
+        return "wb", 0, 0, int(length) if length and length.isdigit() else None
+    raise DownloadError(f"{url}: unexpected HTTP {status}", url=url, status=status, offset=offset)
+
+
+def _remember_validator(response, validator_file: Path) -> None:
+    """A strong ETag (or else Last-Modified) identifies this version for a later If-Range."""
+    etag = response.headers.get("ETag")
+    strong = etag if etag and not etag.startswith("W/") else None
+    new_validator = strong or response.headers.get("Last-Modified")
+    if new_validator:
+        validator_file.write_text(new_validator + "\n", encoding="utf-8")
+    else:
+        validator_file.unlink(missing_ok=True)
+
+
+def _copy_body(
+    response, part: Path, mode: str, written: int, total: int | None, *, url: str, progress: bool
+) -> int:
+    """The response body into `part` with a progress bar; returns the bytes the file now holds."""
+    name = part.name.removesuffix(".part")
+    with open(part, mode) as out, transfer_progress(progress, name, total, start=written) as bar:
+        while True:
+            try:
+                block = response.read(CHUNK)
+            except (TimeoutError, OSError, HTTPException) as exc:
+                raise DownloadError(
+                    f"{url}: connection lost at byte {written}"
+                    f"{f' of {total}' if total is not None else ''} ({exc}); "
+                    f"{part} is kept and the next fetch resumes from there",
+                    url=url, status=response.status, offset=written,
+                ) from exc
+            if not block:
+                return written
+            try:
+                out.write(block)
+            except OSError as exc:  # disk full, quota: not the network's fault
+                raise CacheWriteError(
+                    f"downloading {url}: cannot write {part} at byte {written}: {exc}"
+                ) from exc
+            written += len(block)
+            bar(written)
 
 
 def _parse_content_range(value: str | None, url: str, offset: int) -> tuple[int, int | None]:
