@@ -130,6 +130,15 @@ class DumpPlan:
         dump_disk_mib: int | None = None,
     ) -> list[str]:
         """Every reason this plan cannot work on a guest with these capabilities (empty: it can)."""
+        return [
+            *self._route_problems(has_shell=has_shell, has_guest=has_guest, has_ddb=has_ddb),
+            *self._setup_problems(has_shell=has_shell, has_ddb=has_ddb, can_set_kenv=can_set_kenv),
+            *self._retrieval_problems(has_ssh=has_ssh),
+            *self._version_problems(freebsd_version),
+            *self._size_problems(memory_mib, dump_disk_mib),
+        ]
+
+    def _route_problems(self, *, has_shell: bool, has_guest: bool, has_ddb: bool) -> list[str]:
         out: list[str] = []
         route = ROUTES[self.trigger]
         if not has_ddb:
@@ -140,6 +149,11 @@ class DumpPlan:
             )
         if route.needs_guest and not has_guest:
             out.append(f"trigger {self.trigger.value} is injected by the hypervisor: needs the Guest")
+        return out
+
+    def _setup_problems(self, *, has_shell: bool, has_ddb: bool, can_set_kenv: bool) -> list[str]:
+        """Dump kind, compression, encryption and device are set before the trigger: how?"""
+        out: list[str] = []
         if self.minidump_via == MinidumpVia.SYSCTL and not has_shell:
             out.append(
                 "minidump via sysctl needs a root shell before the trigger (or use ddb_write / tunable)"
@@ -159,19 +173,31 @@ class DumpPlan:
             out.append("encryption is set with `dumpon -k`: needs a shell before the trigger")
         if self.device == DumpDevice.SWAP and not has_shell:
             out.append("dumping to swap needs `dumpon <swap device>` from a shell (or rc's dumpdev=AUTO)")
+        return out
+
+    def _retrieval_problems(self, *, has_ssh: bool) -> list[str]:
+        out: list[str] = []
         if self.device == DumpDevice.SWAP and self.retrieval == RetrievalMethod.HOST:
             out.append(
                 "host-side retrieval reads a dedicated raw dump disk; with swap use retrieval=savecore"
             )
         if self.retrieval == RetrievalMethod.SAVECORE and not has_ssh:
             out.append("retrieval via savecore fetches /var/crash over SFTP: needs SSH to the guest")
-        if freebsd_version is not None:
-            if freebsd_version < (12, 0) and self.compression != Compression.NONE:
-                out.append(
-                    f"FreeBSD {freebsd_version[0]}.{freebsd_version[1]}: kernel dump compression needs 12.0+"
-                )
-            if freebsd_version < (13, 0) and self.compression != Compression.NONE and self.encrypt:
-                out.append("FreeBSD 12.x refuses compression together with encryption (EOPNOTSUPP)")
+        return out
+
+    def _version_problems(self, freebsd_version: tuple[int, int] | None) -> list[str]:
+        out: list[str] = []
+        if freebsd_version is None:
+            return out
+        if freebsd_version < (12, 0) and self.compression != Compression.NONE:
+            out.append(
+                f"FreeBSD {freebsd_version[0]}.{freebsd_version[1]}: kernel dump compression needs 12.0+"
+            )
+        if freebsd_version < (13, 0) and self.compression != Compression.NONE and self.encrypt:
+            out.append("FreeBSD 12.x refuses compression together with encryption (EOPNOTSUPP)")
+        return out
+
+    def _size_problems(self, memory_mib: int | None, dump_disk_mib: int | None) -> list[str]:
         if (
             not self.minidump
             and self.compression == Compression.NONE
@@ -179,11 +205,11 @@ class DumpPlan:
             and dump_disk_mib is not None
             and dump_disk_mib < memory_mib + 1
         ):
-            out.append(
+            return [
                 f"a full dump of {memory_mib} MiB does not fit the {dump_disk_mib} MiB dump disk "
                 "(needs memory + 64 KiB + 2 sectors)"
-            )
-        return out
+            ]
+        return []
 
     def validate(self, **capabilities) -> None:
         if problems := self.problems(**capabilities):
