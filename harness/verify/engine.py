@@ -455,8 +455,12 @@ def verify_dump(
     kpath = getattr(kpath, "path", kpath)  # reader.kernel.Kernel
     if isinstance(kpath, str | os.PathLike) and Path(kpath).is_file():
         report.kernel = str(kpath)
+        loaded = getattr(vmcore, "kernel", None)
         try:
-            symbols = KernelSymbols.from_elf(kpath)
+            if getattr(loaded, "table", None) is not None and Path(loaded.path) == Path(kpath):
+                symbols = KernelSymbols.from_kernel(loaded)  # parsed once, when the vmcore was opened
+            else:
+                symbols = KernelSymbols.from_elf(kpath)
         except KernelSymbolsError as exc:
             report.notes.append(f"no attribution by symbol: {exc}")
 
