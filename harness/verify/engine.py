@@ -28,6 +28,9 @@ from harness.verify.attribution import (
     expected_kinds,
 )
 from harness.verify.compare import compare_pages
+from harness.verify.dumpdevice import DumpDeviceState, Layouts
+from harness.verify.dumpdevice.explain import DumpDeviceExplainer, build_explainer
+from harness.verify.dumpdevice.images import ImageSet
 from harness.verify.live import PAGE_SIZE, LiveMemory, LiveMemoryError
 from harness.verify.pagetables import KernelMappings, PageTableError, walk_kernel
 from harness.verify.report import CrossCheck, Difference, VerificationReport
@@ -420,6 +423,8 @@ def verify_dump(
     strict: bool = False,
     flow: str = "ddb",
     io_ranges: Sequence[tuple[int, int, str]] | None = None,
+    device_state: DumpDeviceState | None = None,
+    kernel_debug: str | os.PathLike[str] | Layouts | None = None,
 ) -> VerificationReport:
     """Verify ``vmcore`` (a `reader.Vmcore` or anything with the same page interface) against ``live``.
 
@@ -438,6 +443,11 @@ def verify_dump(
     or be of a panic-flow kind. ``io_ranges`` are physical
     ``(address, size, label)`` ranges of the dump device's own I/O state as the hypervisor reports them
     (`harness.verify.pipeline.virtio_blk_io_ranges`): differences there are ``dump-device-io``.
+    ``device_state`` (`harness.verify.dumpdevice.DumpDeviceState`, QEMU's facts about the dump device)
+    replaces them: the dump device's own state is then explained field by field with named evidence
+    (hypervisor: rings, indirect tables, headers, status; DWARF from ``kernel_debug``, else a
+    ``KERNEL.debug``/``kernel.debug`` beside the kernel, else the kernel's own: the driver's objects), and
+    nothing is excused by an address range alone.
     """
     t0 = time.monotonic()
     expected = expected_kinds(flow)
@@ -519,13 +529,17 @@ def verify_dump(
         special, attr.dump_map = _special_ranges(vmcore, symbols)
         attr.ranges = (_panic_state_ranges(vmcore, symbols) if flow == "panic" else []) + special
         attr.ranges += _thread_stack_ranges(vmcore, symbols, flow)
-        attr.pa_ranges = [VaRange(a, a + n, "dump-device-io", label) for a, n, label in io_ranges or ()]
+        if device_state is None:
+            attr.pa_ranges = [VaRange(a, a + n, "dump-device-io", label) for a, n, label in io_ranges or ()]
         attr.pa_ranges += _pa_ranges(vmcore, [r for r in special if r.kind in ("msgbuf", "pcpu")])
     if symbols is None and cmp.differing:
         report.notes.append(
             "attribution is coarse: no kernel symbol table, so .data/.bss bytes cannot be told from other "
             "memory; only the message buffer, stacks, page tables and device I/O ranges explain a difference"
         )
+    explainer = None
+    if device_state is not None and cmp.differing:
+        explainer = _dump_device_explainer(vmcore, live, before_mem, symbols, device_state, report, kernel_debug)
     for pa in cmp.differing:
         dumped = vmcore.read_phys(pa, PAGE_SIZE)
         lv = live.view(pa, PAGE_SIZE)
@@ -533,7 +547,27 @@ def verify_dump(
         if before_mem is not None:
             with contextlib.suppress(LiveMemoryError):
                 bv = before_mem.view(pa, PAGE_SIZE)
-        a = attr.attribute(pa, dumped, lv, bv)
+        dev = explainer.explain_page(pa, dumped, lv, bv) if explainer and explainer.covers(pa) else None
+        a = attr.attribute(pa, dumped, lv, bv, device=dev)
+        if explainer is not None and not a.explained and dev is None:
+            dev = explainer.explain_page(pa, dumped, lv, bv)  # only to learn whether the device owns it
+        dump_device = ""
+        if dev is not None and a.explained and dev.evidence:
+            dump_device = "named"
+            a.kind = "dump-device-state"
+            a.text = f"dump-device-state: {dev.evidence[0]}" + (
+                f" (+{len(dev.evidence) - 1} more fields)" if len(dev.evidence) > 1 else ""
+            )
+        elif (
+            dev is not None
+            and not a.explained
+            and dev.tied
+            and not dev.refuted.any()
+            and not explainer.named_by_dwarf  # type: ignore[union-attr]
+        ):
+            dump_device = "unnamed"
+            a.kind = "dump-device-unnamed"
+            a.text = f"dump-device-unnamed: {dev.tied}"
         explained, reason = a.explained, a.reason
         if bv is not None:
             changed = not np.array_equal(bv, lv)
@@ -553,6 +587,13 @@ def verify_dump(
                 reason = "page was stable during the dump, yet the dump differs"
             else:
                 reason = "same before and after the dump: differs only in memory the dump code and ddb write"
+        if dump_device == "named":
+            reason = "the dump device's own state: every differing byte is a value of the request in flight"
+        elif dump_device == "unnamed":
+            reason = (
+                "tied to the dump device by the hypervisor; its differing bytes cannot be named without the "
+                f"kernel's DWARF ({explainer.no_dwarf_reason})"  # type: ignore[union-attr]
+            )
         report.differences.append(
             Difference(
                 pa,
@@ -565,10 +606,16 @@ def verify_dump(
                 a.va,
                 unexplained=[_unexplained_entry(pa, a.va, *u) for u in a.unexplained[:16]],
                 consistent_bytes=a.consistent_bytes,
+                dump_device=dump_device,
+                evidence=list(dev.evidence) if dev is not None and (dump_device or dev.refuted.any()) else [],
             )
         )
     report.pages_differing_explained = sum(1 for d in report.differences if d.explained)
-    report.pages_differing_unexplained = len(report.differences) - report.pages_differing_explained
+    report.pages_dump_device_named = sum(1 for d in report.differences if d.dump_device == "named")
+    report.pages_dump_device_unnamed = sum(1 for d in report.differences if d.dump_device == "unnamed")
+    report.pages_differing_unexplained = (
+        len(report.differences) - report.pages_differing_explained - report.pages_dump_device_unnamed
+    )
     report.pages_identical = report.pages_compared - len(cmp.differing) - len(cmp.not_in_live)
 
     if ddb_values:
@@ -578,6 +625,52 @@ def verify_dump(
     report.timings["verify"] = round(time.monotonic() - t0, 3)
     report.decide()
     return report
+
+
+def _dump_device_explainer(
+    vmcore: Any,
+    live: LiveMemory,
+    before: LiveMemory | None,
+    symbols: KernelSymbols | None,
+    state: DumpDeviceState,
+    report: VerificationReport,
+    kernel_debug: str | os.PathLike[str] | Layouts | None,
+) -> DumpDeviceExplainer:
+    """The dump device's facts over the three images (reads through the dump's page tables)."""
+
+    def read_dump(pa: int, n: int) -> bytes | None:
+        try:
+            return bytes(vmcore.read_phys(pa, n))
+        except Exception:  # noqa: BLE001 - page not in the dump
+            return None
+
+    def read_live(mem: LiveMemory) -> Any:
+        def read(pa: int, n: int) -> bytes | None:
+            return bytes(mem.read(pa, n)) if mem.contains(pa, n) else None
+
+        return read
+
+    images = ImageSet(
+        read_before=read_live(before) if before is not None else None,
+        read_dump=read_dump,
+        read_after=read_live(live),
+        translate_va=lambda va: _translate(vmcore, va),
+        dmap=_dmap(vmcore),
+    )
+    explainer = build_explainer(
+        state,
+        images,
+        kernel=report.kernel or None,
+        kernel_debug=kernel_debug if isinstance(kernel_debug, Layouts) or not kernel_debug else str(kernel_debug),
+        symbol=lambda name: _symbol(vmcore, symbols, name),
+    )
+    report.dump_device = {
+        "hypervisor": state.describe(),
+        "driver": explainer.described,
+        "no_dwarf_reason": "" if explainer.named_by_dwarf else explainer.no_dwarf_reason,
+        "notes": explainer.notes + state.notes,
+    }
+    return explainer
 
 
 def _unexplained_entry(pa: int, va: int | None, off: int, n: int, kind: str, label: str) -> dict[str, Any]:
