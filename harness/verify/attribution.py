@@ -149,6 +149,8 @@ class Attribution:
     unexplained: list[tuple[int, int, str, str]] = field(default_factory=list)
     #: differing bytes whose dumped value is the page's value in the before image (caught in that state)
     consistent_bytes: int = 0
+    #: page offsets of every byte listed in ``unexplained`` (bool[4096]; None when there are none)
+    bad_mask: np.ndarray | None = None
 
 
 #: kernel variables (by ELF symbol name) that the dump code and ddb write while the dump is written, so a
@@ -306,6 +308,7 @@ class Attributor:
             )
         kinds: dict[str, list[str]] = {}
         unexplained: list[tuple[int, int, str, str]] = []
+        bad_mask: np.ndarray | None = None
         for s, e in spans:
             off = s
             while off < e:
@@ -332,6 +335,9 @@ class Attributor:
                     bad_idx = np.nonzero(bad)[0]
                     if bad_idx.size:
                         unexplained.append((off + int(bad_idx[0]), int(bad_idx.size), kind, label))
+                        if bad_mask is None:
+                            bad_mask = np.zeros(PAGE_BYTES, dtype=bool)
+                        bad_mask[off + bad_idx] = True
                 off = end
         bad_kinds = list(dict.fromkeys(k for _o, _n, k, _l in unexplained))
         ordered = bad_kinds + [k for k in kinds if k not in bad_kinds]
@@ -352,6 +358,7 @@ class Attributor:
             kinds=kinds,
             unexplained=unexplained,
             consistent_bytes=consistent,
+            bad_mask=bad_mask,
         )
 
 

@@ -552,7 +552,10 @@ def verify_dump(
         if explainer is not None and not a.explained and dev is None:
             dev = explainer.explain_page(pa, dumped, lv, bv)  # only to learn whether the device owns it
         dump_device = ""
-        if dev is not None and a.explained and dev.evidence:
+        if dev is not None and a.explained and explainer is not None and explainer.covers(pa):
+            if not dev.evidence:  # every differing byte holds its before- or after-dump value
+                dev.evidence = [f"hypervisor: page {dev.tied}: each differing byte holds its value from before or "
+                                "after the dump"]
             dump_device = "named"
             a.kind = "dump-device-state"
             a.text = f"dump-device-state: {dev.evidence[0]}" + (
@@ -563,6 +566,9 @@ def verify_dump(
             and not a.explained
             and dev.tied
             and not dev.refuted.any()
+            and dev.unnamed_window is not None
+            and a.bad_mask is not None
+            and not (a.bad_mask & ~dev.unnamed_window).any()
             and not explainer.named_by_dwarf  # type: ignore[union-attr]
         ):
             dump_device = "unnamed"

@@ -149,7 +149,12 @@ class VerificationReport:
             f"{self.flow} flow",
             f"  pages compared {self.pages_compared}, identical {self.pages_identical}, "
             f"differing explained {self.pages_differing_explained}, "
-            f"unexplained {self.pages_differing_unexplained}",
+            f"unexplained {self.pages_differing_unexplained}"
+            + (
+                f", dump-device pages not nameable {self.pages_dump_device_unnamed}"
+                if self.pages_dump_device_unnamed
+                else ""
+            ),
             f"  missing from dump {self.missing_pages}"
             + (
                 f" (+{self.excluded_not_dumpable} not dumpable, excluded)"

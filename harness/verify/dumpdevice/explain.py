@@ -25,8 +25,8 @@ from harness.verify.dumpdevice.layouts import Layouts
 from harness.verify.dumpdevice.rings import gather, ring_facts
 
 PAGE = 4096
-#: strips the field from a hypervisor fact's name, leaving the object ("virtio-disk0 queue 0 avail")
-_OBJECT_OF_FIELD = re.compile(r"( descriptor \d+| entry \d+|\.\w+(\[\d+\])?)$")
+#: bytes either side of what the hypervisor locates that may stay unnamed without DWARF
+NEAR = 0x100
 #: evidence lines kept per page (the rest are counted)
 MAX_EVIDENCE = 12
 
@@ -37,6 +37,8 @@ class PageExplanation:
     refuted: np.ndarray  # bool[4096]: differing bytes a fact rejects (wrong even if the page changed)
     evidence: list[str] = field(default_factory=list)
     tied: str = ""  # why the hypervisor ties this page to the dump device ("" if it does not)
+    #: without DWARF, the bytes near what tied the page (bool[4096]): only there may bytes stay unnamed
+    unnamed_window: np.ndarray | None = None
 
 
 class DumpDeviceExplainer:
@@ -118,13 +120,25 @@ class DumpDeviceExplainer:
                 refuted[lo:hi] |= differs[lo:hi]
                 evidence[f"{f.source}: {f.what}: dumped {vals['dump']:#x} is no value a request gives (REFUTED)"] = None
         lines = _condense(list(evidence))
-        return PageExplanation(explained & differs, refuted, lines, self._tie(pa, dumped, live))
+        tied, window = self._tie(pa, dumped, live)
+        return PageExplanation(explained & differs, refuted, lines, tied, window)
 
     # -- without DWARF: why the hypervisor ties a page to the dump device -------------------------------
-    def _tie(self, pa: int, dumped: bytes, live: np.ndarray) -> str:
+    def _tie(self, pa: int, dumped: bytes, live: np.ndarray) -> tuple[str, np.ndarray]:
+        """Why the hypervisor ties the page to the dump device, and the window of bytes around what tied
+        it where, without DWARF, bytes may stay unnamed: the driver's objects sit next to what the
+        hypervisor locates (the queue's bookkeeping around its ring pointers and before its per-descriptor
+        array; the softc around its embedded request header; the sglist around its header segment).
+        Anything farther away - e.g. an indirect-table entry beyond every chain - is not excused."""
+        window = np.zeros(PAGE, dtype=bool)
+        reasons: list[str] = []
         for f in self.by_page.get(pa, []):
             if f.source == "hypervisor":
-                return "holds " + _OBJECT_OF_FIELD.sub("", f.what)
+                reasons.append("holds " + (f.obj or f.what))
+                break
+        for h in self.buffers.headers:
+            if pa <= h < pa + PAGE:
+                window[max(0, h - pa - NEAR) : h - pa + NEAR] = True
         raw = live.tobytes()
         words = struct.unpack(f"<{PAGE // 8}Q", raw)
         for desc, avail, used in self._ring_pas:
@@ -133,7 +147,8 @@ class DumpDeviceExplainer:
                 if w and self.images.pa_of(w) == desc and self.images.pa_of(words[i + 1]) == avail and (
                     self.images.pa_of(words[i + 2]) == used
                 ):
-                    return (
+                    window[max(0, 8 * i - NEAR) :] = True
+                    reasons.append(
                         f"holds at +{8 * i:#x} the kernel pointers to QEMU's rings (desc {desc:#x}, avail "
                         f"{avail:#x}, used {used:#x}): the driver's queue bookkeeping"
                     )
@@ -142,8 +157,12 @@ class DumpDeviceExplainer:
             for img_raw in (raw, dumped):
                 k = img_raw.find(pat)
                 if k >= 0 and k % 8 == 0:
-                    return f"holds at +{k:#x} the segment (request header {h:#x}, 16): the driver's scatter/gather list"
-        return ""
+                    window[max(0, k - NEAR) : k + NEAR] = True
+                    reasons.append(
+                        f"holds at +{k:#x} the segment (request header {h:#x}, 16): the driver's scatter/gather list"
+                    )
+                    break
+        return "; ".join(reasons[:2]), window
 
 
 def _condense(lines: list[str]) -> list[str]:

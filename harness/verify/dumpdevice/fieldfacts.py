@@ -27,6 +27,7 @@ class FieldFact:
     what: str  # e.g. "struct virtqueue.vq_free_cnt of vtblk0's queue"
     source: str  # "hypervisor" | "DWARF"
     check: Check
+    obj: str = ""  # the object the field belongs to ("virtio-disk0 queue 0 descriptor table")
 
     def evidence(self, why: str) -> str:
         return f"{self.source}: {self.what}: {why}"

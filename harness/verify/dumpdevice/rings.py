@@ -94,10 +94,10 @@ def ring_facts(state: DumpDeviceState, images: ImageSet, b: RequestBuffers) -> l
         facts += _table_facts(table, n, images, b)
     for h in b.headers:
         facts.append(FieldFact(h, 16, f"request header {h:#x} ({b.queue_of.get(h, 'dump device')} chain)", HYP,
-                               _header_check(_capacity(state))))
+                               _header_check(_capacity(state)), f"request header {h:#x}"))
     for s in b.statuses:
         facts.append(FieldFact(s, 1, f"status byte {s:#x} ({b.queue_of.get(s, 'dump device')} chain)", HYP,
-                               _status_check))
+                               _status_check, f"status byte {s:#x}"))
     return facts
 
 
@@ -110,17 +110,20 @@ def _queue_facts(dev: VirtioDeviceFacts, q: QueueFacts, b: RequestBuffers) -> li
     where = f"{dev.short} queue {q.index}"
     out: list[FieldFact] = []
     for i in range(q.num):
-        out.append(FieldFact(q.desc + 16 * i, 16, f"{where} descriptor {i}", HYP, _desc_check(b)))
-    out.append(FieldFact(q.avail, 2, f"{where} avail.flags", HYP, _small_flags))
-    out.append(FieldFact(q.avail + 2, 2, f"{where} avail.idx", HYP, _counter))
+        out.append(FieldFact(q.desc + 16 * i, 16, f"{where} descriptor {i}", HYP, _desc_check(b),
+                             f"{where} descriptor table"))
+    out.append(FieldFact(q.avail, 2, f"{where} avail.flags", HYP, _small_flags, f"{where} avail ring"))
+    out.append(FieldFact(q.avail + 2, 2, f"{where} avail.idx", HYP, _counter, f"{where} avail ring"))
     for j in range(q.num):
-        out.append(FieldFact(q.avail + 4 + 2 * j, 2, f"{where} avail.ring[{j}]", HYP, _index_below(q.num)))
-    out.append(FieldFact(q.avail + 4 + 2 * q.num, 2, f"{where} avail.used_event", HYP, _counter))
-    out.append(FieldFact(q.used, 2, f"{where} used.flags", HYP, _small_flags))
-    out.append(FieldFact(q.used + 2, 2, f"{where} used.idx", HYP, _counter))
+        out.append(FieldFact(q.avail + 4 + 2 * j, 2, f"{where} avail.ring[{j}]", HYP, _index_below(q.num),
+                               f"{where} avail ring"))
+    out.append(FieldFact(q.avail + 4 + 2 * q.num, 2, f"{where} avail.used_event", HYP, _counter, f"{where} avail ring"))
+    out.append(FieldFact(q.used, 2, f"{where} used.flags", HYP, _small_flags, f"{where} used ring"))
+    out.append(FieldFact(q.used + 2, 2, f"{where} used.idx", HYP, _counter, f"{where} used ring"))
     for j in range(q.num):
-        out.append(FieldFact(q.used + 4 + 8 * j, 8, f"{where} used.ring[{j}]", HYP, _used_elem(q.num)))
-    out.append(FieldFact(q.used + 4 + 8 * q.num, 2, f"{where} used.avail_event", HYP, _counter))
+        out.append(FieldFact(q.used + 4 + 8 * j, 8, f"{where} used.ring[{j}]", HYP, _used_elem(q.num),
+                               f"{where} used ring"))
+    out.append(FieldFact(q.used + 4 + 8 * q.num, 2, f"{where} used.avail_event", HYP, _counter, f"{where} used ring"))
     return out
 
 
@@ -177,7 +180,7 @@ def _table_facts(table: int, n: int, images: ImageSet, b: RequestBuffers) -> lis
     out = []
     for j in range(n):
         out.append(FieldFact(table + 16 * j, 16, f"{where} indirect table {table:#x} entry {j}", HYP,
-                             _table_entry_check(table, n, j, images, b)))
+                             _table_entry_check(table, n, j, images, b), f"{where} indirect table {table:#x}"))
     return out
 
 
