@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.verify.dumpdevice import DumpDeviceState
 from harness.verify.report import VerificationReport
 
 Progress = Callable[[str], None]
@@ -312,8 +313,9 @@ def _run_guest(
             # the dump device's own I/O state (rings, request header/status: FreeBSD's vtblk sets the
             # status byte to -1 before each request, so a dumped copy can hold a value neither live image
             # shows), named from QEMU in both flows
-            io_ranges, io_note = virtio_blk_io_ranges(guest, after)
-            crash.notes.append(io_note)
+            device_state = DumpDeviceState.from_qemu(guest.qmp)
+            device_state.write(run_dir / "dump-device-state.json")
+            crash.notes.append(device_state.describe())
 
             step = "extract"
             t = time.monotonic()
@@ -351,7 +353,7 @@ def _run_guest(
                 ddb_registers=ddb_regs,
                 timings=timings,
                 flow=choice.flow.value,
-                io_ranges=io_ranges,
+                device_state=device_state,
             )
             with reader.open_vmcore(retrieved.vmcore, kernel=kernel) as vm:
                 report = verify_dump(vm, after, pml4_pa=None, **kw)

@@ -82,9 +82,12 @@ def _u(n: int, size: int) -> bytes:
     return (n & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
 
 
-def build(run_name: str) -> World:
+def build(run_name: str, lay: Layouts | None = None) -> World:
+    """The run's pages; with ``lay`` (another kernel's layouts, e.g. from a gcc -g stand-in's DWARF) the
+    driver's objects are laid out by it instead - the recorded values stay, their offsets move."""
     ev = evidence()
-    lay = layouts()
+    real = layouts()
+    lay = lay or real
     run = next(r for r in ev["runs"] if r["run"] == run_name)
     oc = {k: (int(v, 16) if isinstance(v, str) and v.startswith("0x") else v) for k, v in run["object_chain_in_dump"].items()}
     w = World(run_name)
@@ -147,7 +150,8 @@ def build(run_name: str) -> World:
     for k in ("desc", "avail", "used"):
         w.put_va(vq + vq_t.off(f"vq_ring.{k}"), _u(oc[f"vq_ring.{k}"], 8))
     w.put_va(vq + vq_t.off("vq_ring_mem"), _u(oc["vq_ring_mem"], 8))
-    w.put_va(vq + vq_t.off("vq_intrhand_arg"), _u(oc["vq_intrhand_arg"], 8))
+    if vq_t.has("vq_intrhand_arg"):
+        w.put_va(vq + vq_t.off("vq_intrhand_arg"), _u(oc["vq_intrhand_arg"], 8))
     d0 = vq + vq_t.off("vq_descx")
     w.put_va(d0 + dx_t.off("indirect"), _u(oc["vq_descx[0].indirect"], 8))
     w.put_va(d0 + dx_t.off("indirect_paddr"), _u(oc["vq_descx[0].indirect_paddr"], 8))
@@ -158,8 +162,16 @@ def build(run_name: str) -> World:
     w.put(ring["desc"], _u(table, 8))
     w.put(ring["desc"] + 12, _u(4, 2))  # VRING_DESC_F_INDIRECT
     # the dump request's chain as it stands after the dump: header, status (flush); data in the dump
-    hdr = oc["dump_request (softc.vtblk_dump_request)"] - DMAP
-    status = hdr + lay["vtblk_request"].off("vbr_ack")
+    old_req = oc["dump_request (softc.vtblk_dump_request)"]
+    req = softc + sc_t.off("vtblk_dump_request")
+    hdr = req - DMAP + lay["vtblk_request"].off("vbr_hdr")
+    status = req - DMAP + lay["vtblk_request"].off("vbr_ack")
+    # recorded values that point at the dump request move with it under another layout
+    relocate = {
+        old_req: req,
+        old_req - DMAP: hdr,
+        old_req - DMAP + real["vtblk_request"].off("vbr_ack"): status,
+    }
     w.put(table, struct.pack("<QIHH", hdr, 16, 1, 1))
     w.put(table + 16, struct.pack("<QIHH", status, 1, 2, 2))
     w.put(table + 32, struct.pack("<QIHH", status, 1, 2, 3))
@@ -174,13 +186,40 @@ def build(run_name: str) -> World:
         for r in p["ranges"]:
             size = r["field_size"]
             off = int(r["field_page_offset"], 16)
+            moved = _field_offset(r, lay, real)
+            if moved is not None:
+                off = off - int(r["field_offset_in_object"], 16) + moved
             m = re.search(r"\((\d+) fields", r["field"])
             count = int(m.group(1)) if m else 1
-            stride = lay["vring_used_elem"].size if m else 0
+            stride = real["vring_used_elem"].size if m else 0  # hardware layout (virtio spec)
             for k in range(count):
                 for img in IMAGES:
-                    w.put(base + off + k * stride, _u(int(r[img], 16), size), (img,))
+                    value = int(r[img], 16)
+                    w.put(base + off + k * stride, _u(relocate.get(value, value), size), (img,))
     return w
+
+
+def _field_offset(r: dict, lay: Layouts, real: Layouts) -> int | None:
+    """A recorded driver field's offset in its object under ``lay`` (None: hardware layout, unchanged)."""
+    obj, fld = r["object"], r["field"]
+    m = re.fullmatch(r"(\w+)\[(\d+)\]\.(\w+)", fld)
+    if obj.startswith("struct virtqueue"):
+        if m:
+            dx = lay["vq_desc_extra"]
+            return lay["virtqueue"].off("vq_descx") + int(m.group(2)) * dx.size + dx.off(m.group(3))
+        return lay["virtqueue"].off(fld)
+    if obj.startswith("struct vtblk_softc"):
+        if fld.startswith("vtblk_dump_request."):
+            sub = fld.split(".", 1)[1]
+            return lay["vtblk_softc"].off("vtblk_dump_request") + lay["vtblk_request"].off(sub)
+        return lay["vtblk_softc"].off(fld)
+    if obj.startswith("struct sglist_seg") and m:
+        # recorded relative to the segment array, which follows the sglist header (sg_segs = sglist + size)
+        seg = lay["sglist_seg"]
+        return lay["sglist"].size - real["sglist"].size + int(m.group(2)) * seg.size + seg.off(m.group(3))
+    if obj.startswith("struct sglist"):
+        return lay["sglist"].off(fld)
+    return None
 
 
 class FakeVmcore:
