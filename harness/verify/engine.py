@@ -539,7 +539,9 @@ def verify_dump(
         )
     explainer = None
     if device_state is not None and cmp.differing:
-        explainer = _dump_device_explainer(vmcore, live, before_mem, symbols, device_state, report, kernel_debug)
+        explainer = _dump_device_explainer(
+            vmcore, live, before_mem, symbols, device_state, report, kernel_debug
+        )
     for pa in cmp.differing:
         dumped = vmcore.read_phys(pa, PAGE_SIZE)
         lv = live.view(pa, PAGE_SIZE)
@@ -554,8 +556,10 @@ def verify_dump(
         dump_device = ""
         if dev is not None and a.explained and explainer is not None and explainer.covers(pa):
             if not dev.evidence:  # every differing byte holds its before- or after-dump value
-                dev.evidence = [f"hypervisor: page {dev.tied}: each differing byte holds its value from before or "
-                                "after the dump"]
+                dev.evidence = [
+                    f"hypervisor: page {dev.tied}: each differing byte holds its value from before or after "
+                    "the dump"
+                ]
             dump_device = "named"
             a.kind = "dump-device-state"
             a.text = f"dump-device-state: {dev.evidence[0]}" + (
@@ -667,7 +671,9 @@ def _dump_device_explainer(
         state,
         images,
         kernel=report.kernel or None,
-        kernel_debug=kernel_debug if isinstance(kernel_debug, Layouts) or not kernel_debug else str(kernel_debug),
+        kernel_debug=kernel_debug
+        if isinstance(kernel_debug, Layouts) or not kernel_debug
+        else str(kernel_debug),
         symbol=lambda name: _symbol(vmcore, symbols, name),
     )
     report.dump_device = {

@@ -11,7 +11,6 @@ import bisect
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import Any
 
 #: ELF section flags (System V ABI)
@@ -86,9 +85,8 @@ class KernelSymbols:
         rec = rec[keep]
         names: dict[int, str] = {}
         symbols: list[Symbol] = []
-        for name_off, shndx, value, size in zip(
-            rec["name"].tolist(), rec["shndx"].tolist(), rec["value"].tolist(), rec["size"].tolist(), strict=True
-        ):
+        columns = (rec["name"].tolist(), rec["shndx"].tolist(), rec["value"].tolist(), rec["size"].tolist())
+        for name_off, shndx, value, size in zip(*columns, strict=True):
             name = names.get(name_off)
             if name is None:
                 name = names[name_off] = table.name(name_off)

@@ -19,7 +19,9 @@ from pathlib import Path
 from harness.verify.dumpdevice import DumpDeviceState, Layouts
 from harness.verify.live import LiveMemory
 
-EVIDENCE = Path(__file__).resolve().parents[1] / "data" / "freebsd-12.1-evidence" / "virtio-blk-dump-state.json"
+EVIDENCE = (
+    Path(__file__).resolve().parents[1] / "data" / "freebsd-12.1-evidence" / "virtio-blk-dump-state.json"
+)
 DMAP = 0xFFFF_F800_0000_0000
 PAGE = 4096
 IMAGES = ("before", "dump", "after")
@@ -42,7 +44,9 @@ def evidence() -> dict:
 
 
 def layouts() -> Layouts:
-    return Layouts.from_mapping(evidence()["layouts_from_dwarf"], source="DWARF of the 12.1 kernel.debug (recorded)")
+    return Layouts.from_mapping(
+        evidence()["layouts_from_dwarf"], source="DWARF of the 12.1 kernel.debug (recorded)"
+    )
 
 
 @dataclass
@@ -89,7 +93,10 @@ def build(run_name: str, lay: Layouts | None = None) -> World:
     real = layouts()
     lay = lay or real
     run = next(r for r in ev["runs"] if r["run"] == run_name)
-    oc = {k: (int(v, 16) if isinstance(v, str) and v.startswith("0x") else v) for k, v in run["object_chain_in_dump"].items()}
+    oc = {
+        k: (int(v, 16) if isinstance(v, str) and v.startswith("0x") else v)
+        for k, v in run["object_chain_in_dump"].items()
+    }
     w = World(run_name)
     for p in run["pages"]:
         for va in p.get("other_kernel_vas", []):
@@ -113,7 +120,15 @@ def build(run_name: str, lay: Layouts | None = None) -> World:
                     "path": "/machine/peripheral/virtio-disk0/virtio-backend",
                     "name": "virtio-blk",
                     "capacity_bytes": DISK_BYTES,
-                    "queues": [{"index": 0, "num": num, "desc": ring["desc"], "avail": ring["avail"], "used": ring["used"]}],
+                    "queues": [
+                        {
+                            "index": 0,
+                            "num": num,
+                            "desc": ring["desc"],
+                            "avail": ring["avail"],
+                            "used": ring["used"],
+                        }
+                    ],
                 }
             ]
         }
@@ -123,8 +138,11 @@ def build(run_name: str, lay: Layouts | None = None) -> World:
     vq, softc, sg = oc["vtblk_vq"], oc["softc"], oc["vtblk_sglist"]
     # symbols: vtblk_devclass, kdb_thread, kdb_frame (values from the evidence, addresses synthetic)
     for i, (name, value) in enumerate(
-        (("vtblk_devclass", oc["vtblk_devclass_symbol_value"]), ("kdb_thread", oc["kdb_thread"]),
-         ("kdb_frame", KDB_FRAME[run_name]))
+        (
+            ("vtblk_devclass", oc["vtblk_devclass_symbol_value"]),
+            ("kdb_thread", oc["kdb_thread"]),
+            ("kdb_frame", KDB_FRAME[run_name]),
+        )
     ):
         w.symbols[name] = SYMBOL_PAGE_VA + 0x300 + 8 * i
         w.put_va(w.symbols[name], _u(value, 8))

@@ -86,15 +86,23 @@ def test_real_evidence_laid_out_by_another_kernels_dwarf_is_explained(tmp_path, 
     assert lay["virtqueue"].off("vq_free_cnt") != ew.layouts()["virtqueue"].off("vq_free_cnt")
     world = ew.build(run, lay)
     report = verify_dump(
-        ew.FakeVmcore(world), ew.live(world, "after"), before=ew.live(world, "before"),
-        walk_page_tables=False, device_state=world.state, kernel_debug=exe,
+        ew.FakeVmcore(world),
+        ew.live(world, "after"),
+        before=ew.live(world, "before"),
+        walk_page_tables=False,
+        device_state=world.state,
+        kernel_debug=exe,
     )
     assert report.status == "PASSED", report.summary()
     assert report.pages_dump_device_named >= 3
     assert all(d.dump_device == "named" for d in report.differences if d.address in world.unexplained_pages)
     # the 12.1 layout on this memory names nothing right: the same bytes are not explained
     wrong = verify_dump(
-        ew.FakeVmcore(world), ew.live(world, "after"), before=ew.live(world, "before"),
-        walk_page_tables=False, device_state=world.state, kernel_debug=ew.layouts(),
+        ew.FakeVmcore(world),
+        ew.live(world, "after"),
+        before=ew.live(world, "before"),
+        walk_page_tables=False,
+        device_state=world.state,
+        kernel_debug=ew.layouts(),
     )
     assert not wrong.passed or wrong.pages_dump_device_unnamed

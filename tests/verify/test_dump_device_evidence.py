@@ -42,7 +42,10 @@ def test_every_differing_byte_of_a_real_run_is_explained_with_dwarf(run):
         assert d.evidence and all(e.startswith(("DWARF: ", "hypervisor: ")) for e in d.evidence)
     text = "\n".join(e for d in report.differences for e in d.evidence)
     assert "DWARF: struct virtqueue.vq_free_cnt of vtblk0's queue: 255 = 256 - 1" in text
-    assert "vq_descx[0].cookie of vtblk0's queue" in text and "vtblk_dump_request (the request in flight)" in text
+    assert (
+        "vq_descx[0].cookie of vtblk0's queue" in text
+        and "vtblk_dump_request (the request in flight)" in text
+    )
     assert "vtblk_mtx.mtx_lock of vtblk0" in text and "held by kdb_thread" in text
     assert "sg_segs[1] of vtblk0: segment 1 of 3: data" in text
     assert report.dump_device["driver"] and "vtblk0: softc" in report.dump_device["driver"][0]
@@ -56,7 +59,9 @@ def test_without_dwarf_the_device_pages_get_their_own_verdict(run):
     assert report.passed, report.summary()
     assert report.pages_dump_device_unnamed == 3
     assert report.status == "PASSED (with 3 dump-device pages not nameable without kernel.debug)"
-    assert {d.address for d in report.differences if d.dump_device == "unnamed"} == set(world.unexplained_pages)
+    assert {d.address for d in report.differences if d.dump_device == "unnamed"} == set(
+        world.unexplained_pages
+    )
     assert "hypervisor-tied, not nameable without DWARF" in report.summary()
     assert report.dump_device["no_dwarf_reason"]
 
@@ -72,15 +77,31 @@ def _softc_pa(world: ew.World) -> int:
 @pytest.mark.parametrize(
     ("what", "where", "value"),
     [
-        ("a stable softc byte (vtblk_flags)", lambda w, lay: _softc_pa(w) + lay["vtblk_softc"].off("vtblk_flags"), 0x5A),
-        ("vbr_link, beside the header the ring names", lambda w, lay: _softc_pa(w)
-         + lay["vtblk_softc"].off("vtblk_dump_request.vbr_link.tqe_next"), 0x11),
-        ("the status byte holding a value no request gives", lambda w, lay: _softc_pa(w)
-         + lay["vtblk_softc"].off("vtblk_dump_request.vbr_ack"), 0x55),
-        ("vq_free_cnt inconsistent with one request in flight", lambda w, lay: 0x27FF000
-         + lay["virtqueue"].off("vq_free_cnt"), 0xFE),
-        ("the lock word naming a thread that is not ddb's", lambda w, lay: _softc_pa(w)
-         + lay["vtblk_softc"].off("vtblk_mtx.mtx_lock") + 1, 0x77),
+        (
+            "a stable softc byte (vtblk_flags)",
+            lambda w, lay: _softc_pa(w) + lay["vtblk_softc"].off("vtblk_flags"),
+            0x5A,
+        ),
+        (
+            "vbr_link, beside the header the ring names",
+            lambda w, lay: _softc_pa(w) + lay["vtblk_softc"].off("vtblk_dump_request.vbr_link.tqe_next"),
+            0x11,
+        ),
+        (
+            "the status byte holding a value no request gives",
+            lambda w, lay: _softc_pa(w) + lay["vtblk_softc"].off("vtblk_dump_request.vbr_ack"),
+            0x55,
+        ),
+        (
+            "vq_free_cnt inconsistent with one request in flight",
+            lambda w, lay: 0x27FF000 + lay["virtqueue"].off("vq_free_cnt"),
+            0xFE,
+        ),
+        (
+            "the lock word naming a thread that is not ddb's",
+            lambda w, lay: _softc_pa(w) + lay["vtblk_softc"].off("vtblk_mtx.mtx_lock") + 1,
+            0x77,
+        ),
         ("an indirect-table entry beyond every chain", lambda w, lay: 0x3335800 + 16 * 20 + 8, 0x01),
         ("the data segment's length, not a whole sector", lambda w, lay: 0x3335800 + 16 + 8, 0x33),
     ],
@@ -103,11 +124,13 @@ def test_a_perturbed_dump_device_byte_fails(what, where, value, dwarf):
     assert not report.passed, f"{what}: {report.summary()}"
     bad = next(d for d in report.differences if d.address == pa - pa % 4096)
     assert not bad.explained and bad.dump_device == "", (what, bad)
-    assert any(int(u["address"], 16) <= pa < int(u["address"], 16) + 8 for u in bad.unexplained), bad.unexplained
+    assert any(int(u["address"], 16) <= pa < int(u["address"], 16) + 8 for u in bad.unexplained), (
+        bad.unexplained
+    )
 
 
 def test_state_json_round_trip_and_qemu_answers(tmp_path):
-    """`DumpDeviceState.from_qemu` reads QEMU 7.2's real answers (evidence section 6); the JSON round-trips."""
+    """`DumpDeviceState.from_qemu` reads QEMU 7.2's real answers (evidence section 6); JSON round-trips."""
     recorded = ew.evidence()["qemu"]["qmp"]
 
     def qmp(cmd, **args):

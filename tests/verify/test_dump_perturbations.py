@@ -59,7 +59,9 @@ def test_the_unperturbed_copy_passes(lldb_fixtures, live_of_the_good_dump, tmp_p
     assert _verify(dump, lldb_fixtures, *live_of_the_good_dump).passed
 
 
-def test_a_byte_of_a_stable_data_variable_fails_naming_symbol_and_offset(lldb_fixtures, live_of_the_good_dump, tmp_path):
+def test_a_byte_of_a_stable_data_variable_fails_naming_symbol_and_offset(
+    lldb_fixtures, live_of_the_good_dump, tmp_path
+):
     dump = _copy(lldb_fixtures["mini"], tmp_path / "vmcore")
     with reader.open_vmcore(dump, kernel=lldb_fixtures["kernel"], zero_fill=True) as vm:
         pa = vm.translate(vm.symbol("hz") + 1)
@@ -82,7 +84,9 @@ def test_a_byte_of_a_heap_page_fails(lldb_fixtures, live_of_the_good_dump, tmp_p
         mapped = set(m.pa.tolist()) | set(m.tables)
     with reader.open_vmcore(dump, kernel=lldb_fixtures["kernel"], zero_fill=True) as vm:
         size = dump.stat().st_size
-        pa = next(p for p in vm.phys_pages() if p not in mapped and p > 0x100000 and _file_offset(vm, p) < size)
+        pa = next(
+            p for p in vm.phys_pages() if p not in mapped and p > 0x100000 and _file_offset(vm, p) < size
+        )
         off = _file_offset(vm, pa + 0x40)
     _patch(dump, off, b"\xa5")
     r = _verify(dump, lldb_fixtures, live_path, root)

@@ -29,8 +29,16 @@ from harness.verify.dumpdevice.rings import RequestBuffers
 
 DW = "DWARF"
 #: the structs this module reads (complete definitions needed in the DWARF)
-NEEDED_STRUCTS = ("devclass", "device", "vtblk_softc", "virtqueue", "vq_desc_extra", "vtblk_request", "sglist",
-                  "sglist_seg")
+NEEDED_STRUCTS = (
+    "devclass",
+    "device",
+    "vtblk_softc",
+    "virtqueue",
+    "vq_desc_extra",
+    "vtblk_request",
+    "sglist",
+    "sglist_seg",
+)
 #: compilation units that define them in FreeBSD (searched first; any other unit is searched after)
 CU_HINTS = ("virtqueue.c", "virtio_blk.c", "subr_bus.c", "subr_sglist.c")
 #: how far from ddb's trap frame a pointer still lies in the stack ddb runs on (KSTACK_PAGES <= 16)
@@ -80,7 +88,7 @@ def find_vtblk(
                 break
             cur = _read_ptr(images, cur + dc_t.off("link.tqe_next"))
     if not devclass:
-        return [], ["no devclass \"vtblk\" (neither vtblk_devclass nor the devclasses list leads to it)"]
+        return [], ['no devclass "vtblk" (neither vtblk_devclass nor the devclasses list leads to it)']
     devices = _read_ptr(images, devclass + dc_t.off("devices"))
     maxunit = images.uint_va("after", devclass + dc_t.off("maxunit"), 4) or 0
     found: list[VtblkObjects] = []
@@ -100,7 +108,9 @@ def find_vtblk(
         desc_va = _read_ptr(images, vq + vq_t.off("vq_ring.desc")) if vq else None
         desc_pa = images.pa_of(desc_va) if desc_va else None
         if desc_pa not in ring_of:
-            notes.append(f"{name}: its queue's vq_ring.desc {desc_va or 0:#x} (PA {desc_pa}) is no ring QEMU reports")
+            notes.append(
+                f"{name}: its queue's vq_ring.desc {desc_va or 0:#x} (PA {desc_pa}) is no ring QEMU reports"
+            )
             continue
         d, q = ring_of[desc_pa]
         found.append(VtblkObjects(name, softc, vq, sg, q, d))
@@ -231,7 +241,7 @@ def _device_facts(
         def check(v: Values) -> str | None:
             d = v.get("dump")
             c = images.uint_va("dump", descx + i * dx_t.size + dx_t.off("cookie"), 8)
-            if c and d is not None and 1 <= d <= max(max_ind, 1) :
+            if c and d is not None and 1 <= d <= max(max_ind, 1):
                 return f"{d} descriptor(s) for the request in flight"
             if not c and d == 0:
                 return "0 (no request)"
@@ -242,8 +252,12 @@ def _device_facts(
     for i in range(num):
         e = descx + i * dx_t.size
         add(e + dx_t.off("cookie"), 8, f"struct virtqueue.vq_descx[{i}].cookie of {qname}", cookie_check)
-        add(e + dx_t.off("ndescs"), dx_t.size_of("ndescs"), f"struct virtqueue.vq_descx[{i}].ndescs of {qname}",
-            ndescs_check(i))
+        add(
+            e + dx_t.off("ndescs"),
+            dx_t.size_of("ndescs"),
+            f"struct virtqueue.vq_descx[{i}].ndescs of {qname}",
+            ndescs_check(i),
+        )
 
     # softc: the lock word and the embedded dump request
     def lock_check(v: Values) -> str | None:
@@ -254,8 +268,12 @@ def _device_facts(
         return unchanged(v)
 
     if sc_t.has("vtblk_mtx.mtx_lock"):
-        add(o.softc + sc_t.off("vtblk_mtx.mtx_lock"), 8, f"struct vtblk_softc.vtblk_mtx.mtx_lock of {o.name}",
-            lock_check)
+        add(
+            o.softc + sc_t.off("vtblk_mtx.mtx_lock"),
+            8,
+            f"struct vtblk_softc.vtblk_mtx.mtx_lock of {o.name}",
+            lock_check,
+        )
     base = f"struct vtblk_softc.vtblk_dump_request of {o.name}"
 
     def type_check(v: Values) -> str | None:
@@ -283,7 +301,9 @@ def _device_facts(
         frames = {f for f in kdb_frame.values() if f}
         if d is not None and any(abs(d - f) < STACK_SPAN for f in frames):
             f = min(frames, key=lambda x: abs(d - x))
-            return f"{d:#x} = kdb_frame {'-' if d < f else '+'} {abs(d - f):#x}: a bio on the stack ddb runs on"
+            return (
+                f"{d:#x} = kdb_frame {'-' if d < f else '+'} {abs(d - f):#x}: a bio on the stack ddb runs on"
+            )
         return unchanged(v)
 
     def ack_check(v: Values) -> str | None:

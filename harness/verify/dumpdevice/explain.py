@@ -74,7 +74,9 @@ class DumpDeviceExplainer:
                     self.described = df.described
                     self.notes += notes
                     if not df.described:
-                        self.no_dwarf_reason = "; ".join(notes) or "no vtblk device found through the kernel's data"
+                        self.no_dwarf_reason = (
+                            "; ".join(notes) or "no vtblk device found through the kernel's data"
+                        )
         elif not self.no_dwarf_reason:
             self.no_dwarf_reason = "no kernel.debug (DWARF) given"
         facts += ring_facts(state, images, self.buffers)
@@ -118,7 +120,9 @@ class DumpDeviceExplainer:
                 evidence[f.evidence(why)] = None
             else:
                 refuted[lo:hi] |= differs[lo:hi]
-                evidence[f"{f.source}: {f.what}: dumped {vals['dump']:#x} is no value a request gives (REFUTED)"] = None
+                evidence[
+                    f"{f.source}: {f.what}: dumped {vals['dump']:#x} is no value a request gives (REFUTED)"
+                ] = None
         lines = _condense(list(evidence))
         tied, window = self._tie(pa, dumped, live)
         return PageExplanation(explained & differs, refuted, lines, tied, window)
@@ -144,8 +148,11 @@ class DumpDeviceExplainer:
         for desc, avail, used in self._ring_pas:
             for i in range(len(words) - 2):
                 w = words[i]
-                if w and self.images.pa_of(w) == desc and self.images.pa_of(words[i + 1]) == avail and (
-                    self.images.pa_of(words[i + 2]) == used
+                if (
+                    w
+                    and self.images.pa_of(w) == desc
+                    and self.images.pa_of(words[i + 1]) == avail
+                    and (self.images.pa_of(words[i + 2]) == used)
                 ):
                     window[max(0, 8 * i - NEAR) :] = True
                     reasons.append(
@@ -159,7 +166,8 @@ class DumpDeviceExplainer:
                 if k >= 0 and k % 8 == 0:
                     window[max(0, k - NEAR) : k + NEAR] = True
                     reasons.append(
-                        f"holds at +{k:#x} the segment (request header {h:#x}, 16): the driver's scatter/gather list"
+                        f"holds at +{k:#x} the segment (request header {h:#x}, 16): the driver's "
+                        "scatter/gather list"
                     )
                     break
         return "; ".join(reasons[:2]), window

@@ -126,7 +126,10 @@ class DumpDeviceState:
             )
             devices.append(
                 VirtioDeviceFacts(
-                    str(dev["path"]), str(dev.get("name", "virtio-blk")), queues, _opt_int(dev.get("capacity_bytes"))
+                    str(dev["path"]),
+                    str(dev.get("name", "virtio-blk")),
+                    queues,
+                    _opt_int(dev.get("capacity_bytes")),
                 )
             )
         return cls(devices, str(d.get("source", "qemu")), list(d.get("notes", [])))
@@ -156,7 +159,9 @@ class DumpDeviceState:
             return "dump device state from QEMU: no virtio-blk device" + (
                 f" ({'; '.join(self.notes)})" if self.notes else ""
             )
-        qs = ", ".join(f"{d.short} queue {q.index} (desc {q.desc:#x}, {q.num} entries)" for d, q in self.queues)
+        qs = ", ".join(
+            f"{d.short} queue {q.index} (desc {q.desc:#x}, {q.num} entries)" for d, q in self.queues
+        )
         return f"dump device state from QEMU: {qs}"
 
 

@@ -54,14 +54,19 @@ def between(v: Values, bits: int = 16) -> bool:
     return (d - b) & m <= (a - b) & m
 
 
-def segment_shape(addr: int, length: int, flags: int | None, headers: set[int], statuses: set[int]) -> str | None:
+def segment_shape(
+    addr: int, length: int, flags: int | None, headers: set[int], statuses: set[int]
+) -> str | None:
     """What a (PA, length[, descriptor flags]) pair of a request is: header, status byte or data."""
     if length == 16 and addr in headers and (flags is None or flags & ~VRING_DESC_F_NEXT == 0):
         return f"request header {addr:#x}"
     if length == 1 and addr in statuses and (flags is None or flags & VRING_DESC_F_WRITE):
         return f"status byte {addr:#x}"
-    if 0 < length <= MAX_SEGMENT and length % SECTOR == 0 and addr and (
-        flags is None or flags & ~(VRING_DESC_F_NEXT | VRING_DESC_F_WRITE) == 0
+    if (
+        0 < length <= MAX_SEGMENT
+        and length % SECTOR == 0
+        and addr
+        and (flags is None or flags & ~(VRING_DESC_F_NEXT | VRING_DESC_F_WRITE) == 0)
     ):
         return f"data {addr:#x}+{length:#x}"
     return None

@@ -73,7 +73,9 @@ class Layouts:
             name = key.split()[1] if key.startswith("struct ") else key
             lay = StructLayout(name, int(spec["size"]))
             for m in spec["fields"]:
-                lay.members[m["field"]] = Member(int(str(m["offset"]), 0), int(m["size"]), str(m.get("type", "")))
+                lay.members[m["field"]] = Member(
+                    int(str(m["offset"]), 0), int(m["size"]), str(m.get("type", ""))
+                )
             out.structs[name] = lay
         return out
 
@@ -129,8 +131,18 @@ class Layouts:
 def _strip(die: Any) -> Any:
     """Follow typedef/const/volatile to the type that has the size."""
     seen = 0
-    while die is not None and die.tag in ("DW_TAG_typedef", "DW_TAG_const_type", "DW_TAG_volatile_type",
-                                            "DW_TAG_restrict_type", "DW_TAG_atomic_type") and seen < 32:
+    while (
+        die is not None
+        and die.tag
+        in (
+            "DW_TAG_typedef",
+            "DW_TAG_const_type",
+            "DW_TAG_volatile_type",
+            "DW_TAG_restrict_type",
+            "DW_TAG_atomic_type",
+        )
+        and seen < 32
+    ):
         die = die.get_DIE_from_attribute("DW_AT_type") if "DW_AT_type" in die.attributes else None
         seen += 1
     return die
@@ -199,7 +211,9 @@ def _member_offset(die: Any) -> int:
 
 
 def _struct_layout(name: str, die: Any) -> StructLayout:
-    lay = StructLayout(name, int(die.attributes["DW_AT_byte_size"].value) if "DW_AT_byte_size" in die.attributes else 0)
+    lay = StructLayout(
+        name, int(die.attributes["DW_AT_byte_size"].value) if "DW_AT_byte_size" in die.attributes else 0
+    )
     _add_members(lay, die, "", 0, depth=0)
     return lay
 

@@ -68,7 +68,11 @@ def gather(state: DumpDeviceState, images: ImageSet, buffers: RequestBuffers | N
             if raw is None:
                 continue
             for addr, length, flags, _nxt in _entries(raw):
-                if flags & VRING_DESC_F_INDIRECT and 16 <= length <= 16 * MAX_INDIRECT_ENTRIES and length % 16 == 0:
+                if (
+                    flags & VRING_DESC_F_INDIRECT
+                    and 16 <= length <= 16 * MAX_INDIRECT_ENTRIES
+                    and length % 16 == 0
+                ):
                     b.tables[addr] = max(b.tables.get(addr, 0), length // 16)
                     b.queue_of.setdefault(addr, where)
         for table, n in list(b.tables.items()):
@@ -93,11 +97,27 @@ def ring_facts(state: DumpDeviceState, images: ImageSet, b: RequestBuffers) -> l
     for table, n in b.tables.items():
         facts += _table_facts(table, n, images, b)
     for h in b.headers:
-        facts.append(FieldFact(h, 16, f"request header {h:#x} ({b.queue_of.get(h, 'dump device')} chain)", HYP,
-                               _header_check(_capacity(state)), f"request header {h:#x}"))
+        facts.append(
+            FieldFact(
+                h,
+                16,
+                f"request header {h:#x} ({b.queue_of.get(h, 'dump device')} chain)",
+                HYP,
+                _header_check(_capacity(state)),
+                f"request header {h:#x}",
+            )
+        )
     for s in b.statuses:
-        facts.append(FieldFact(s, 1, f"status byte {s:#x} ({b.queue_of.get(s, 'dump device')} chain)", HYP,
-                               _status_check, f"status byte {s:#x}"))
+        facts.append(
+            FieldFact(
+                s,
+                1,
+                f"status byte {s:#x} ({b.queue_of.get(s, 'dump device')} chain)",
+                HYP,
+                _status_check,
+                f"status byte {s:#x}",
+            )
+        )
     return facts
 
 
@@ -110,20 +130,45 @@ def _queue_facts(dev: VirtioDeviceFacts, q: QueueFacts, b: RequestBuffers) -> li
     where = f"{dev.short} queue {q.index}"
     out: list[FieldFact] = []
     for i in range(q.num):
-        out.append(FieldFact(q.desc + 16 * i, 16, f"{where} descriptor {i}", HYP, _desc_check(b),
-                             f"{where} descriptor table"))
+        out.append(
+            FieldFact(
+                q.desc + 16 * i,
+                16,
+                f"{where} descriptor {i}",
+                HYP,
+                _desc_check(b),
+                f"{where} descriptor table",
+            )
+        )
     out.append(FieldFact(q.avail, 2, f"{where} avail.flags", HYP, _small_flags, f"{where} avail ring"))
     out.append(FieldFact(q.avail + 2, 2, f"{where} avail.idx", HYP, _counter, f"{where} avail ring"))
     for j in range(q.num):
-        out.append(FieldFact(q.avail + 4 + 2 * j, 2, f"{where} avail.ring[{j}]", HYP, _index_below(q.num),
-                               f"{where} avail ring"))
-    out.append(FieldFact(q.avail + 4 + 2 * q.num, 2, f"{where} avail.used_event", HYP, _counter, f"{where} avail ring"))
+        out.append(
+            FieldFact(
+                q.avail + 4 + 2 * j,
+                2,
+                f"{where} avail.ring[{j}]",
+                HYP,
+                _index_below(q.num),
+                f"{where} avail ring",
+            )
+        )
+    out.append(
+        FieldFact(
+            q.avail + 4 + 2 * q.num, 2, f"{where} avail.used_event", HYP, _counter, f"{where} avail ring"
+        )
+    )
     out.append(FieldFact(q.used, 2, f"{where} used.flags", HYP, _small_flags, f"{where} used ring"))
     out.append(FieldFact(q.used + 2, 2, f"{where} used.idx", HYP, _counter, f"{where} used ring"))
     for j in range(q.num):
-        out.append(FieldFact(q.used + 4 + 8 * j, 8, f"{where} used.ring[{j}]", HYP, _used_elem(q.num),
-                               f"{where} used ring"))
-    out.append(FieldFact(q.used + 4 + 8 * q.num, 2, f"{where} used.avail_event", HYP, _counter, f"{where} used ring"))
+        out.append(
+            FieldFact(
+                q.used + 4 + 8 * j, 8, f"{where} used.ring[{j}]", HYP, _used_elem(q.num), f"{where} used ring"
+            )
+        )
+    out.append(
+        FieldFact(q.used + 4 + 8 * q.num, 2, f"{where} used.avail_event", HYP, _counter, f"{where} used ring")
+    )
     return out
 
 
@@ -136,7 +181,9 @@ def _counter(v: Values) -> str | None:
     if unchanged(v):
         return unchanged(v)
     if between(v):
-        return f"{v['dump']} between {v.get('before')} (before) and {v.get('after')} (after): requests went on"
+        return (
+            f"{v['dump']} between {v.get('before')} (before) and {v.get('after')} (after): requests went on"
+        )
     return None
 
 
@@ -167,7 +214,12 @@ def _desc_check(b: RequestBuffers):  # noqa: ANN202
         if unchanged(v) or d is None:
             return unchanged(v)
         addr, length, flags, nxt = struct.unpack("<QIHH", d.to_bytes(16, "little"))
-        if flags & VRING_DESC_F_INDIRECT and addr in b.tables and length % 16 == 0 and 16 <= length <= 16 * b.tables[addr]:
+        if (
+            flags & VRING_DESC_F_INDIRECT
+            and addr in b.tables
+            and length % 16 == 0
+            and 16 <= length <= 16 * b.tables[addr]
+        ):
             return f"indirect table {addr:#x}, {length // 16} entries in use"
         shape = segment_shape(addr, length, flags, b.headers, b.statuses)
         return shape
@@ -179,8 +231,16 @@ def _table_facts(table: int, n: int, images: ImageSet, b: RequestBuffers) -> lis
     where = b.queue_of.get(table, "dump device")
     out = []
     for j in range(n):
-        out.append(FieldFact(table + 16 * j, 16, f"{where} indirect table {table:#x} entry {j}", HYP,
-                             _table_entry_check(table, n, j, images, b), f"{where} indirect table {table:#x}"))
+        out.append(
+            FieldFact(
+                table + 16 * j,
+                16,
+                f"{where} indirect table {table:#x} entry {j}",
+                HYP,
+                _table_entry_check(table, n, j, images, b),
+                f"{where} indirect table {table:#x}",
+            )
+        )
     return out
 
 
@@ -199,7 +259,7 @@ def _table_entry_check(table: int, n: int, j: int, images: ImageSet, b: RequestB
                 return f"request header {addr:#x} (16 B), first of a {len(chain)}-entry chain"
             if last and j > 0 and length == 1 and addr in b.statuses and flags & VRING_DESC_F_WRITE:
                 return f"status byte {addr:#x}, last of the {len(chain)}-entry chain"
-            if 0 < j and not last and nxt == j + 1:
+            if j > 0 and not last and nxt == j + 1:
                 shape = segment_shape(addr, length, flags, set(), set())
                 if shape:
                     cover = " (the data the request in flight writes)"
