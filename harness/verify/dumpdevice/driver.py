@@ -24,7 +24,7 @@ from harness.verify.dumpdevice.fieldfacts import (
     unchanged,
 )
 from harness.verify.dumpdevice.images import ImageSet
-from harness.verify.dumpdevice.layouts import Layouts
+from harness.verify.dumpdevice.layouts import Layouts, StructLayout
 from harness.verify.dumpdevice.rings import RequestBuffers
 
 DW = "DWARF"
@@ -90,10 +90,11 @@ def find_vtblk(
     if not devclass:
         return [], ['no devclass "vtblk" (neither vtblk_devclass nor the devclasses list leads to it)']
     devices = _read_ptr(images, devclass + dc_t.off("devices"))
-    maxunit = images.uint_va("after", devclass + dc_t.off("maxunit"), 4) or 0
+    # devices[] holds maxunit entries; without that member, look at the first units while they are set
+    maxunit = images.uint_va("after", devclass + dc_t.off("maxunit"), 4) if dc_t.has("maxunit") else 16
     found: list[VtblkObjects] = []
     ring_of = {q.desc: (d, q) for d, q in state.queues}
-    for unit in range(min(maxunit, 256)):
+    for unit in range(min(maxunit or 0, 256)):
         dev = _read_ptr(images, devices + 8 * unit) if devices else None
         if not dev:
             continue
@@ -139,6 +140,17 @@ def driver_facts(
     return DriverFacts(facts, buffers, described), notes
 
 
+def _at(base: int, t: StructLayout, path: str) -> int | None:
+    """Address of member ``path`` of the object at ``base``, None if this kernel's struct lacks it."""
+    return base + t.off(path) if t.has(path) else None
+
+
+def _opt_uint(images: ImageSet, base: int, t: StructLayout, path: str) -> int | None:
+    if not t.has(path):
+        return None
+    return images.uint_va("after", base + t.off(path), t.size_of(path) or 4)
+
+
 def _kernel_ptr(images: ImageSet, symbol: Symbol, name: str) -> dict[str, int | None]:
     a = symbol(name)
     if a is None:
@@ -158,8 +170,8 @@ def _device_facts(
     sg_t, seg_t = lay["sglist"], lay["sglist_seg"]
     out: list[FieldFact] = []
     qname = f"{o.name}'s queue"
-    num = images.uint_va("after", o.vq + vq_t.off("vq_nentries"), 2) or o.queue.num
-    max_ind = images.uint_va("after", o.vq + vq_t.off("vq_max_indirect_size"), 4) or 0
+    num = _opt_uint(images, o.vq, vq_t, "vq_nentries") or o.queue.num
+    max_ind = _opt_uint(images, o.vq, vq_t, "vq_max_indirect_size") or 0
     descx = o.vq + vq_t.off("vq_descx")
     req = o.softc + sc_t.off("vtblk_dump_request")
     req_pa = images.pa_of(req)
@@ -172,14 +184,16 @@ def _device_facts(
         b.statuses.add(ack_pa)
         b.queue_of.setdefault(ack_pa, f"{o.device.short} queue {o.queue.index}")
     # every descriptor's indirect table (allocation size from the queue itself)
-    ind_bytes = images.uint_va("after", o.vq + vq_t.off("vq_indirect_mem_size"), 4) or 0
-    for i in range(num):
+    ind_bytes = _opt_uint(images, o.vq, vq_t, "vq_indirect_mem_size") or 16 * max_ind
+    for i in range(num if dx_t.has("indirect_paddr") else 0):
         p = images.uint_va("after", descx + i * dx_t.size + dx_t.off("indirect_paddr"), 8)
         if p and ind_bytes:
             b.tables[p] = max(b.tables.get(p, 0), ind_bytes // 16)
             b.queue_of.setdefault(p, f"{o.device.short} queue {o.queue.index}")
 
-    def add(va: int, size: int, what: str, check: Callable[[Values], str | None]) -> None:
+    def add(va: int | None, size: int, what: str, check: Callable[[Values], str | None]) -> None:
+        if va is None:  # this kernel's struct has no such member: nothing to name there
+            return
         pa = images.pa_of(va)
         if pa is not None:
             out.append(FieldFact(pa, size, what, DW, check))
@@ -224,10 +238,10 @@ def _device_facts(
             return f"{v['dump']} between {v.get('before')} (before) and {v.get('after')} (after)"
         return unchanged(v)
 
-    add(o.vq + vq_t.off("vq_free_cnt"), 2, f"struct virtqueue.vq_free_cnt of {qname}", free_cnt)
-    add(o.vq + vq_t.off("vq_queued_cnt"), 2, f"struct virtqueue.vq_queued_cnt of {qname}", queued_cnt)
-    add(o.vq + vq_t.off("vq_desc_head_idx"), 2, f"struct virtqueue.vq_desc_head_idx of {qname}", head_idx)
-    add(o.vq + vq_t.off("vq_used_cons_idx"), 2, f"struct virtqueue.vq_used_cons_idx of {qname}", used_cons)
+    add(_at(o.vq, vq_t, "vq_free_cnt"), 2, f"struct virtqueue.vq_free_cnt of {qname}", free_cnt)
+    add(_at(o.vq, vq_t, "vq_queued_cnt"), 2, f"struct virtqueue.vq_queued_cnt of {qname}", queued_cnt)
+    add(_at(o.vq, vq_t, "vq_desc_head_idx"), 2, f"struct virtqueue.vq_desc_head_idx of {qname}", head_idx)
+    add(_at(o.vq, vq_t, "vq_used_cons_idx"), 2, f"struct virtqueue.vq_used_cons_idx of {qname}", used_cons)
 
     def cookie_check(v: Values) -> str | None:
         d = v.get("dump")
@@ -311,13 +325,17 @@ def _device_facts(
         return unchanged(v) or STATUS_VALUES.get(d) if d is not None else None
 
     add(req + rq_t.off("vbr_hdr.type"), 4, f"{base}.vbr_hdr.type", type_check)
-    add(req + rq_t.off("vbr_hdr.ioprio"), 4, f"{base}.vbr_hdr.ioprio", ioprio_check)
+    add(_at(req, rq_t, "vbr_hdr.ioprio"), 4, f"{base}.vbr_hdr.ioprio", ioprio_check)
     add(req + rq_t.off("vbr_hdr.sector"), 8, f"{base}.vbr_hdr.sector", sector_check)
-    add(req + rq_t.off("vbr_bp"), 8, f"{base}.vbr_bp", bp_check)
+    add(_at(req, rq_t, "vbr_bp"), 8, f"{base}.vbr_bp", bp_check)
     add(req + rq_t.off("vbr_ack"), 1, f"{base}.vbr_ack", ack_check)
 
     # the scatter/gather list the dump request is built in
-    maxseg = images.uint_va("after", o.sglist + sg_t.off("sg_maxseg"), sg_t.size_of("sg_maxseg")) or 0
+    maxseg = (
+        images.uint_va("after", o.sglist + sg_t.off("sg_maxseg"), sg_t.size_of("sg_maxseg"))
+        if sg_t.has("sg_maxseg")
+        else max_ind
+    ) or max_ind
     segs = _read_ptr(images, o.sglist + sg_t.off("sg_segs")) or 0
     nseg_va = o.sglist + sg_t.off("sg_nseg")
     nseg_size = sg_t.size_of("sg_nseg")

@@ -45,9 +45,9 @@ def _entries(raw: bytes) -> list[tuple[int, int, int, int]]:
     return [struct.unpack_from("<QIHH", raw, i) for i in range(0, len(raw) - 15, 16)]
 
 
-def _chain(entries: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
-    """The chain from entry 0 following NEXT (next = index), bounded by the table."""
-    out, i, seen = [], 0, set()
+def _chain(entries: list[tuple[int, int, int, int]], start: int = 0) -> list[tuple[int, int, int, int]]:
+    """The chain from entry ``start`` following NEXT (next = index), bounded by the table."""
+    out, i, seen = [], start, set()
     while 0 <= i < len(entries) and i not in seen:
         seen.add(i)
         out.append(entries[i])
@@ -67,7 +67,10 @@ def gather(state: DumpDeviceState, images: ImageSet, buffers: RequestBuffers | N
             raw = images.read(img, q.desc, 16 * q.num)
             if raw is None:
                 continue
-            for addr, length, flags, _nxt in _entries(raw):
+            entries = _entries(raw)
+            for head in range(len(entries)):  # direct chains: header ... status in the ring itself
+                _add_request(b, _chain(entries, head), where)
+            for addr, length, flags, _nxt in entries:
                 if (
                     flags & VRING_DESC_F_INDIRECT
                     and 16 <= length <= 16 * MAX_INDIRECT_ENTRIES
@@ -80,14 +83,20 @@ def gather(state: DumpDeviceState, images: ImageSet, buffers: RequestBuffers | N
                 raw = images.read(img, table, 16 * n)
                 if raw is None:
                     continue
-                chain = _chain(_entries(raw))
-                if len(chain) >= 2 and chain[0][1] == 16 and not chain[0][2] & VRING_DESC_F_WRITE:
-                    b.headers.add(chain[0][0])
-                    b.queue_of.setdefault(chain[0][0], where)
-                if len(chain) >= 2 and chain[-1][1] == 1 and chain[-1][2] & VRING_DESC_F_WRITE:
-                    b.statuses.add(chain[-1][0])
-                    b.queue_of.setdefault(chain[-1][0], where)
+                _add_request(b, _chain(_entries(raw)), where)
     return b
+
+
+def _add_request(b: RequestBuffers, chain: list[tuple[int, int, int, int]], where: str) -> None:
+    """A chain that starts with a 16-byte device-readable header and ends with a 1-byte device-writable
+    status is a virtio-blk request: remember both buffers."""
+    if len(chain) < 2 or chain[0][1] != 16 or chain[0][2] & (VRING_DESC_F_WRITE | VRING_DESC_F_INDIRECT):
+        return
+    if chain[-1][1] != 1 or not chain[-1][2] & VRING_DESC_F_WRITE:
+        return
+    for addr, group in ((chain[0][0], b.headers), (chain[-1][0], b.statuses)):
+        group.add(addr)
+        b.queue_of.setdefault(addr, where)
 
 
 def ring_facts(state: DumpDeviceState, images: ImageSet, b: RequestBuffers) -> list[FieldFact]:
