@@ -10,6 +10,7 @@ differing page and decide. The result is a `VerificationReport`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import struct
 import time
@@ -667,6 +668,15 @@ def _dump_device_explainer(
         translate_va=lambda va: _translate(vmcore, va),
         dmap=_dmap(vmcore),
     )
+    if state.dump_extent is None and len(state.devices) == 1 and state.devices[0].capacity_bytes:
+        # the kernel writes the dump at the end of the dump device, before the trailing header; the
+        # vmcore's size bounds it (a compressed dump on disk is smaller still); 1 MiB for the leader
+        # header, key and alignment
+        dump_file = Path(str(getattr(vmcore, "path", "") or ""))
+        if str(dump_file) not in ("", ".") and dump_file.is_file():
+            cap = state.devices[0].capacity_bytes
+            size = dump_file.stat().st_size
+            state = dataclasses.replace(state, dump_extent=(max(0, cap - 512 - size - (1 << 20)), cap))
     explainer = build_explainer(
         state,
         images,

@@ -159,3 +159,59 @@ def test_old_qemu_without_virtio_queries_gives_a_note_not_an_error():
 
     state = DumpDeviceState.from_qemu(qmp)
     assert state.devices == [] and "x-query-virtio failed" in state.notes[0]
+
+
+@pytest.mark.parametrize("dwarf", [True, False])
+def test_a_dump_write_outside_the_dumps_extent_on_disk_fails(tmp_path, dwarf):
+    """With the disk's size (QEMU) and the vmcore's, a dump write must land where the dump lies: the end of
+    the disk. The recorded header is inside it; the same header pointing near the disk's start is not."""
+    world = ew.build("minidump-nmi")
+    vmcore = tmp_path / "vmcore.0"
+    with open(vmcore, "wb") as f:  # the recorded vmcore's size (evidence: dump_disk_placement)
+        f.truncate(ew.evidence()["runs"][0]["dump_disk_placement"]["vmcore_size"])
+    dump = ew.FakeVmcore(world)
+    dump.path = str(vmcore)
+
+    def run():
+        return verify_dump(
+            dump,
+            ew.live(world, "after"),
+            before=ew.live(world, "before"),
+            walk_page_tables=False,
+            device_state=world.state,
+            kernel_debug=ew.layouts() if dwarf else None,
+        )
+
+    good = run()
+    assert good.passed, good.summary()
+    assert "inside the dump's extent" in "\n".join(e for d in good.differences for e in d.evidence)
+    sector = _softc_pa(world) + ew.layouts()["vtblk_softc"].off("vtblk_dump_request.vbr_hdr.sector")
+    _flip(world, sector + 2, 0x00)  # 0x137e3f -> 0x3e3f: 8 MiB into the 640 MiB disk
+    bad = run()
+    assert not bad.passed
+    d = next(d for d in bad.differences if d.address == _softc_pa(world) & ~0xFFF)
+    assert not d.explained and any("REFUTED" in e for e in d.evidence)
+
+
+def test_disk_size_from_query_block():
+    recorded = ew.evidence()["qemu"]["qmp"]
+    block = [
+        {
+            "device": "",
+            "qdev": "/machine/peripheral/virtio-disk0/virtio-backend",
+            "inserted": {"image": {"virtual-size": 0x28000000}},
+        }
+    ]  # shape of QEMU's query-block
+
+    def qmp(cmd, **args):
+        if cmd == "query-block":
+            return block
+        return next(
+            a["return"]
+            for a in recorded
+            if a["command"]["execute"] == cmd and a["command"].get("arguments", {}) == args
+        )
+
+    state = DumpDeviceState.from_qemu(qmp)
+    assert state.devices[0].capacity_bytes == 0x28000000
+    assert DumpDeviceState.from_json(state.to_json()) == state

@@ -20,6 +20,7 @@ from harness.verify.dumpdevice.fieldfacts import (
     FieldFact,
     Values,
     between,
+    sector_verdict,
     segment_shape,
     unchanged,
 )
@@ -134,7 +135,7 @@ def driver_facts(
     kdb_thread = _kernel_ptr(images, symbol, "kdb_thread")
     kdb_frame = _kernel_ptr(images, symbol, "kdb_frame")
     for o in objs:
-        f, line = _device_facts(o, images, lay, buffers, kdb_thread, kdb_frame)
+        f, line = _device_facts(o, images, lay, buffers, kdb_thread, kdb_frame, state.dump_extent)
         facts += f
         described.append(line)
     return DriverFacts(facts, buffers, described), notes
@@ -165,6 +166,7 @@ def _device_facts(
     b: RequestBuffers,
     kdb_thread: dict[str, int | None],
     kdb_frame: dict[str, int | None],
+    state_extent: tuple[int, int] | None = None,
 ) -> tuple[list[FieldFact], str]:
     vq_t, dx_t, sc_t, rq_t = lay["virtqueue"], lay["vq_desc_extra"], lay["vtblk_softc"], lay["vtblk_request"]
     sg_t, seg_t = lay["sglist"], lay["sglist_seg"]
@@ -299,14 +301,14 @@ def _device_facts(
         return unchanged(v) or (f"{d}" if d is not None and d <= 0xFF else None)
 
     cap = o.device.capacity_bytes
+    extent = state_extent
 
     def sector_check(v: Values) -> str | None:
         d = v.get("dump")
         if unchanged(v) or d is None:
             return unchanged(v)
-        if cap is not None and d * 512 >= cap:
-            return None
-        return f"sector {d} ({d * 512:#x} bytes into the disk" + (f" of {cap:#x})" if cap else ")")
+        typ = images.uint_va("dump", req + rq_t.off("vbr_hdr.type"), 4)
+        return sector_verdict(typ if typ is not None else 1, d, cap, extent)
 
     def bp_check(v: Values) -> str | None:
         d = v.get("dump")

@@ -52,6 +52,8 @@ class DumpDeviceState:
     devices: list[VirtioDeviceFacts] = field(default_factory=list)
     source: str = "qemu"
     notes: list[str] = field(default_factory=list)
+    #: [start, end) bytes of the dump device the dump occupies, when known: a dump write lands there
+    dump_extent: tuple[int, int] | None = None
 
     @property
     def queues(self) -> list[tuple[VirtioDeviceFacts, QueueFacts]]:
@@ -68,6 +70,7 @@ class DumpDeviceState:
         except Exception as exc:  # noqa: BLE001 - old QEMU or no monitor: evidence only
             state.notes.append(f"x-query-virtio failed ({type(exc).__name__}: {exc})")
             return state
+        sizes = _disk_sizes(qmp)
         for d in listed:
             path = str(d["path"])
             try:
@@ -92,7 +95,7 @@ class DumpDeviceState:
             except Exception as exc:  # noqa: BLE001
                 state.notes.append(f"{path}: queue status not read ({type(exc).__name__}: {exc})")
                 continue
-            state.devices.append(VirtioDeviceFacts(path, "virtio-blk", tuple(queues)))
+            state.devices.append(VirtioDeviceFacts(path, "virtio-blk", tuple(queues), sizes.get(path)))
         return state
 
     # -- serialization ---------------------------------------------------------------------------------
@@ -102,6 +105,8 @@ class DumpDeviceState:
             for q in dev["queues"]:
                 for k in ("desc", "avail", "used"):
                     q[k] = f"{q[k]:#x}"
+        if self.dump_extent is not None:
+            d["dump_extent"] = [f"{x:#x}" for x in self.dump_extent]
         return d
 
     def to_json(self) -> str:
@@ -132,7 +137,9 @@ class DumpDeviceState:
                     _opt_int(dev.get("capacity_bytes")),
                 )
             )
-        return cls(devices, str(d.get("source", "qemu")), list(d.get("notes", [])))
+        ext = d.get("dump_extent")
+        extent = (int(str(ext[0]), 0), int(str(ext[1]), 0)) if ext else None
+        return cls(devices, str(d.get("source", "qemu")), list(d.get("notes", [])), extent)
 
     @classmethod
     def from_json(cls, text: str) -> DumpDeviceState:
@@ -163,6 +170,22 @@ class DumpDeviceState:
             f"{d.short} queue {q.index} (desc {q.desc:#x}, {q.num} entries)" for d, q in self.queues
         )
         return f"dump device state from QEMU: {qs}"
+
+
+def _disk_sizes(qmp: Any) -> dict[str, int]:
+    """virtio backend QOM path -> the disk's virtual size, from ``query-block`` (empty if unanswered)."""
+    out: dict[str, int] = {}
+    try:
+        blocks = qmp("query-block")
+    except Exception:  # noqa: BLE001 - the size only sharpens a rule
+        return out
+    for b in blocks or []:
+        qdev = str(b.get("qdev") or "")
+        size = (b.get("inserted") or {}).get("image", {}).get("virtual-size")
+        if qdev and size:
+            path = qdev if qdev.endswith("/virtio-backend") else f"/machine/peripheral/{qdev}/virtio-backend"
+            out[path] = int(size)
+    return out
 
 
 def _opt_int(v: Any) -> int | None:

@@ -20,6 +20,21 @@ MAX_SEGMENT = 1 << 20
 SECTOR = 512
 
 
+def sector_verdict(typ: int, sector: int, capacity: int | None, extent: tuple[int, int] | None) -> str | None:
+    """Where a request's sector points: inside the disk, and a dump write inside the dump's extent on it
+    (`DumpDeviceState.dump_extent`); None when it cannot be a sector this dump wrote."""
+    at = sector * SECTOR
+    if sector >= 1 << 41 or (capacity is not None and typ in (0, 1) and at >= capacity):
+        return None
+    if typ == 1 and extent is not None:
+        if not extent[0] <= at < extent[1]:
+            return None
+        return f"sector {sector} (disk offset {at:#x}, inside the dump's extent [{extent[0]:#x}, {extent[1]:#x}))"
+    return f"sector {sector} (disk offset {at:#x}" + (
+        f", inside the {capacity >> 20} MiB disk)" if capacity else ")"
+    )
+
+
 @dataclass(frozen=True)
 class FieldFact:
     pa: int

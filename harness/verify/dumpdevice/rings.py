@@ -21,6 +21,7 @@ from harness.verify.dumpdevice.fieldfacts import (
     FieldFact,
     Values,
     between,
+    sector_verdict,
     segment_shape,
     unchanged,
 )
@@ -112,7 +113,7 @@ def ring_facts(state: DumpDeviceState, images: ImageSet, b: RequestBuffers) -> l
                 16,
                 f"request header {h:#x} ({b.queue_of.get(h, 'dump device')} chain)",
                 HYP,
-                _header_check(_capacity(state)),
+                _header_check(_capacity(state), state.dump_extent),
                 f"request header {h:#x}",
             )
         )
@@ -283,7 +284,7 @@ def _table_entry_check(table: int, n: int, j: int, images: ImageSet, b: RequestB
     return check
 
 
-def _header_check(capacity: int | None):  # noqa: ANN202
+def _header_check(capacity: int | None, extent: tuple[int, int] | None):  # noqa: ANN202
     def check(v: Values) -> str | None:
         d = v.get("dump")
         if unchanged(v) or d is None:
@@ -291,13 +292,8 @@ def _header_check(capacity: int | None):  # noqa: ANN202
         typ, ioprio, sector = struct.unpack("<IIQ", d.to_bytes(16, "little"))
         if typ not in VIRTIO_BLK_TYPES or ioprio > 0xFF:
             return None
-        if typ in (0, 1) and capacity is not None and sector * 512 >= capacity:
-            return None
-        if sector >= 1 << 41:
-            return None
-        return f"{VIRTIO_BLK_TYPES[typ]}, ioprio {ioprio}, sector {sector}" + (
-            f" (inside the {capacity >> 20} MiB disk)" if capacity else ""
-        )
+        where = sector_verdict(typ, sector, capacity, extent)
+        return f"{VIRTIO_BLK_TYPES[typ]}, ioprio {ioprio}, {where}" if where else None
 
     return check
 
