@@ -104,6 +104,11 @@ def _softc_pa(world: ew.World) -> int:
         ),
         ("an indirect-table entry beyond every chain", lambda w, lay: 0x3335800 + 16 * 20 + 8, 0x01),
         ("the data segment's length, not a whole sector", lambda w, lay: 0x3335800 + 16 + 8, 0x33),
+        (
+            "the sglist's data segment disagreeing with the indirect table built from it",
+            lambda w, lay: 0x3335000 + lay["sglist"].size + lay["sglist_seg"].size + 1,
+            0x90,
+        ),
     ],
 )
 @pytest.mark.parametrize("dwarf", [True, False])
@@ -112,8 +117,10 @@ def test_a_perturbed_dump_device_byte_fails(what, where, value, dwarf):
     pa = where(world, ew.layouts())
     _flip(world, pa, value)
     report = _verify(world, dwarf=dwarf)
-    near_driver_object = pa - pa % 4096 == 0x27FF000 or (
-        pa - pa % 4096 == _softc_pa(world) - _softc_pa(world) % 4096 and "status" not in what
+    near_driver_object = (
+        pa - pa % 4096 == 0x27FF000
+        or (pa - pa % 4096 == _softc_pa(world) - _softc_pa(world) % 4096 and "status" not in what)
+        or "sglist" in what
     )
     if not dwarf and near_driver_object:
         # without DWARF nobody can name the bytes around the driver's objects: the page keeps its own

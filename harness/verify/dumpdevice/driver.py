@@ -359,6 +359,24 @@ def _device_facts(
             return f"{d} segments (header, {d - 2} data, status) of at most {maxseg}"
         return unchanged(v)
 
+    seg_page = images.pa_of(segs) if segs else None
+
+    def _table_twin(j: int) -> tuple[int, int] | None:
+        """Entry j of the dump request's indirect table when the dumped copy of the sglist's page holds
+        it too (one snapshot): the table is built from the sglist, so the two must agree."""
+        if seg_page is None:
+            return None
+        for table, entries in b.tables.items():
+            if table // 4096 != seg_page // 4096 or j >= entries:
+                continue
+            first = images.read("dump", table, 16)
+            if first is None or int.from_bytes(first[:8], "little") not in hdr_set:
+                continue
+            raw = images.read("dump", table + 16 * j, 12)
+            if raw is not None:
+                return int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:12], "little")
+        return None
+
     def seg_check(j: int) -> Callable[[Values], str | None]:
         def check(v: Values) -> str | None:
             n = images.uint_va("dump", nseg_va, nseg_size) or 0
@@ -376,7 +394,10 @@ def _device_facts(
                 if not ok:
                     return None
                 what = segment_shape(p, ln, None, hdr_set, ack_set)
-                return f"segment {j} of {n}: {what}"
+                twin = _table_twin(j)
+                if twin is not None and twin[:2] != (p, ln):
+                    return None  # the sglist and the indirect table built from it disagree
+                return f"segment {j} of {n}: {what}" + (" = the indirect table's entry" if twin else "")
             shape = segment_shape(p, ln, None, hdr_set, ack_set)
             if unchanged(v):
                 return unchanged(v) + f" (beyond the {n} segments in use)"
