@@ -290,7 +290,7 @@ def _device_facts(
             f"struct vtblk_softc.vtblk_mtx.mtx_lock of {o.name}",
             lock_check,
         )
-    base = f"struct vtblk_softc.vtblk_dump_request of {o.name}"
+    base = "struct vtblk_softc.vtblk_dump_request"
 
     def type_check(v: Values) -> str | None:
         d = v.get("dump")
@@ -326,11 +326,11 @@ def _device_facts(
         d = v.get("dump")
         return unchanged(v) or STATUS_VALUES.get(d) if d is not None else None
 
-    add(req + rq_t.off("vbr_hdr.type"), 4, f"{base}.vbr_hdr.type", type_check)
-    add(_at(req, rq_t, "vbr_hdr.ioprio"), 4, f"{base}.vbr_hdr.ioprio", ioprio_check)
-    add(req + rq_t.off("vbr_hdr.sector"), 8, f"{base}.vbr_hdr.sector", sector_check)
-    add(_at(req, rq_t, "vbr_bp"), 8, f"{base}.vbr_bp", bp_check)
-    add(req + rq_t.off("vbr_ack"), 1, f"{base}.vbr_ack", ack_check)
+    add(req + rq_t.off("vbr_hdr.type"), 4, f"{base}.vbr_hdr.type of {o.name}", type_check)
+    add(_at(req, rq_t, "vbr_hdr.ioprio"), 4, f"{base}.vbr_hdr.ioprio of {o.name}", ioprio_check)
+    add(req + rq_t.off("vbr_hdr.sector"), 8, f"{base}.vbr_hdr.sector of {o.name}", sector_check)
+    add(_at(req, rq_t, "vbr_bp"), 8, f"{base}.vbr_bp of {o.name}", bp_check)
+    add(req + rq_t.off("vbr_ack"), 1, f"{base}.vbr_ack of {o.name}", ack_check)
 
     # the scatter/gather list the dump request is built in
     maxseg = (

@@ -25,6 +25,8 @@ from harness.verify.dumpdevice.layouts import Layouts
 from harness.verify.dumpdevice.rings import gather, ring_facts
 
 PAGE = 4096
+#: lowest kernel virtual address (amd64 canonical upper half)
+KERNEL_VA_MIN = 0xFFFF_8000_0000_0000
 #: bytes either side of what the hypervisor locates that may stay unnamed without DWARF
 NEAR = 0x100
 #: evidence lines kept per page (the rest are counted)
@@ -149,7 +151,8 @@ class DumpDeviceExplainer:
             for i in range(len(words) - 2):
                 w = words[i]
                 if (
-                    w
+                    w >= KERNEL_VA_MIN
+                    and w % PAGE == desc % PAGE  # a VA keeps its PA's page offset: cheap test first
                     and self.images.pa_of(w) == desc
                     and self.images.pa_of(words[i + 1]) == avail
                     and (self.images.pa_of(words[i + 2]) == used)
