@@ -29,7 +29,8 @@ def sector_verdict(typ: int, sector: int, capacity: int | None, extent: tuple[in
     if typ == 1 and extent is not None:
         if not extent[0] <= at < extent[1]:
             return None
-        return f"sector {sector} (disk offset {at:#x}, inside the dump's extent [{extent[0]:#x}, {extent[1]:#x}))"
+        lo, hi = extent
+        return f"sector {sector} (disk offset {at:#x}, inside the dump's extent [{lo:#x}, {hi:#x}))"
     return f"sector {sector} (disk offset {at:#x}" + (
         f", inside the {capacity >> 20} MiB disk)" if capacity else ")"
     )
