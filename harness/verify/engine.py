@@ -638,6 +638,16 @@ def verify_dump(
     return report
 
 
+def _dumping_thread(vmcore: Any) -> tuple[int, int | None] | None:
+    """(struct thread address, saved rsp) of the thread that dumped (`dumptid`), if the reader finds it."""
+    with contextlib.suppress(Exception):
+        for t in vmcore.threads():
+            if getattr(t, "crashed", False):
+                regs = getattr(t, "registers", None) or {}
+                return int(t.address), regs.get("rsp")
+    return None
+
+
 def _dump_device_explainer(
     vmcore: Any,
     live: LiveMemory,
@@ -685,6 +695,7 @@ def _dump_device_explainer(
         if isinstance(kernel_debug, Layouts) or not kernel_debug
         else str(kernel_debug),
         symbol=lambda name: _symbol(vmcore, symbols, name),
+        dump_thread=_dumping_thread(vmcore),
     )
     report.dump_device = {
         "hypervisor": state.describe(),

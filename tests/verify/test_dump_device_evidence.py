@@ -222,3 +222,31 @@ def test_disk_size_from_query_block():
     state = DumpDeviceState.from_qemu(qmp)
     assert state.devices[0].capacity_bytes == 0x28000000
     assert DumpDeviceState.from_json(state.to_json()) == state
+
+
+@pytest.mark.parametrize("run", ["minidump-nmi", "full-alt-break"])
+def test_panic_flow_without_ddb_names_the_dumping_thread(run):
+    """A kernel without ddb dumps on panic: no before image, no kdb_thread; the lock holder and the bio's
+    stack are the thread that panicked and dumped (the reader's crashed thread: dumptid, dumppcb)."""
+    from types import SimpleNamespace
+
+    world = ew.build(run)
+    owner = world.symbols.pop("kdb_thread")
+    frame = world.symbols.pop("kdb_frame")
+    dump = ew.FakeVmcore(world)
+    td = int.from_bytes(dump.read(owner, 8), "little")
+    rsp = int.from_bytes(dump.read(frame, 8), "little")
+    dump.threads = lambda: [SimpleNamespace(tid=100003, crashed=True, address=td, registers={"rsp": rsp})]
+    report = verify_dump(
+        dump,
+        ew.live(world, "after"),
+        walk_page_tables=False,
+        flow="panic",
+        device_state=world.state,
+        kernel_debug=ew.layouts(),
+    )
+    assert report.status == "PASSED", report.summary()
+    text = "\n".join(e for d in report.differences for e in d.evidence)
+    assert (
+        "held by the dumping thread (dumptid)" in text and "the dumping thread's saved stack pointer" in text
+    )

@@ -77,7 +77,7 @@ def find_vtblk(
     a = symbol("vtblk_devclass")
     if a is not None:
         devclass = _read_ptr(images, a)
-    if not devclass:
+    if not devclass and dc_t.has("name") and dc_t.has("link.tqe_next"):
         head = symbol("devclasses")
         cur = _read_ptr(images, head) if head is not None else None
         for _ in range(4096):
@@ -127,15 +127,34 @@ class DriverFacts:
 
 
 def driver_facts(
-    state: DumpDeviceState, images: ImageSet, lay: Layouts, symbol: Symbol, buffers: RequestBuffers
+    state: DumpDeviceState,
+    images: ImageSet,
+    lay: Layouts,
+    symbol: Symbol,
+    buffers: RequestBuffers,
+    dump_thread: tuple[int, int | None] | None = None,
 ) -> tuple[DriverFacts, list[str]]:
     objs, notes = find_vtblk(state, images, lay, symbol)
     facts: list[FieldFact] = []
     described = []
-    kdb_thread = _kernel_ptr(images, symbol, "kdb_thread")
-    kdb_frame = _kernel_ptr(images, symbol, "kdb_frame")
+    # who may hold the driver's lock while dumping, and on which stack its bio lives: ddb's thread and
+    # trap frame (ddb's `dump`), the thread that panicked and dumps (`dumptid`: panic flow)
+    owners = {
+        t: "kdb_thread (the thread running ddb and the dump)"
+        for t in _kernel_ptr(images, symbol, "kdb_thread").values()
+        if t
+    }
+    stacks = {
+        f: "kdb_frame (the stack ddb runs on)" for f in _kernel_ptr(images, symbol, "kdb_frame").values() if f
+    }
+    if dump_thread is not None:
+        td, rsp = dump_thread
+        if td:
+            owners.setdefault(td, "the dumping thread (dumptid)")
+        if rsp:
+            stacks.setdefault(rsp, "the dumping thread's saved stack pointer (dumppcb)")
     for o in objs:
-        f, line = _device_facts(o, images, lay, buffers, kdb_thread, kdb_frame, state.dump_extent)
+        f, line = _device_facts(o, images, lay, buffers, owners, stacks, state.dump_extent)
         facts += f
         described.append(line)
     return DriverFacts(facts, buffers, described), notes
@@ -164,8 +183,8 @@ def _device_facts(
     images: ImageSet,
     lay: Layouts,
     b: RequestBuffers,
-    kdb_thread: dict[str, int | None],
-    kdb_frame: dict[str, int | None],
+    owners: dict[int, str],
+    stacks: dict[int, str],
     state_extent: tuple[int, int] | None = None,
 ) -> tuple[list[FieldFact], str]:
     vq_t, dx_t, sc_t, rq_t = lay["virtqueue"], lay["vq_desc_extra"], lay["vtblk_softc"], lay["vtblk_request"]
@@ -278,9 +297,8 @@ def _device_facts(
     # softc: the lock word and the embedded dump request
     def lock_check(v: Values) -> str | None:
         d = v.get("dump")
-        owners = {t for t in kdb_thread.values() if t}
         if d is not None and d & ~0xF in owners:
-            return f"{d:#x}: held by kdb_thread {d & ~0xF:#x} (the thread running ddb and the dump)"
+            return f"{d:#x}: held by {owners[d & ~0xF]}"
         return unchanged(v)
 
     if sc_t.has("vtblk_mtx.mtx_lock"):
@@ -314,12 +332,9 @@ def _device_facts(
         d = v.get("dump")
         if d == 0:
             return "0"
-        frames = {f for f in kdb_frame.values() if f}
-        if d is not None and any(abs(d - f) < STACK_SPAN for f in frames):
-            f = min(frames, key=lambda x: abs(d - x))
-            return (
-                f"{d:#x} = kdb_frame {'-' if d < f else '+'} {abs(d - f):#x}: a bio on the stack ddb runs on"
-            )
+        if d is not None and any(abs(d - f) < STACK_SPAN for f in stacks):
+            f = min(stacks, key=lambda x: abs(d - x))
+            return f"{d:#x} = {f:#x} {'-' if d < f else '+'} {abs(d - f):#x}: a bio on {stacks[f]}"
         return unchanged(v)
 
     def ack_check(v: Values) -> str | None:

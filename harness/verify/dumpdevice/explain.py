@@ -54,6 +54,7 @@ class DumpDeviceExplainer:
         layouts: Layouts | None = None,
         symbol: Callable[[str], int | None] | None = None,
         no_dwarf_reason: str = "",
+        dump_thread: tuple[int, int | None] | None = None,
     ) -> None:
         self.state = state
         self.images = images
@@ -68,7 +69,7 @@ class DumpDeviceExplainer:
                 self.no_dwarf_reason = f"{layouts.source} lacks struct {', struct '.join(missing)}"
             else:
                 try:
-                    df, notes = driver_facts(state, images, layouts, symbol, self.buffers)
+                    df, notes = driver_facts(state, images, layouts, symbol, self.buffers, dump_thread)
                 except KeyError as exc:  # a member this kernel's struct lacks
                     self.no_dwarf_reason = str(exc.args[0] if exc.args else exc)
                 else:
@@ -197,6 +198,7 @@ def build_explainer(
     kernel: str | None,
     kernel_debug: str | Layouts | None,
     symbol: Callable[[str], int | None] | None,
+    dump_thread: tuple[int, int | None] | None = None,
 ) -> DumpDeviceExplainer:
     """The explainer with DWARF when a matching kernel.debug (or a kernel with .debug_info) is at hand,
     else hypervisor facts only, with the reason why no DWARF was used. ``kernel_debug`` may also be
@@ -204,7 +206,9 @@ def build_explainer(
     from harness.verify.dumpdevice.layouts import KernelDebugError, check_debug_matches, find_kernel_debug
 
     if isinstance(kernel_debug, Layouts):
-        return DumpDeviceExplainer(state, images, layouts=kernel_debug, symbol=symbol)
+        return DumpDeviceExplainer(
+            state, images, layouts=kernel_debug, symbol=symbol, dump_thread=dump_thread
+        )
     layouts = None
     reason = ""
     debug = kernel_debug or find_kernel_debug(kernel) or kernel
@@ -217,4 +221,6 @@ def build_explainer(
             layouts.source += f" ({match})"
         except KernelDebugError as exc:
             reason = str(exc)
-    return DumpDeviceExplainer(state, images, layouts=layouts, symbol=symbol, no_dwarf_reason=reason)
+    return DumpDeviceExplainer(
+        state, images, layouts=layouts, symbol=symbol, no_dwarf_reason=reason, dump_thread=dump_thread
+    )
