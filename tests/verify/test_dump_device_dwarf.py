@@ -106,3 +106,18 @@ def test_real_evidence_laid_out_by_another_kernels_dwarf_is_explained(tmp_path, 
         kernel_debug=ew.layouts(),
     )
     assert not wrong.passed or wrong.pages_dump_device_unnamed
+
+
+def test_layouts_are_cached_per_file(tmp_path, monkeypatch):
+    import harness.accel
+    from harness.verify.dumpdevice.layouts import cached_layouts
+
+    monkeypatch.setattr(harness.accel, "CACHE_DIR", tmp_path / "cache")
+    exe = _build(tmp_path, "standin")
+    first = cached_layouts(exe, NEEDED_STRUCTS)
+    (cached,) = (tmp_path / "cache" / "dwarf-layouts").iterdir()
+    again = cached_layouts(exe, NEEDED_STRUCTS)
+    assert again.structs == first.structs
+    # a rebuilt file is a new key; a corrupt cache entry is searched again, not trusted
+    cached.write_text("{broken")
+    assert cached_layouts(exe, NEEDED_STRUCTS).structs == first.structs

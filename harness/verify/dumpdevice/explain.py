@@ -203,7 +203,12 @@ def build_explainer(
     """The explainer with DWARF when a matching kernel.debug (or a kernel with .debug_info) is at hand,
     else hypervisor facts only, with the reason why no DWARF was used. ``kernel_debug`` may also be
     `Layouts` already read (e.g. recorded from a kernel's DWARF)."""
-    from harness.verify.dumpdevice.layouts import KernelDebugError, check_debug_matches, find_kernel_debug
+    from harness.verify.dumpdevice.layouts import (
+        KernelDebugError,
+        cached_layouts,
+        check_debug_matches,
+        find_kernel_debug,
+    )
 
     if isinstance(kernel_debug, Layouts):
         return DumpDeviceExplainer(
@@ -217,7 +222,7 @@ def build_explainer(
     else:
         try:
             match = check_debug_matches(kernel, debug) if kernel and str(debug) != str(kernel) else "kernel"
-            layouts = Layouts.from_dwarf(debug, NEEDED_STRUCTS, cu_hints=CU_HINTS)
+            layouts = cached_layouts(debug, NEEDED_STRUCTS, cu_hints=CU_HINTS)
             layouts.source += f" ({match})"
         except KernelDebugError as exc:
             reason = str(exc)

@@ -234,6 +234,49 @@ def _add_members(lay: StructLayout, die: Any, prefix: str, base: int, depth: int
             _add_members(lay, inner, f"{path}." if path else "", off, depth + 1)
 
 
+def to_mapping(lay: Layouts) -> dict[str, Any]:
+    """The inverse of `Layouts.from_mapping` (for the cache)."""
+    return {
+        f"struct {name}": {
+            "size": s.size,
+            "fields": [
+                {"field": k, "offset": m.offset, "size": m.size, "type": m.type} for k, m in s.members.items()
+            ],
+        }
+        for name, s in lay.structs.items()
+    }
+
+
+def cached_layouts(path: str | os.PathLike[str], names: Iterable[str], **kw: Any) -> Layouts:
+    """`Layouts.from_dwarf`, remembered per file (path, size, mtime) under the user's cache: a FreeBSD
+    kernel.debug takes seconds to search with pyelftools, the cached answer milliseconds."""
+    import hashlib
+    import json
+
+    from harness.accel import CACHE_DIR
+
+    names = list(names)
+    st = Path(path).stat()
+    key = hashlib.sha256(
+        f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}|{sorted(names)}".encode()
+    ).hexdigest()
+    cache = CACHE_DIR / "dwarf-layouts" / f"{key[:32]}.json"
+    source = f"DWARF of {Path(path).name}"
+    try:
+        return Layouts.from_mapping(json.loads(cache.read_text()), source=source)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    lay = Layouts.from_dwarf(path, names, **kw)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(to_mapping(lay)))
+        tmp.replace(cache)
+    except OSError:
+        pass  # a read-only home only costs the next run the search again
+    return lay
+
+
 # -- does this kernel.debug belong to that kernel? ---------------------------------------------------------
 
 
