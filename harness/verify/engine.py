@@ -703,6 +703,10 @@ def _dump_device_explainer(
         "no_dwarf_reason": "" if explainer.named_by_dwarf else explainer.no_dwarf_reason,
         "notes": explainer.notes + state.notes,
     }
+    if explainer.named_by_dwarf:
+        report.notes.append("dump device's driver objects (DWARF): " + "; ".join(explainer.described))
+    else:
+        report.notes.append(f"dump device's driver state not nameable: {explainer.no_dwarf_reason}")
     return explainer
 
 
