@@ -121,3 +121,27 @@ def test_layouts_are_cached_per_file(tmp_path, monkeypatch):
     # a rebuilt file is a new key; a corrupt cache entry is searched again, not trusted
     cached.write_text("{broken")
     assert cached_layouts(exe, NEEDED_STRUCTS).structs == first.structs
+
+
+def test_a_mismatched_kernel_debug_beside_the_kernel_is_one_clear_line(tmp_path):
+    """`kernel.debug` found beside the kernel but built for another kernel: not used, the report says why
+    in one line, and the device pages get the not-nameable heading (never FAILED for a correct dump)."""
+    import evidence_world as ew
+
+    from harness.verify import verify_dump
+
+    kernel = _build(tmp_path, "kernel", "-Wl,--build-id=0x1111111111111111")
+    _build(tmp_path, "kernel.debug", "-Wl,--build-id=0x2222222222222222")
+    world = ew.build("minidump-nmi")
+    report = verify_dump(
+        ew.FakeVmcore(world),
+        ew.live(world, "after"),
+        before=ew.live(world, "before"),
+        walk_page_tables=False,
+        device_state=world.state,
+        kernel=kernel,
+    )
+    reason = report.dump_device["no_dwarf_reason"]
+    assert "\n" not in reason and "does not match kernel" in reason and "2222222222222222" in reason
+    assert report.status == "PASSED (with 3 dump-device pages not nameable without kernel.debug)"
+    assert reason in report.summary()
