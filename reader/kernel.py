@@ -26,6 +26,28 @@ class Symbol:
     absolute: bool
 
 
+@dataclass(frozen=True)
+class Section:
+    name: str
+    address: int
+    size: int
+    flags: int
+    index: int
+
+
+@dataclass(frozen=True)
+class SymbolTable:
+    """Every defined, named symbol of .symtab as parsed (numpy records + string table), duplicates kept:
+    address-to-name lookups (harness.verify.symbols) need every static of the same name."""
+
+    records: np.ndarray  # fields name (strtab offset), info, other, shndx, value, size
+    strings: bytes
+
+    def name(self, offset: int) -> str:
+        end = self.strings.find(b"\0", offset)
+        return self.strings[offset : end if end >= 0 else len(self.strings)].decode("utf-8", "replace")
+
+
 class Kernel:
     """The symbols of one kernel image (or its `.debug` file)."""
 
@@ -36,6 +58,7 @@ class Kernel:
                 elf = ELFFile(f)
                 self.elf_machine = elf.header["e_machine"]
                 self.elfclass = elf.elfclass
+                self.sections = self._sections(elf)
                 self._symbols = self._load(elf)
         except OSError as exc:
             raise ReaderError(f"cannot read kernel: {exc.strerror}", path=self.path) from None
@@ -44,6 +67,14 @@ class Kernel:
         except Exception as exc:  # noqa: BLE001 - pyelftools/construct raise many types on bad input
             raise FormatError(f"not a readable kernel ELF: {exc}", path=self.path, offset=0,
                               field="ELF header", expected="an ELF kernel with a .symtab") from None
+
+    @staticmethod
+    def _sections(elf: ELFFile) -> list[Section]:
+        """Section headers (name, address, size, flags, index): what a symbol's address lies in."""
+        out = []
+        for idx, sec in enumerate(elf.iter_sections()):
+            out.append(Section(sec.name, sec["sh_addr"], sec["sh_size"], sec["sh_flags"], idx))
+        return out
 
     def _load(self, elf: ELFFile) -> dict[str, Symbol]:
         """Parse .symtab with numpy (pyelftools only locates it): ~50 ms for a 70k-symbol kernel."""
@@ -67,6 +98,7 @@ class Kernel:
         typ = syms["info"] & 0xF
         keep = (syms["shndx"] != 0) & (syms["name"] != 0) & (typ != 3) & (typ != 4)  # SECTION, FILE
         syms = syms[keep]
+        self.table = SymbolTable(syms, strs)
         out: dict[str, Symbol] = {}
         for name_off, info, shndx, value, size in zip(syms["name"].tolist(), syms["info"].tolist(),
                                                       syms["shndx"].tolist(), syms["value"].tolist(),

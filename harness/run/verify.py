@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import reader
 from harness.run.boot import Booted
 from harness.run.context import RunContext
 from harness.run.dump import Crash
+from harness.verify.dumpdevice import DumpDeviceState
 from harness.verify.engine import TRAPFRAME, verify_dump
 from harness.verify.report import VerificationReport
 
@@ -32,7 +33,7 @@ class LiveAfter:
     image: Any  # harness.vm.memory.PhysicalMemoryImage
     path: Path
     cr3: int | None = None
-    io_ranges: list[tuple[int, int, str]] = field(default_factory=list)
+    device_state: DumpDeviceState | None = None
 
 
 def capture_live(ctx: RunContext, booted: Booted, crash: Crash, *, name: str = "live-after.raw") -> LiveAfter:
@@ -40,12 +41,18 @@ def capture_live(ctx: RunContext, booted: Booted, crash: Crash, *, name: str = "
     path = ctx.dir / name
     after = booted.guest.memory_image(path)
     cr3 = _cr3(booted.guest)
-    # the dump device's own I/O state (rings, request header/status: FreeBSD's vtblk sets the status
-    # byte to -1 before each request, so a dumped copy can hold a value neither live image shows),
-    # named from QEMU in both flows
-    io_ranges, io_note = virtio_blk_io_ranges(booted.guest, after)
-    crash.notes.append(io_note)
-    return LiveAfter(after, path, cr3, io_ranges)
+    # the dump device's own I/O state: QEMU's facts about its rings, saved beside the images so that
+    # `fbsd-hil verify` can judge the same dump offline (harness.verify.dumpdevice explains the bytes)
+    device_state = DumpDeviceState.from_qemu(booted.guest.qmp)
+    device_state.write(ctx.dir / _state_name(name))
+    crash.notes.append(device_state.describe())
+    return LiveAfter(after, path, cr3, device_state)
+
+
+def _state_name(live_name: str) -> str:
+    """``live-after.raw`` -> ``dump-device-state.json``, ``live-after-2.raw`` -> ``...-state-2.json``."""
+    m = re.search(r"(-\d+)\.raw$", live_name)
+    return f"dump-device-state{m.group(1) if m else ''}.json"
 
 
 def judge(
@@ -64,7 +71,7 @@ def judge(
         ddb_registers=ddb_regs,
         timings=ctx.timings,
         flow=crash.choice.flow.value,
-        io_ranges=live.io_ranges,
+        device_state=live.device_state,
     )
     with reader.open_vmcore(vmcore, kernel=kernel) as vm:
         report = verify_dump(vm, live.image, pml4_pa=None, **kw)
@@ -99,60 +106,3 @@ def _cr3(guest: Any) -> int | None:
         if m:
             return int(m.group(1), 16) & 0x000FFFFFFFFFF000
     return None
-
-
-# The dump device's I/O state, read from QEMU. Moved here unchanged from harness/verify/pipeline.py;
-# another branch replaces both functions with harness.verify.dumpdevice (swap the call in capture_live).
-VRING_DESC_F_INDIRECT = 4
-#: descriptors this short are request headers (struct virtio_blk_outhdr, 16 bytes) or status bytes, never
-#: data: a dump writes whole sectors
-REQUEST_BUFFER_MAX = 16
-
-
-def virtio_blk_io_ranges(guest: Any, live: Any) -> tuple[list[tuple[int, int, str]], str]:
-    """Physical ranges every virtio-blk queue's I/O writes, from QEMU (``x-query-virtio*``) and the
-    descriptor tables in `live`: the rings, indirect descriptor tables and the <= 16-byte request
-    header/status buffers. The panic flow has no live image from before the dump, so the dump device's
-    own state (which the dump I/O changes after the pages holding it were written) is named this way.
-    Returns (ranges, one line for the report)."""
-    import struct
-
-    ranges: list[tuple[int, int, str]] = []
-    try:
-        devices = [d["path"] for d in guest.qmp("x-query-virtio") if d.get("name") == "virtio-blk"]
-        for path in devices:
-            nvq = int(guest.qmp("x-query-virtio-status", path=path).get("num-vqs", 1))
-            for q in range(nvq):
-                st = guest.qmp("x-query-virtio-queue-status", path=path, queue=q)
-                num, desc = int(st.get("vring-num", 0)), int(st.get("vring-desc", 0))
-                if not num or not desc:
-                    continue
-                where = f"{path.split('/')[3] if path.count('/') > 3 else path} queue {q}"
-                ranges += [
-                    (desc, 16 * num, f"virtio-blk {where} descriptor table"),
-                    (int(st["vring-avail"]), 6 + 2 * num, f"virtio-blk {where} avail ring"),
-                    (int(st["vring-used"]), 6 + 8 * num, f"virtio-blk {where} used ring"),
-                ]
-                ranges += _request_buffers(live, desc, num, where, struct)
-    except Exception as exc:  # noqa: BLE001 - evidence only: without it such pages stay unexplained
-        return ranges, f"dump device I/O state not read from QEMU ({type(exc).__name__}: {exc})"
-    return ranges, f"dump device I/O state from QEMU: {len(ranges)} ranges (virtio-blk rings and requests)"
-
-
-def _request_buffers(live: Any, desc: int, num: int, where: str, struct: Any) -> list[tuple[int, int, str]]:
-    out: list[tuple[int, int, str]] = []
-    tables = [(desc, num, False)]
-    while tables:
-        base, n, indirect = tables.pop()
-        try:
-            raw = bytes(live.read(base, 16 * n))
-        except Exception:  # noqa: BLE001 - a table outside the image names nothing
-            continue
-        for i in range(n):
-            addr, length, flags, _next = struct.unpack_from("<QIHH", raw, 16 * i)
-            if flags & VRING_DESC_F_INDIRECT and not indirect and 16 <= length <= 16 * 1024:
-                out.append((addr, length, f"virtio-blk {where} indirect descriptor table"))
-                tables.append((addr, length // 16, True))
-            elif 0 < length <= REQUEST_BUFFER_MAX and addr:
-                out.append((addr, length, f"virtio-blk {where} request header/status"))
-    return out

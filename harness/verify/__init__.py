@@ -3,6 +3,7 @@
 Entry point: `verify_dump(vmcore, live_image, ...) -> VerificationReport`. See docs/verification.md.
 """
 
+from harness.verify.dumpdevice import DumpDeviceState
 from harness.verify.engine import (
     crosscheck_registers,
     crosscheck_symbols,
@@ -17,6 +18,7 @@ from harness.verify.report import CrossCheck, Difference, VerificationReport
 __all__ = [
     "CrossCheck",
     "Difference",
+    "DumpDeviceState",
     "LiveMemory",
     "LiveMemoryError",
     "VerificationReport",

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from harness.verify.compare import differing_spans
+from harness.verify.dumpdevice.explain import PageExplanation
 from harness.verify.pagetables import TablePage, diff_table_entries
 from harness.verify.symbols import KernelSymbols
 
@@ -64,9 +65,13 @@ EXPECTED_KINDS = frozenset(
     }
 )
 UNEXPECTED_KINDS = frozenset({"kernel-text", "kernel-rodata", "page-table", "unattributed"})
+#: the dump device's own state (`harness.verify.dumpdevice`): every byte explained by a named field fact
+#: ("dump-device-state"), or a page the hypervisor ties to the device whose bytes cannot be named without
+#: DWARF ("dump-device-unnamed": its own heading and verdict wording, never a silent pass)
+DUMP_DEVICE_KINDS = frozenset({"dump-device-state", "dump-device-unnamed"})
 #: kinds only the panic flow names (see the module docstring)
 PANIC_FLOW_KINDS = frozenset({"panic-thread-stack", "shutdown-state", "console-state"})
-KINDS = EXPECTED_KINDS | UNEXPECTED_KINDS | PANIC_FLOW_KINDS
+KINDS = EXPECTED_KINDS | UNEXPECTED_KINDS | PANIC_FLOW_KINDS | DUMP_DEVICE_KINDS
 
 #: what is expected to differ, by dump flow ("ddb": ddb's `dump`; "panic": the kernel's own dump on panic)
 EXPECTED_BY_FLOW = {
@@ -144,6 +149,8 @@ class Attribution:
     unexplained: list[tuple[int, int, str, str]] = field(default_factory=list)
     #: differing bytes whose dumped value is the page's value in the before image (caught in that state)
     consistent_bytes: int = 0
+    #: page offsets of every byte listed in ``unexplained`` (bool[4096]; None when there are none)
+    bad_mask: np.ndarray | None = None
 
 
 #: kernel variables (by ELF symbol name) that the dump code and ddb write while the dump is written, so a
@@ -238,7 +245,12 @@ class Attributor:
         return "unattributed", "", min(ends, default=PAGE_BYTES), False
 
     def attribute(
-        self, pa: int, dumped: bytes, live: np.ndarray, before: np.ndarray | None = None
+        self,
+        pa: int,
+        dumped: bytes,
+        live: np.ndarray,
+        before: np.ndarray | None = None,
+        device: PageExplanation | None = None,
     ) -> Attribution:
         """Name the differing bytes of one page and decide them byte by byte.
 
@@ -246,7 +258,9 @@ class Attributor:
         before-value is consistent: the dump caught it before it changed. Every other differing byte must
         lie in memory the dump code or ddb writes while dumping (an expected kind; for .data/.bss a
         variable named in `VOLATILE_DATA_SYMBOLS`), or - memory no symbol or range names, with a before
-        image - be a byte that changed between before and after; the rest is listed in ``unexplained``."""
+        image - be a byte that changed between before and after; the rest is listed in ``unexplained``.
+        ``device`` (`harness.verify.dumpdevice.PageExplanation`) names the dump device's own state on this
+        page: bytes it explains are consistent, bytes it refutes are wrong even where the page changed."""
         d = np.frombuffer(dumped, dtype=np.uint8)
         spans = differing_spans(d, live)
         first = spans[0][0] if spans else 0
@@ -294,6 +308,7 @@ class Attributor:
             )
         kinds: dict[str, list[str]] = {}
         unexplained: list[tuple[int, int, str, str]] = []
+        bad_mask: np.ndarray | None = None
         for s, e in spans:
             off = s
             while off < e:
@@ -308,13 +323,21 @@ class Attributor:
                     labels.append(label)
                 if not ok:
                     bad = suspect[off:end]
+                    if device is not None:
+                        bad = bad & ~device.explained[off:end]
                     if kind == "unattributed" and before is not None:
-                        # memory no symbol names (heap: the disk driver's softc, its virtqueue bookkeeping)
-                        # may hold a mid-dump value only where it changed between before and after
-                        bad = bad & (before[off:end] == live[off:end])
+                        # memory no symbol names (heap) may hold a mid-dump value only where it changed
+                        # between before and after - unless a dump-device fact says the value is wrong
+                        keep = before[off:end] == live[off:end]
+                        if device is not None:
+                            keep = keep | device.refuted[off:end]
+                        bad = bad & keep
                     bad_idx = np.nonzero(bad)[0]
                     if bad_idx.size:
                         unexplained.append((off + int(bad_idx[0]), int(bad_idx.size), kind, label))
+                        if bad_mask is None:
+                            bad_mask = np.zeros(PAGE_BYTES, dtype=bool)
+                        bad_mask[off + bad_idx] = True
                 off = end
         bad_kinds = list(dict.fromkeys(k for _o, _n, k, _l in unexplained))
         ordered = bad_kinds + [k for k in kinds if k not in bad_kinds]
@@ -335,6 +358,7 @@ class Attributor:
             kinds=kinds,
             unexplained=unexplained,
             consistent_bytes=consistent,
+            bad_mask=bad_mask,
         )
 
 

@@ -10,6 +10,7 @@ differing page and decide. The result is a `VerificationReport`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import struct
 import time
@@ -28,6 +29,9 @@ from harness.verify.attribution import (
     expected_kinds,
 )
 from harness.verify.compare import compare_pages
+from harness.verify.dumpdevice import DumpDeviceState, Layouts
+from harness.verify.dumpdevice.explain import DumpDeviceExplainer, build_explainer
+from harness.verify.dumpdevice.images import ImageSet
 from harness.verify.live import PAGE_SIZE, LiveMemory, LiveMemoryError
 from harness.verify.pagetables import KernelMappings, PageTableError, walk_kernel
 from harness.verify.report import CrossCheck, Difference, VerificationReport
@@ -420,6 +424,8 @@ def verify_dump(
     strict: bool = False,
     flow: str = "ddb",
     io_ranges: Sequence[tuple[int, int, str]] | None = None,
+    device_state: DumpDeviceState | None = None,
+    kernel_debug: str | os.PathLike[str] | Layouts | None = None,
 ) -> VerificationReport:
     """Verify ``vmcore`` (a `reader.Vmcore` or anything with the same page interface) against ``live``.
 
@@ -437,7 +443,12 @@ def verify_dump(
     between it and the held kernel is excused as in the ddb flow, and every stable page must still match
     or be of a panic-flow kind. ``io_ranges`` are physical
     ``(address, size, label)`` ranges of the dump device's own I/O state as the hypervisor reports them
-    (`harness.verify.pipeline.virtio_blk_io_ranges`): differences there are ``dump-device-io``.
+    (legacy callers; `fbsd-hil repro` passes ``device_state=``): differences there are ``dump-device-io``.
+    ``device_state`` (`harness.verify.dumpdevice.DumpDeviceState`, QEMU's facts about the dump device)
+    replaces them: the dump device's own state is then explained field by field with named evidence
+    (hypervisor: rings, indirect tables, headers, status; DWARF from ``kernel_debug``, else a
+    ``KERNEL.debug``/``kernel.debug`` beside the kernel, else the kernel's own: the driver's objects), and
+    nothing is excused by an address range alone.
     """
     t0 = time.monotonic()
     expected = expected_kinds(flow)
@@ -455,8 +466,12 @@ def verify_dump(
     kpath = getattr(kpath, "path", kpath)  # reader.kernel.Kernel
     if isinstance(kpath, str | os.PathLike) and Path(kpath).is_file():
         report.kernel = str(kpath)
+        loaded = getattr(vmcore, "kernel", None)
         try:
-            symbols = KernelSymbols.from_elf(kpath)
+            if getattr(loaded, "table", None) is not None and Path(loaded.path) == Path(kpath):
+                symbols = KernelSymbols.from_kernel(loaded)  # parsed once, when the vmcore was opened
+            else:
+                symbols = KernelSymbols.from_elf(kpath)
         except KernelSymbolsError as exc:
             report.notes.append(f"no attribution by symbol: {exc}")
 
@@ -515,12 +530,18 @@ def verify_dump(
         special, attr.dump_map = _special_ranges(vmcore, symbols)
         attr.ranges = (_panic_state_ranges(vmcore, symbols) if flow == "panic" else []) + special
         attr.ranges += _thread_stack_ranges(vmcore, symbols, flow)
-        attr.pa_ranges = [VaRange(a, a + n, "dump-device-io", label) for a, n, label in io_ranges or ()]
+        if device_state is None:
+            attr.pa_ranges = [VaRange(a, a + n, "dump-device-io", label) for a, n, label in io_ranges or ()]
         attr.pa_ranges += _pa_ranges(vmcore, [r for r in special if r.kind in ("msgbuf", "pcpu")])
     if symbols is None and cmp.differing:
         report.notes.append(
             "attribution is coarse: no kernel symbol table, so .data/.bss bytes cannot be told from other "
             "memory; only the message buffer, stacks, page tables and device I/O ranges explain a difference"
+        )
+    explainer = None
+    if device_state is not None and cmp.differing:
+        explainer = _dump_device_explainer(
+            vmcore, live, before_mem, symbols, device_state, report, kernel_debug
         )
     for pa in cmp.differing:
         dumped = vmcore.read_phys(pa, PAGE_SIZE)
@@ -529,7 +550,35 @@ def verify_dump(
         if before_mem is not None:
             with contextlib.suppress(LiveMemoryError):
                 bv = before_mem.view(pa, PAGE_SIZE)
-        a = attr.attribute(pa, dumped, lv, bv)
+        dev = explainer.explain_page(pa, dumped, lv, bv) if explainer and explainer.covers(pa) else None
+        a = attr.attribute(pa, dumped, lv, bv, device=dev)
+        if explainer is not None and not a.explained and dev is None:
+            dev = explainer.explain_page(pa, dumped, lv, bv)  # only to learn whether the device owns it
+        dump_device = ""
+        if dev is not None and a.explained and explainer is not None and explainer.covers(pa):
+            if not dev.evidence:  # every differing byte holds its before- or after-dump value
+                dev.evidence = [
+                    f"hypervisor: page {dev.tied}: each differing byte holds its value from before or after "
+                    "the dump"
+                ]
+            dump_device = "named"
+            a.kind = "dump-device-state"
+            a.text = f"dump-device-state: {dev.evidence[0]}" + (
+                f" (+{len(dev.evidence) - 1} more fields)" if len(dev.evidence) > 1 else ""
+            )
+        elif (
+            dev is not None
+            and not a.explained
+            and dev.tied
+            and not dev.refuted.any()
+            and dev.unnamed_window is not None
+            and a.bad_mask is not None
+            and not (a.bad_mask & ~dev.unnamed_window).any()
+            and not explainer.named_by_dwarf  # type: ignore[union-attr]
+        ):
+            dump_device = "unnamed"
+            a.kind = "dump-device-unnamed"
+            a.text = f"dump-device-unnamed: {dev.tied}"
         explained, reason = a.explained, a.reason
         if bv is not None:
             changed = not np.array_equal(bv, lv)
@@ -549,6 +598,13 @@ def verify_dump(
                 reason = "page was stable during the dump, yet the dump differs"
             else:
                 reason = "same before and after the dump: differs only in memory the dump code and ddb write"
+        if dump_device == "named":
+            reason = "the dump device's own state: every differing byte is a value of the request in flight"
+        elif dump_device == "unnamed":
+            reason = (
+                "tied to the dump device by the hypervisor; its differing bytes cannot be named without the "
+                f"kernel's DWARF ({explainer.no_dwarf_reason})"  # type: ignore[union-attr]
+            )
         report.differences.append(
             Difference(
                 pa,
@@ -561,10 +617,16 @@ def verify_dump(
                 a.va,
                 unexplained=[_unexplained_entry(pa, a.va, *u) for u in a.unexplained[:16]],
                 consistent_bytes=a.consistent_bytes,
+                dump_device=dump_device,
+                evidence=list(dev.evidence) if dev is not None and (dump_device or dev.refuted.any()) else [],
             )
         )
     report.pages_differing_explained = sum(1 for d in report.differences if d.explained)
-    report.pages_differing_unexplained = len(report.differences) - report.pages_differing_explained
+    report.pages_dump_device_named = sum(1 for d in report.differences if d.dump_device == "named")
+    report.pages_dump_device_unnamed = sum(1 for d in report.differences if d.dump_device == "unnamed")
+    report.pages_differing_unexplained = (
+        len(report.differences) - report.pages_differing_explained - report.pages_dump_device_unnamed
+    )
     report.pages_identical = report.pages_compared - len(cmp.differing) - len(cmp.not_in_live)
 
     if ddb_values:
@@ -574,6 +636,78 @@ def verify_dump(
     report.timings["verify"] = round(time.monotonic() - t0, 3)
     report.decide()
     return report
+
+
+def _dumping_thread(vmcore: Any) -> tuple[int, int | None] | None:
+    """(struct thread address, saved rsp) of the thread that dumped (`dumptid`), if the reader finds it."""
+    with contextlib.suppress(Exception):
+        for t in vmcore.threads():
+            if getattr(t, "crashed", False):
+                regs = getattr(t, "registers", None) or {}
+                return int(t.address), regs.get("rsp")
+    return None
+
+
+def _dump_device_explainer(
+    vmcore: Any,
+    live: LiveMemory,
+    before: LiveMemory | None,
+    symbols: KernelSymbols | None,
+    state: DumpDeviceState,
+    report: VerificationReport,
+    kernel_debug: str | os.PathLike[str] | Layouts | None,
+) -> DumpDeviceExplainer:
+    """The dump device's facts over the three images (reads through the dump's page tables)."""
+
+    def read_dump(pa: int, n: int) -> bytes | None:
+        try:
+            return bytes(vmcore.read_phys(pa, n))
+        except Exception:  # noqa: BLE001 - page not in the dump
+            return None
+
+    def read_live(mem: LiveMemory) -> Any:
+        def read(pa: int, n: int) -> bytes | None:
+            return bytes(mem.read(pa, n)) if mem.contains(pa, n) else None
+
+        return read
+
+    images = ImageSet(
+        read_before=read_live(before) if before is not None else None,
+        read_dump=read_dump,
+        read_after=read_live(live),
+        translate_va=lambda va: _translate(vmcore, va),
+        dmap=_dmap(vmcore),
+    )
+    if state.dump_extent is None and len(state.devices) == 1 and state.devices[0].capacity_bytes:
+        # the kernel writes the dump at the end of the dump device, before the trailing header; the
+        # vmcore's size bounds it (a compressed dump on disk is smaller still); 1 MiB for the leader
+        # header, key and alignment
+        dump_file = Path(str(getattr(vmcore, "path", "") or ""))
+        if str(dump_file) not in ("", ".") and dump_file.is_file():
+            cap = state.devices[0].capacity_bytes
+            size = dump_file.stat().st_size
+            state = dataclasses.replace(state, dump_extent=(max(0, cap - 512 - size - (1 << 20)), cap))
+    explainer = build_explainer(
+        state,
+        images,
+        kernel=report.kernel or None,
+        kernel_debug=kernel_debug
+        if isinstance(kernel_debug, Layouts) or not kernel_debug
+        else str(kernel_debug),
+        symbol=lambda name: _symbol(vmcore, symbols, name),
+        dump_thread=_dumping_thread(vmcore),
+    )
+    report.dump_device = {
+        "hypervisor": state.describe(),
+        "driver": explainer.described,
+        "no_dwarf_reason": "" if explainer.named_by_dwarf else explainer.no_dwarf_reason,
+        "notes": explainer.notes + state.notes,
+    }
+    if explainer.named_by_dwarf:
+        report.notes.append("dump device's driver objects (DWARF): " + "; ".join(explainer.described))
+    else:
+        report.notes.append(f"dump device's driver state not nameable: {explainer.no_dwarf_reason}")
+    return explainer
 
 
 def _unexplained_entry(pa: int, va: int | None, off: int, n: int, kind: str, label: str) -> dict[str, Any]:

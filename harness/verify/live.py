@@ -24,7 +24,7 @@ PAGE_SIZE = 4096
 
 @runtime_checkable
 class PhysicalMemorySource(Protocol):
-    """What verification needs from a live image (``harness.memory.PhysicalMemoryImage`` fits)."""
+    """What verification needs from a live image (``harness.vm.memory.PhysicalMemoryImage`` fits)."""
 
     ranges: Sequence[tuple[int, int, int]]
 

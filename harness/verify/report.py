@@ -28,6 +28,11 @@ class Difference:
     unexplained: list[dict[str, Any]] = field(default_factory=list)
     #: differing bytes the dump holds in their before-image state (caught before they changed)
     consistent_bytes: int = 0
+    #: the dump device's own state on this page: "named" (every byte explained by a field fact) or
+    #: "unnamed" (tied to the device by the hypervisor, bytes not nameable without DWARF); "" otherwise
+    dump_device: str = ""
+    #: why each named field may differ ("DWARF: struct virtqueue.vq_free_cnt of vtblk0's queue: ...")
+    evidence: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -62,6 +67,14 @@ class VerificationReport:
     pages_mapped_not_dumped: int = 0
     missing: list[dict[str, Any]] = field(default_factory=list)
     excluded_not_dumpable: int = 0
+    #: differing pages of the dump device's own state: explained field by field / tied but not nameable
+    pages_dump_device_named: int = 0
+    pages_dump_device_unnamed: int = 0
+    #: how the dump device was found (QEMU's queues, the driver's objects) and why DWARF was not used
+    dump_device: dict[str, Any] = field(default_factory=dict)
+    #: the verdict in words: "PASSED", "PASSED (with N dump-device pages not nameable without kernel.debug)",
+    #: "FAILED" (docs/verification.md)
+    status: str = ""
     differences: list[Difference] = field(default_factory=list)
     crosschecks: list[CrossCheck] = field(default_factory=list)
     timings: dict[str, float | None] = field(
@@ -87,6 +100,14 @@ class VerificationReport:
             and all(c.ok for c in self.crosschecks)
             and not self.errors
         )
+        self.status = "FAILED"
+        if self.passed:
+            n = self.pages_dump_device_unnamed
+            self.status = (
+                f"PASSED (with {n} dump-device page{'s' if n != 1 else ''} not nameable without kernel.debug)"
+                if n
+                else "PASSED"
+            )
         return self.passed
 
     # -- output ------------------------------------------------------------------------------------
@@ -122,13 +143,18 @@ class VerificationReport:
         return cls(differences=diffs, crosschecks=checks, **d)
 
     def summary(self) -> str:
-        verdict = "PASSED" if self.passed else "FAILED"
+        verdict = self.status or ("PASSED" if self.passed else "FAILED")
         lines = [
             f"verification {verdict}: {self.dump_kind} dump ({self.dump_format or 'unknown format'}), "
             f"{self.flow} flow",
             f"  pages compared {self.pages_compared}, identical {self.pages_identical}, "
             f"differing explained {self.pages_differing_explained}, "
-            f"unexplained {self.pages_differing_unexplained}",
+            f"unexplained {self.pages_differing_unexplained}"
+            + (
+                f", dump-device pages not nameable {self.pages_dump_device_unnamed}"
+                if self.pages_dump_device_unnamed
+                else ""
+            ),
             f"  missing from dump {self.missing_pages}"
             + (
                 f" (+{self.excluded_not_dumpable} not dumpable, excluded)"
@@ -142,8 +168,25 @@ class VerificationReport:
             )
             + (f", not in live image {self.pages_not_in_live_image}" if self.pages_not_in_live_image else ""),
         ]
+        device = [d for d in self.differences if d.dump_device]
+        named = [d for d in device if d.dump_device == "named"]
+        unnamed = [d for d in device if d.dump_device == "unnamed"]
+        if named:
+            lines.append(f"  dump-device state (named, {len(named)} pages): the dump device's own I/O state")
+            for d in named[:6]:
+                lines.append(f"    {d.address:#014x} ({d.differing_bytes} B)")
+                lines.extend(f"        {e}" for e in d.evidence[:6])
+        if unnamed:
+            why = self.dump_device.get("no_dwarf_reason", "")
+            lines.append(
+                f"  dump-device state (hypervisor-tied, not nameable without DWARF): {len(unnamed)} pages"
+                + (f" - {why}" if why else "")
+            )
+            for d in unnamed[:6]:
+                lines.append(f"    {d.address:#014x} ({d.differing_bytes} B) {d.attribution}")
+                lines.extend(f"        {e}" for e in d.evidence[:4])
         # the failures first: a summary that hides the one bad page behind "... more" helps nobody
-        shown = sorted(self.differences, key=lambda x: x.explained)[:8]
+        shown = sorted([d for d in self.differences if not d.dump_device], key=lambda x: x.explained)[:8]
         for d in shown:
             mark = "ok " if d.explained else "BAD"
             lines.append(
@@ -152,8 +195,9 @@ class VerificationReport:
             )
             for u in d.unexplained[:3]:  # where exactly the dump is wrong
                 lines.append(f"        wrong: {u['address']} ({u['bytes']} B) {u['what']}")
-        if len(self.differences) > 8:
-            lines.append(f"  ... {len(self.differences) - 8} more differing pages in the JSON report")
+        others = len(self.differences) - len(device)
+        if others > 8:
+            lines.append(f"  ... {others - 8} more differing pages in the JSON report")
         for m in [m for m in self.missing if m.get("counted", True)][:5]:
             lines.append(f"  MISSING pa {m['pa']} (va {m.get('va')}) {m.get('what', '')}")
         bad = [c for c in self.crosschecks if not c.ok]

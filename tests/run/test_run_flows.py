@@ -178,9 +178,13 @@ class _Ram:
 
 
 def test_request_buffers_never_name_the_dumped_data():
+    """Following the ring QEMU reports names request headers, status bytes and indirect tables, never the
+    data buffers (those are the dumped pages themselves)."""
     import struct
 
-    from harness.run.verify import _request_buffers
+    from harness.verify.dumpdevice import DumpDeviceState, QueueFacts, VirtioDeviceFacts
+    from harness.verify.dumpdevice.images import ImageSet
+    from harness.verify.dumpdevice.rings import gather
 
     ram = _Ram(0x10000)
     desc = [
@@ -194,9 +198,15 @@ def test_request_buffers_never_name_the_dumped_data():
         struct.pack_into("<QIHH", ram.buf, 0x1000 + 16 * i, *d)
     for i, d in enumerate([(0x7000, 16, 1, 1), (0x300000, 4096, 1, 2), (0x7010, 1, 2, 0)]):
         struct.pack_into("<QIHH", ram.buf, 0x6000 + 16 * i, *d)
-    got = sorted(_request_buffers(ram, 0x1000, len(desc), "q", struct))
-    assert [(a, n) for a, n, _ in got] == [(0x5000, 16), (0x5010, 1), (0x6000, 48), (0x7000, 16), (0x7010, 1)]
-    assert "indirect descriptor table" in got[2][2] and "request header/status" in got[0][2]
+    queue = QueueFacts(index=0, num=len(desc), desc=0x1000, avail=0x2000, used=0x3000)
+    disk = VirtioDeviceFacts("/machine/peripheral/virtio-disk0/virtio-backend", "virtio-blk", (queue,))
+    state = DumpDeviceState([disk])
+    got = gather(state, ImageSet(ram.read, ram.read, ram.read))
+    assert got.tables == {0x6000: 3}
+    assert got.headers == {0x5000, 0x7000} and got.statuses == {0x5010, 0x7010}
+    named = set(got.tables) | got.headers | got.statuses
+    assert not named & {0x200000, 0x300000}
+    assert got.queue_of[0x6000] == "virtio-disk0 queue 0"
 
 
 class _Shell:

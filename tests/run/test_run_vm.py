@@ -4,8 +4,9 @@ No FreeBSD kernel without ddb exists here, so the guest is the MockFreeBSDKernel
 ``tests/mock_freebsd_kernel/``): booted by GRUB, it writes a real minidump through its virtio-blk queue
 from ddb. Verifying that dump with ``flow="panic"`` and no live image from before the dump is exactly
 the panic flow's situation: the virtqueue the dump went through changed after the pages holding it
-were dumped. The ranges QEMU reports (`virtio_blk_io_ranges`) must name those differences; with the
-image taken before the dump started (the pipeline takes it right before the panic trigger) it passes.
+were dumped. QEMU's facts about the dump device (`DumpDeviceState.from_qemu`) must name those
+differences; with the image taken before the dump started (the run takes it right before the panic
+trigger) it passes.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def _mock_kernel() -> Path:
 
 
 @pytest.mark.vm
-def test_virtqueue_of_the_dump_is_named_dump_device_io(tmp_path):
+def test_virtqueue_of_the_dump_is_named_as_dump_device_state(tmp_path):
     from harness.vm.libvirt_conn import LibvirtUnavailable, connect, default_uri
 
     try:
@@ -44,7 +45,7 @@ def test_virtqueue_of_the_dump_is_named_dump_device_io(tmp_path):
     from harness.run.config import ReproConfig
     from harness.run.rundir import make_dump_disk as _make_dump_disk
     from harness.run.sources.bare_kernel import bare_kernel_kenv
-    from harness.run.verify import virtio_blk_io_ranges
+    from harness.verify.dumpdevice import DumpDeviceState
     from harness.verify.engine import verify_dump
     from harness.vm.domain_xml import ExtraDisk, GuestSpec, IsoBoot
     from harness.vm.guest import Guest
@@ -61,30 +62,27 @@ def test_virtqueue_of_the_dump_is_named_dump_device_io(tmp_path):
         before = guest.memory_image(tmp_path / "before.raw")  # the pipeline's "right before the trigger"
         assert ddb.dump().ok
         after = guest.memory_image(tmp_path / "after.raw")
-        ranges, note = virtio_blk_io_ranges(guest, after)
+        state = DumpDeviceState.from_qemu(guest.qmp)
         got = from_dump_disk(disk, tmp_path / "crash", guest=guest, kernel=kernel)
-    assert "dump device I/O state from QEMU" in note, note
-    labels = {label.split(" queue ")[1].split(" ", 1)[1] for _, _, label in ranges}
-    assert {"descriptor table", "avail ring", "used ring"} <= labels
-    assert all(size <= 16 for _, size, label in ranges if "request" in label)
+    assert state.queues, state.describe()
+    (dev, queue), *_ = state.queues
+    assert dev.name == "virtio-blk" and queue.num > 0 and queue.desc
     with reader.open_vmcore(got.vmcore, kernel=kernel) as vm:
         bare = verify_dump(vm, after, kernel=kernel, flow="panic", ddb_values={}, ddb_registers=None)
         named = verify_dump(
-            vm, after, kernel=kernel, flow="panic", ddb_values={}, ddb_registers=None, io_ranges=ranges
+            vm, after, kernel=kernel, flow="panic", ddb_values={}, ddb_registers=None, device_state=state
         )
-    io = [d for d in named.differences if d.kind == "dump-device-io"]
-    assert io and all(d.explained for d in io), named.summary()
-    assert "virtio-blk" in io[0].attribution
-    # without the ranges nothing names these pages as the device's (on FreeBSD the rings are contigmalloc'd
-    # heap: unattributed, the panic flow would fail; the mock keeps them next to its boot stack, so the
-    # stack window covers them there)
+    device_kinds = {"dump-device-state", "dump-device-unnamed"}
+    io = [d for d in named.differences if d.kind in device_kinds]
+    assert io, named.summary()
+    assert all(d.explained for d in io if d.kind == "dump-device-state"), named.summary()
+    # without QEMU's facts nothing names these pages as the device's
     same = {d.address for d in io}
-    assert same and {d.kind for d in bare.differences if d.address in same}.isdisjoint({"dump-device-io"})
-    # the rest of the driver's request state (here the mock's request bookkeeping next to the header;
-    # on FreeBSD struct virtqueue and the sglist) only the image from before the trigger can excuse
+    assert {d.kind for d in bare.differences if d.address in same}.isdisjoint(device_kinds)
+    # with the image from before the trigger too, the whole dump is judged right
     with reader.open_vmcore(got.vmcore, kernel=kernel) as vm:
         full = verify_dump(
-            vm, after, kernel=kernel, flow="panic", ddb_values={}, ddb_registers=None, io_ranges=ranges,
+            vm, after, kernel=kernel, flow="panic", ddb_values={}, ddb_registers=None, device_state=state,
             before=before,
         )
     bad = [(hex(d.address), d.attribution, d.reason) for d in full.differences if not d.explained]
