@@ -328,12 +328,12 @@ def cmd_read(args) -> int:
         addr = _resolve(vm, args.symbol) if args.symbol else (args.va if args.va is not None else args.pa)
         if args.type and args.type not in INT_TYPES and args.type not in ("ptr", "string"):
             return _read_dwarf(args, vm, addr)
-        size = _read_size(args, vm)
         if args.size is None and args.type == "string":
             text = vm.read_cstring(addr, 4096) if args.pa is None else \
                 vm.read_phys(addr, 4096).split(b"\0", 1)[0].decode("utf-8", "replace")
             print(text)
             return 0
+        size = _read_size(args, vm)
         data = vm.read_phys(addr, size) if args.pa is not None else vm.read(addr, size)
         psize = vm.arch.pointer_size
         kernel = vm.kernel

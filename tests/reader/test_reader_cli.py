@@ -65,7 +65,7 @@ def test_threads_json_and_text(capsys, lldb_paths):
     threads = json.loads(out)
     assert rc == 0 and len(threads) == 13
     assert threads[0]["name"] == "(pid 806) sysctl (crashed)"
-    assert threads[0]["registers"]["rip"] == 0xFFFFFFFF80C09ADE
+    assert threads[0]["registers"]["rip"] == "0xffffffff80c09ade"   # a string: 64-bit safe in jq / JS
     rc, out, _ = run(capsys, "--kernel", kernel, "--zero-fill", "threads", vmcore)
     assert "sysctl (crashed)" in out and "rip=0xffffffff80c09ade" in out
 
@@ -104,7 +104,9 @@ def test_module_entry_point_help():
         assert cmd in out.stdout
 
 
-@pytest.mark.parametrize("argv", [["read", "x", "--size", "4"], ["translate", "x", "zz"]])
+# `translate x zz` is no usage error any more: translate accepts a symbol name (issue 11 item 5)
+@pytest.mark.parametrize("argv", [["read", "x", "--size", "4"], ["translate", "x"], ["bt", "x", "--tid", "zz"],
+                                  ["bt", "x", "--tid", "1", "--all"]])
 def test_usage_errors_exit_2(argv):
     with pytest.raises(SystemExit) as e:
         main(argv)
