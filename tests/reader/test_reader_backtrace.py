@@ -148,7 +148,8 @@ def _trapframe(pages, at: int, *, rip: int, rbp: int, rsp: int, cs: int, trapno:
 
 def test_amd64_through_a_kernel_trap_frame_and_stop_at_fork_trampoline(tmp_path):
     s = STACK
-    # sched_switch <- mi_switch <- trap <- calltrap [trapframe: interrupted_fn] <- fork_exit <- fork_trampoline
+    # sched_switch <- mi_switch <- trap <- calltrap [trapframe: interrupted_fn] <- fork_exit
+    #   <- fork_trampoline
     pages = _stack({s + 0x100: (s + 0x200, TEXT + 0x210),      # frame of sched_switch -> mi_switch
                     s + 0x200: (s + 0x300, TEXT + 0x310),      # mi_switch -> trap
                     s + 0x300: (0x1234, TEXT + 0x408),         # trap -> calltrap (fp: interrupted junk)

@@ -105,8 +105,8 @@ def test_module_entry_point_help():
 
 
 # `translate x zz` is no usage error any more: translate accepts a symbol name (issue 11 item 5)
-@pytest.mark.parametrize("argv", [["read", "x", "--size", "4"], ["translate", "x"], ["bt", "x", "--tid", "zz"],
-                                  ["bt", "x", "--tid", "1", "--all"]])
+@pytest.mark.parametrize("argv", [["read", "x", "--size", "4"], ["translate", "x"],
+                                  ["bt", "x", "--tid", "zz"], ["bt", "x", "--tid", "1", "--all"]])
 def test_usage_errors_exit_2(argv):
     with pytest.raises(SystemExit) as e:
         main(argv)

@@ -131,7 +131,8 @@ def test_symbolize_command(capsys, tmp_path):
 
 def test_typed_read_and_translate_by_symbol(capsys, lldb_paths):
     vmcore, kernel = lldb_paths["arm64-minidump"]
-    rc, out, _ = run(capsys, "--kernel", kernel, "--zero-fill", "read", vmcore, "--symbol", "hz", "--type", "u32")
+    rc, out, _ = run(capsys, "--kernel", kernel, "--zero-fill", "read", vmcore, "--symbol", "hz",
+                     "--type", "u32")
     assert rc == 0 and out.split() == ["0xffff000000e2651c", "1000"]
     rc, out, _ = run(capsys, "--kernel", kernel, "--zero-fill", "read", vmcore, "--symbol", "hz",
                      "--type", "s64")
@@ -149,7 +150,8 @@ def test_typed_read_and_translate_by_symbol(capsys, lldb_paths):
 
 def test_read_string(capsys, threads_dump):
     vmcore, kernel = threads_dump
-    rc, out, _ = run(capsys, "--kernel", kernel, "read", vmcore, "--va", "0xfffffe0000001030", "--type", "string")
+    rc, out, _ = run(capsys, "--kernel", kernel, "read", vmcore, "--va", "0xfffffe0000001030",
+                     "--type", "string")
     assert rc == 0 and out == "sh\n"     # the first proc's p_comm
 
 

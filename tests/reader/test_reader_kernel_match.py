@@ -26,7 +26,8 @@ def _dump_and_kernels(tmp_path, dump_version: bytes = VERSION):
         data[0x100 : 0x100 + len(version) + 1] = version + b"\0"
         data[0x800:0x804] = (100).to_bytes(4, "little")
         return write_elf(tmp_path / name, [(".data", K2, bytes(data), False)],
-                         [("version", K2 + 0x100, len(version) + 1, "object"), ("hz", K2 + 0x800, 4, "object")])
+                         [("version", K2 + 0x100, len(version) + 1, "object"),
+                          ("hz", K2 + 0x800, 4, "object")])
 
     return vmcore, kernel("kernel.right", VERSION), kernel("kernel.wrong", OTHER)
 
