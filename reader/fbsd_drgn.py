@@ -138,20 +138,36 @@ def drgn_program(vm: KernelMemory, debug: str | os.PathLike | None = None) -> An
     if debug is not None:
         debug_path = Path(debug)
         check_debug_file(vm, debug_path)
-        module = prog.main_module("kernel", create=True)
-        rng = _load_range(debug_path)
-        if rng is not None:
-            module.address_range = rng
-        try:
-            module.try_file(str(debug_path), force=True)
-        except Exception as exc:  # noqa: BLE001 - drgn raises several types for unusable files
-            raise ReaderError(f"drgn cannot load the debug info: {exc}", path=debug_path,
-                              field="DWARF", expected="a kernel.debug with DWARF") from None
-        if str(module.debug_file_status).rsplit(".", 1)[-1] != "HAVE":
-            raise ReaderError("drgn found no usable DWARF in it", path=debug_path, field="DWARF",
-                              expected="a kernel.debug with .debug_info")
+        _load_debug_file(prog, debug_path)
     prog.cache["fbsd_vmcore"] = vm
     return prog
+
+
+def _load_debug_file(prog: Any, path: Path) -> None:
+    """kernel.debug as drgn's main module; as an extra module (bias 0) if drgn cannot place it.
+
+    drgn places a main module by the loadable segment that holds the ELF program headers; FreeBSD's
+    kernels have one, a kernel linked without headers in a segment (the mock kernel) does not, and
+    an extra module at bias 0 gives the same types and variables for a kernel linked where it runs.
+    """
+    def have(module: Any) -> bool:
+        return str(module.debug_file_status).rsplit(".", 1)[-1] == "HAVE"
+
+    try:
+        module = prog.main_module("kernel", create=True)
+        rng = _load_range(path)
+        if rng is not None:
+            module.address_range = rng
+        module.try_file(str(path), force=True)
+        if not have(module):
+            module = prog.extra_module(str(path), 0, create=True)
+            module.try_file(str(path), force=True)
+    except Exception as exc:  # noqa: BLE001 - drgn raises several types for unusable files
+        raise ReaderError(f"drgn cannot load the debug info: {exc}", path=path,
+                          field="DWARF", expected="a kernel.debug with DWARF") from None
+    if not have(module):
+        raise ReaderError("drgn found no usable DWARF in it", path=path, field="DWARF",
+                          expected="a kernel.debug with .debug_info")
 
 
 def _vm_of(prog: Any) -> KernelMemory:
