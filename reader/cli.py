@@ -224,6 +224,17 @@ def _program(args, vm):
     return drgn_program(vm, args.debug)
 
 
+def _cfi(args, vm):
+    """kernel.debug's DWARF call frame information for the unwinder (checked against the kernel)."""
+    if args.debug is None:
+        return None
+    from .cfi import CallFrameTable
+    from .fbsd_drgn import check_debug_file
+
+    check_debug_file(vm, args.debug)
+    return CallFrameTable(args.debug, vm.arch.name)
+
+
 def _print_json(data) -> None:
     json.dump(json_safe(data), sys.stdout, indent=2)
     print()
@@ -245,7 +256,8 @@ def cmd_crashinfo(args) -> int:
 
     with ExitStack() as stack:
         vm = _open(args, stack)
-        ci = build_crashinfo(vm, vm.info, msgbuf_lines=args.msgbuf_lines, program=_program(args, vm))
+        ci = build_crashinfo(vm, vm.info, msgbuf_lines=args.msgbuf_lines, program=_program(args, vm),
+                             cfi=_cfi(args, vm))
     if args.json:
         _print_json(crashinfo_json(ci))
     else:
@@ -266,7 +278,8 @@ def cmd_bt(args) -> int:
                                   expected=", ".join(str(t.tid) for t in threads[:20]))
         else:
             chosen = [t for t in threads if t.crashed][:1] or threads[:1]
-        traces = [(t, t.backtrace()) for t in chosen]
+        cfi = _cfi(args, vm)
+        traces = [(t, t.backtrace(cfi=cfi)) for t in chosen]
         arch = vm.arch.name
     if args.json:
         _print_json([{"tid": t.tid, "pid": t.pid, "name": t.name, "stop_reason": bt.stop_reason,

@@ -20,7 +20,7 @@ MSGBUF_TAIL_LINES = 40
 
 
 def build_crashinfo(vm: KernelMemory, info: dict[str, Any], *, msgbuf_lines: int = MSGBUF_TAIL_LINES,
-                    program: Any = None) -> dict[str, Any]:
+                    program: Any = None, cfi: Any = None) -> dict[str, Any]:
     """The crashinfo facts as a JSON-ready dict (addresses still ints: `report.json_safe` them)."""
     errors: dict[str, str] = dict(info.get("errors", {}))
     out: dict[str, Any] = {
@@ -44,7 +44,7 @@ def build_crashinfo(vm: KernelMemory, info: dict[str, Any], *, msgbuf_lines: int
             errors["threads"] = str(exc)
     crashed = next((t for t in threads if t.crashed), None)
     if crashed is not None:
-        bt = crashed.backtrace()
+        bt = crashed.backtrace(cfi=cfi)
         out["crashed_thread"] = {"tid": crashed.tid, "pid": crashed.pid, "name": crashed.name,
                                  "backtrace": [f.to_json() for f in bt.frames], "stop_reason": bt.stop_reason,
                                  "backtrace_text": bt.format(vm.arch.name)}

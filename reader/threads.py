@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .cfi import CallFrameTable
 from .errors import FormatError, ReaderError
 from .memory import KernelMemory
 from .unwind import Backtrace, backtrace
@@ -45,14 +46,16 @@ class Thread:
         r = self.registers
         return r.get("rip", r.get("eip", r.get("pc")))
 
-    def backtrace(self, *, max_frames: int | None = None) -> Backtrace:
-        """This thread's stack, frame 0 first (see `reader.unwind`)."""
+    def backtrace(self, *, max_frames: int | None = None, cfi: CallFrameTable | None = None) -> Backtrace:
+        """This thread's stack, frame 0 first (see `reader.unwind`); `cfi` from a kernel.debug."""
         if self.vm is None:
             raise ReaderError("this Thread is not attached to an open dump", field="vm",
                               expected="a Thread from Vmcore.threads()")
         if not self.registers:
             return Backtrace([], f"registers unavailable: {self.error}")
-        kw = {} if max_frames is None else {"max_frames": max_frames}
+        kw: dict[str, Any] = {"cfi": cfi}
+        if max_frames is not None:
+            kw["max_frames"] = max_frames
         return backtrace(self.vm, self.registers, **kw)
 
     @property

@@ -17,6 +17,11 @@ its own stack returning into the thread's kernel stack, as in LLDB's amd64 minid
 `MAX_STACK_SWITCHES` times; a frame pointer seen before is a loop and ends the walk. It reads only
 through the dump (an absent or cut-short page ends the walk with the reason), and stops after
 `MAX_FRAMES`.
+
+With a kernel.debug's DWARF CFI (`reader.cfi`), x86 frames are unwound by the CFI rows where an FDE
+covers the pc (optimised functions without frame pointers) and by frame pointers elsewhere; an
+assembly leaf without CFI at frame 0 (an idle `hlt` loop) returns through the word at the stack top
+when that lands in a known function (CFI or symbol table).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+from .cfi import CallFrameTable
 from .errors import ReaderError
 from .memory import KernelMemory
 
@@ -115,6 +121,7 @@ class _X86:
     word: int
     pc_reg: str
     fp_reg: str
+    sp_reg: str
     #: struct trapframe offsets: trapno, fp, pc, cs, sp, and its size up to sp
     tf_trapno: int
     tf_fp: int
@@ -127,21 +134,27 @@ class _X86:
 
 # sys/amd64/include/frame.h: 15 GPRs (rbp is the 9th), trapno, fs/gs, addr, flags, es/ds, err, rip,
 # cs, rflags, rsp, ss
-AMD64 = _X86(word=8, pc_reg="rip", fp_reg="rbp", tf_trapno=120, tf_fp=64, tf_pc=152, tf_cs=160,
+AMD64 = _X86(word=8, pc_reg="rip", fp_reg="rbp", sp_reg="rsp", tf_trapno=120, tf_fp=64, tf_pc=152, tf_cs=160,
              tf_sp=176, kernel_min=0xFFFF800000000000)
 # sys/i386/include/frame.h: fs, es, ds, edi, esi, ebp, isp, ebx, edx, ecx, eax, trapno, err, eip, cs,
 # eflags, esp, ss
-I386 = _X86(word=4, pc_reg="eip", fp_reg="ebp", tf_trapno=44, tf_fp=20, tf_pc=52, tf_cs=56, tf_sp=64,
+I386 = _X86(word=4, pc_reg="eip", fp_reg="ebp", sp_reg="esp", tf_trapno=44, tf_fp=20, tf_pc=52, tf_cs=56, tf_sp=64,
             kernel_min=None)
 
 
-def backtrace(vm: KernelMemory, registers: dict[str, int], *, max_frames: int = MAX_FRAMES) -> Backtrace:
-    """Unwind from saved `registers` (a `Thread.registers` dict) through the dump's memory."""
+def backtrace(vm: KernelMemory, registers: dict[str, int], *, max_frames: int = MAX_FRAMES,
+              cfi: CallFrameTable | None = None) -> Backtrace:
+    """Unwind from saved `registers` (a `Thread.registers` dict) through the dump's memory.
+
+    With `cfi` (the kernel.debug's call frame information), x86 frames are unwound by DWARF CFI
+    wherever an FDE covers the pc, by the frame pointer elsewhere.
+    """
     arch = vm.arch.name
-    if arch == "amd64":
-        return _walk_x86(vm, registers, AMD64, max_frames)
-    if arch == "i386":
-        return _walk_x86(vm, registers, I386, max_frames)
+    if arch in ("amd64", "i386"):
+        a = AMD64 if arch == "amd64" else I386
+        if cfi is not None and len(cfi):
+            return _walk_x86_cfi(vm, registers, a, max_frames, cfi)
+        return _walk_x86(vm, registers, a, max_frames)
     if arch == "arm64":
         return _walk_arm64(vm, registers, max_frames)
     return Backtrace([], f"no unwinder for {arch}")
@@ -233,6 +246,88 @@ def _walk_x86(vm: KernelMemory, regs: dict[str, int], a: _X86, max_frames: int) 
             return bt
         after_trap = False
         pc, fp = ret, next_fp
+
+
+def _walk_x86_cfi(vm: KernelMemory, regs: dict[str, int], a: _X86, max_frames: int,
+                  cfi: CallFrameTable) -> Backtrace:
+    """The x86 walk with DWARF CFI: CFI where an FDE covers the pc, frame pointers elsewhere."""
+    bt = Backtrace()
+    if a.pc_reg not in regs or a.sp_reg not in regs:
+        bt.stop_reason = "no saved registers"
+        return bt
+    state = dict(regs)
+    seen: set[tuple[int, int]] = set()
+    switches = 0
+    callee_cfa: int | None = None
+    after_trap = False
+
+    def word(addr: int) -> int:
+        return _read_words(vm, addr, 1, a.word)[0]
+
+    while True:
+        if len(bt.frames) >= max_frames:
+            bt.stop_reason = f"stopped after {max_frames} frames"
+            return bt
+        index = len(bt.frames)
+        pc, sp, fp = state[a.pc_reg], state[a.sp_reg], state.get(a.fp_reg, 0)
+        function = _symbolize(vm, pc)
+        kind = _entry_kind(function)
+        if kind is not None and index > 0 and callee_cfa is not None and not cfi.covers(pc - 1):
+            try:
+                tf = _read_trapframe(vm, callee_cfa, kind, a)
+            except ReaderError as exc:
+                bt.frames.append(Frame(index, pc, fp, function))
+                bt.stop_reason = f"trapframe at {callee_cfa:#x} unreadable: {exc.detail}"
+                return bt
+            bt.frames.append(Frame(index, pc, fp, function, tf))
+            if tf.pc == 0 or tf.user:
+                bt.stop_reason = ("thread start (empty trapframe)" if tf.pc == 0 else f"{kind} from user mode")
+                return bt
+            state = {a.pc_reg: tf.pc, a.sp_reg: tf.sp, a.fp_reg: tf.fp}
+            callee_cfa, after_trap = None, True
+            continue
+        bt.frames.append(Frame(index, pc, fp, function))
+        try:
+            new = cfi.step(state, pc, word, caller_frame=index > 0)
+            how = "cfi"
+            if new is None and index == 0:
+                # an assembly leaf without CFI (an idle `hlt` loop): the return address is at the top
+                # of the stack if it lands in a function the CFI or the symbol table knows
+                ret = word(sp)
+                known = vm.kernel is not None and vm.kernel.function_at(ret - 1) is not None
+                if cfi.covers(ret - 1) or known:
+                    new = {**state, a.pc_reg: ret, a.sp_reg: sp + a.word}
+                    how = "leaf"
+            if new is None:
+                if fp == 0:
+                    bt.stop_reason = "end of the frame chain (no CFI here and frame pointer 0)"
+                    return bt
+                next_fp, ret = _read_words(vm, fp, 2, a.word)
+                new = {**state, a.pc_reg: ret, a.sp_reg: fp + 2 * a.word, a.fp_reg: next_fp}
+                how = "fp"
+        except ReaderError as exc:
+            bt.stop_reason = f"stack unreadable: {exc.detail}"
+            return bt
+        ret, cfa = new[a.pc_reg], new[a.sp_reg]
+        if ret == 0:
+            bt.stop_reason = f"end of the call chain (return address 0, by {how})"
+            return bt
+        if (ret, cfa) in seen:
+            bt.stop_reason = f"the unwind loops at pc {ret:#x} cfa {cfa:#x}"
+            return bt
+        seen.add((ret, cfa))
+        if not sp < cfa <= sp + MAX_FRAME_SPAN and not after_trap:
+            if a.kernel_min is not None and cfa < a.kernel_min:
+                bt.frames.append(Frame(len(bt.frames), ret, new.get(a.fp_reg, 0), _symbolize(vm, ret)))
+                bt.stop_reason = f"caller stack {cfa:#x} is a user address (entered from user mode)"
+                return bt
+            switches += 1
+            if switches > MAX_STACK_SWITCHES:
+                bt.stop_reason = f"caller stack {cfa:#x} is not above {sp:#x} (corrupt stack?)"
+                return bt
+        after_trap = False
+        callee_cfa = cfa
+        state = new
 
 
 def _check_caller(fp: int, next_fp: int, seen: set[int], switches: int, after_trap: bool,

@@ -254,3 +254,58 @@ def test_symbolize(tmp_path):
     assert k.symbolize(TEXT + 0x50) is None                      # before every function
     assert k.symbolize(TEXT + 0x3F00) is None                    # after amd64_syscall's end
     assert k.has_code_symbols
+
+
+# ---- DWARF CFI (a kernel.debug's call frame information) -------------------------------------------------
+CFI_SOURCE = r"""
+__attribute__((noinline)) void leaf(volatile char *p) { p[0] = 1; }
+__attribute__((noinline)) void mid(void) { volatile char buf[40]; leaf(buf); leaf(buf + 1); }
+__attribute__((noinline)) void top(void) { volatile char buf[200]; mid(); buf[0] = 2; }
+void _start(void) { top(); for (;;) ; }
+"""
+
+
+def _last_row(cfi, kernel, name: str):
+    """(pc, cfa offset from rsp) of the CFI row of function `name` with the deepest stack (its body)."""
+    sym = kernel.lookup(name)
+    rows = [cfi._row(pc) for pc in range(sym.address, sym.address + sym.size)]
+    row = max((r for r in rows if r is not None), key=lambda r: r["cfa"].offset)
+    assert row["cfa"].reg == 7, (name, row)
+    return row["pc"], row["cfa"].offset
+
+
+def test_cfi_unwinds_code_without_frame_pointers(tmp_path):
+    import shutil
+    import subprocess
+
+    from reader.cfi import CallFrameTable
+
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc to build code with CFI")
+    src = tmp_path / "k.c"
+    src.write_text(CFI_SOURCE)
+    elf = tmp_path / "kernel.debug"
+    subprocess.run(["gcc", "-g", "-O2", "-fomit-frame-pointer", "-nostdlib", "-static", "-no-pie", "-fno-pie",
+                    "-mcmodel=kernel", "-Wl,-Ttext=0xffffffff80200000", "-o", str(elf), str(src)], check=True)
+    kernel = Kernel(elf)
+    cfi = CallFrameTable(elf, "amd64")
+    assert len(cfi) >= 3
+    mid_pc, mid_off = _last_row(cfi, kernel, "mid")
+    top_pc, top_off = _last_row(cfi, kernel, "top")
+    start_pc, start_off = _last_row(cfi, kernel, "_start")
+    assert mid_off > 8 and top_off > 8          # both keep locals on the stack, no frame pointer
+    sp0 = STACK + 0x100
+    sp1 = sp0 + mid_off                         # mid's CFA = top's sp after the call
+    sp2 = sp1 + top_off
+    page = bytearray(0x1000)
+    struct.pack_into("<Q", page, (sp1 - 8) & 0xFFF, top_pc + 1)       # mid returns into top
+    struct.pack_into("<Q", page, (sp2 - 8) & 0xFFF, start_pc + 1)     # top returns into _start
+    struct.pack_into("<Q", page, (sp2 + start_off - 8) & 0xFFF, 0)    # _start: the end
+    vm = FakeMemory("amd64", kernel, {STACK: page})
+    regs = {"rip": mid_pc, "rsp": sp0, "rbp": 0}
+    by_fp = backtrace(vm, regs)
+    assert len(by_fp) == 1                      # frame pointers alone lose the caller
+    bt = backtrace(vm, regs, cfi=cfi)
+    assert [f.function.split("+")[0] for f in bt] == ["mid", "top", "_start"], bt.format("amd64")
+    assert "return address 0" in bt.stop_reason
+    cfi.close()
