@@ -138,8 +138,8 @@ AMD64 = _X86(word=8, pc_reg="rip", fp_reg="rbp", sp_reg="rsp", tf_trapno=120, tf
              tf_sp=176, kernel_min=0xFFFF800000000000)
 # sys/i386/include/frame.h: fs, es, ds, edi, esi, ebp, isp, ebx, edx, ecx, eax, trapno, err, eip, cs,
 # eflags, esp, ss
-I386 = _X86(word=4, pc_reg="eip", fp_reg="ebp", sp_reg="esp", tf_trapno=44, tf_fp=20, tf_pc=52, tf_cs=56, tf_sp=64,
-            kernel_min=None)
+I386 = _X86(word=4, pc_reg="eip", fp_reg="ebp", sp_reg="esp", tf_trapno=44, tf_fp=20, tf_pc=52, tf_cs=56,
+            tf_sp=64, kernel_min=None)
 
 
 def backtrace(vm: KernelMemory, registers: dict[str, int], *, max_frames: int = MAX_FRAMES,
@@ -281,7 +281,7 @@ def _walk_x86_cfi(vm: KernelMemory, regs: dict[str, int], a: _X86, max_frames: i
                 return bt
             bt.frames.append(Frame(index, pc, fp, function, tf))
             if tf.pc == 0 or tf.user:
-                bt.stop_reason = ("thread start (empty trapframe)" if tf.pc == 0 else f"{kind} from user mode")
+                bt.stop_reason = "thread start (empty trapframe)" if tf.pc == 0 else f"{kind} from user mode"
                 return bt
             state = {a.pc_reg: tf.pc, a.sp_reg: tf.sp, a.fp_reg: tf.fp}
             callee_cfa, after_trap = None, True
