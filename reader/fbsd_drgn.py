@@ -24,6 +24,7 @@ from typing import Any
 
 from elftools.elf.elffile import ELFFile
 
+from .cfi import CallFrameTable
 from .errors import AddressError, KernelMismatchError, ReaderError
 from .kernel import Kernel
 from .kernelcheck import check_kernel
@@ -140,6 +141,7 @@ def drgn_program(vm: KernelMemory, debug: str | os.PathLike | None = None) -> An
         check_debug_file(vm, debug_path)
         _load_debug_file(prog, debug_path)
     prog.cache["fbsd_vmcore"] = vm
+    prog.cache["fbsd_debug"] = None if debug is None else Path(debug)
     return prog
 
 
@@ -216,17 +218,18 @@ def msgbuf(prog: Any) -> str:
     return _vm_of(prog).msgbuf()
 
 
-def bt(prog: Any, tid: int | None = None) -> str:
-    """The backtrace of thread `tid` (default: the crashed thread) as text; also printed."""
+def bt(prog: Any, tid: int | None = None) -> None:
+    """Print the backtrace of thread `tid` (default: the crashed thread); CFI from kernel.debug if loaded."""
     vm = _vm_of(prog)
     threads = list_threads(vm)
     t = next((t for t in threads if (t.tid == tid if tid is not None else t.crashed)), None)
     if t is None:
         raise AddressError(f"no thread with tid {tid}" if tid is not None else "no crashed thread",
                            address=tid or 0, path=vm.path)
-    text = "\n".join([f"thread {t.tid} {t.name}", *t.backtrace().format(vm.arch.name)])
-    print(text)
-    return text
+    cfi = prog.cache.get("fbsd_cfi")
+    if cfi is None and prog.cache.get("fbsd_debug") is not None:
+        cfi = prog.cache["fbsd_cfi"] = CallFrameTable(prog.cache["fbsd_debug"], vm.arch.name)
+    print("\n".join([f"thread {t.tid} {t.name}", *t.backtrace(cfi=cfi).format(vm.arch.name)]))
 
 
 def shell_globals(prog: Any) -> dict[str, Any]:

@@ -143,3 +143,35 @@ def test_missing_drgn_is_one_line(monkeypatch, dump):
     with reader.open_vmcore(vmcore, kernel) as vm, pytest.raises(ReaderError) as exc:
         reader.drgn_program(vm)
     assert "drgn is not installed" in str(exc.value) and "pip install" in str(exc.value)
+
+
+def test_shell_helpers_bt_and_globals(dump, capsys):
+    from reader.fbsd_drgn import shell_globals
+
+    vmcore, kernel, debug = dump
+    with reader.open_vmcore(vmcore, kernel) as vm:
+        prog = reader.drgn_program(vm, debug=debug)
+        g = shell_globals(prog)
+        assert set(g) == {"vm", "for_each_proc", "for_each_thread", "msgbuf", "bt"}
+        assert g["bt"]() is None
+        out = capsys.readouterr().out
+        assert out.startswith("thread 100042 (pid 42) sh (crashed)\n#0  0x0/frame 0x0")
+        g["bt"](100001)
+        assert "thread 100001 (pid 0) kernel/idle" in capsys.readouterr().out
+        with pytest.raises(ReaderError, match="no thread with tid 5"):
+            g["bt"](5)
+
+
+def test_shell_runs_a_piped_session(dump, tmp_path):
+    import os
+    import sys
+    from pathlib import Path
+
+    vmcore, kernel, debug = dump
+    repo = str(Path(__file__).resolve().parents[2])
+    script = "[int(p.p_pid) for p in for_each_proc()]\nprog.read_u32(vm.symbol('hz'))\n"
+    r = subprocess.run([sys.executable, "-m", "reader", "--kernel", str(kernel), "--debug", str(debug), "shell",
+                        str(vmcore)], input=script, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": repo}, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "[42, 0]" in r.stdout and ">>> 100" in r.stdout and "FreeBSD helpers" in r.stderr   # banner: stderr
