@@ -36,6 +36,8 @@ def build_crashinfo(vm: KernelMemory, info: dict[str, Any], *, msgbuf_lines: int
         "arch": info.get("arch"),
         "format": info.get("format"),
     }
+    if out["hostname"] is None and program is not None:
+        out["hostname"] = _hostname_from_dwarf(program)
     threads: list[Thread] = []
     if vm.kernel is not None:
         try:
@@ -64,6 +66,15 @@ def build_crashinfo(vm: KernelMemory, info: dict[str, Any], *, msgbuf_lines: int
     if errors:
         out["errors"] = errors
     return out
+
+
+def _hostname_from_dwarf(program: Any) -> str | None:
+    """`prison0.pr_hostname` (what `hostname` reads) when the kernel.debug describes it."""
+    try:
+        name = program["prison0"].pr_hostname.string_().decode("utf-8", "replace")
+    except Exception:  # noqa: BLE001 - any drgn lookup/fault error means "not available"
+        return None
+    return name or None
 
 
 def _msgbuf_tail(vm: KernelMemory, n: int, errors: dict[str, str]) -> list[str]:
