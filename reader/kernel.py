@@ -65,6 +65,8 @@ class Kernel:
                 self._sections = [(sec["sh_addr"], sec["sh_size"], sec["sh_offset"], sec["sh_type"],
                                    sec["sh_flags"]) for sec in elf.iter_sections()]
                 self._symbols = self._load(elf)
+                self._data_addr: list[int] | None = None
+                self._data: list[tuple[int, int, str]] = []
                 self.build_id, self.build_id_address, self.build_id_note_size = _build_id(elf)
         except OSError as exc:
             raise ReaderError(f"cannot read kernel: {exc.strerror}", path=self.path) from None
@@ -168,6 +170,23 @@ class Kernel:
             return None
         name, off = hit
         return f"{name}+{off:#x}" if off else name
+
+    def describe(self, addr: int) -> str | None:
+        """`name+0xoff` of the function or sized data object holding `addr` (for reports), else None."""
+        code = self.symbolize(addr)
+        if code is not None:
+            return code
+        if self._data_addr is None:
+            sized = sorted((s.address, s.address + s.size, s.name) for s in self._symbols.values()
+                           if s.size and not s.absolute)
+            self._data_addr = [a for a, _, _ in sized]
+            self._data = sized
+        i = bisect.bisect_right(self._data_addr, addr) - 1
+        if i >= 0:
+            start, end, name = self._data[i]
+            if addr < end:
+                return f"{name}+{addr - start:#x}" if addr != start else name
+        return None
 
     def file_bytes(self, addr: int, size: int) -> bytes | None:
         """Bytes at virtual `addr` from the file's initialised sections; None if the file has none."""

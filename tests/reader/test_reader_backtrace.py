@@ -309,3 +309,14 @@ def test_cfi_unwinds_code_without_frame_pointers(tmp_path):
     assert [f.function.split("+")[0] for f in bt] == ["mid", "top", "_start"], bt.format("amd64")
     assert "return address 0" in bt.stop_reason
     cfi.close()
+
+
+def test_describe_names_data_objects_too(tmp_path):
+    data = 0xFFFFFFFF81000000
+    k = Kernel(write_elf(tmp_path / "kernel", [(".text", TEXT, bytes(0x4000), True),
+                                                (".data", data, bytes(0x1000), False)],
+                         FUNCS + [("dump_state", data + 0x100, 0x40, "object")]))
+    assert k.describe(data + 0x110) == "dump_state+0x10"
+    assert k.describe(data + 0x100) == "dump_state"
+    assert k.describe(data + 0x140) is None          # past its size
+    assert k.describe(TEXT + 0x101) == "sched_switch+0x1"
