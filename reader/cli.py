@@ -468,10 +468,24 @@ def cmd_extract(args) -> int:
         if Path(args.outdir).exists() and not Path(args.outdir).is_dir():
             raise ReaderError("exists and is not a directory", path=args.outdir, field="--outdir",
                               expected="a directory (created if missing)")
-        result = extract(image, args.outdir, private_key=args.private_key)
+        result = extract(image, args.outdir, private_key=args.private_key, force=args.force)
     print(f"vmcore: {result.vmcore}")
     print(f"info: {result.info}")
     return 0
+
+
+#: the reader's errors name API keywords; on the command line the options are what a user can type
+CLI_WORDS = (("use zero_fill=True to", "use --zero-fill to"), ("zero_fill=True to", "--zero-fill to"),
+             ("force=True / --force", "--force"), ("force=True / savecore -f", "--force"),
+             ("open_vmcore(path, kernel=...) / --kernel PATH", "--kernel PATH"),
+             ("private_key= / --private-key", "--private-key"))
+
+
+def cli_words(message: str) -> str:
+    """A reader error in the words of this command line (`--zero-fill`, not `zero_fill=True`)."""
+    for api, cli in CLI_WORDS:
+        message = message.replace(api, cli)
+    return message.replace("\n", " ")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -479,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ReaderError as exc:
-        print(f"fbsd-vmcore: {exc}".replace("\n", " "), file=sys.stderr)
+        print(f"fbsd-vmcore: {cli_words(str(exc))}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0

@@ -230,3 +230,16 @@ def test_version_and_description(capsys):
         main(["--help"])
     out, _ = capsys.readouterr()
     assert "crash analysis of FreeBSD kernel dumps" in out and "crashinfo" in out and "0x..." in out
+
+
+def test_cli_errors_speak_in_options_not_api_keywords(capsys, lldb_paths):
+    vmcore, kernel = lldb_paths["amd64-minidump"]
+    # the last page of this cut-short dump lies past the end of the file
+    import reader as api
+
+    with api.open_vmcore(vmcore, zero_fill=True) as vm:
+        last = int(vm.phys_page_frames()[-1]) << 12
+    rc, _, err = run(capsys, "read", vmcore, "--pa", hex(last), "--size", "16")
+    assert rc == 2 and "--zero-fill" in err and "zero_fill=True" not in err
+    rc, _, err = run(capsys, "threads", vmcore)
+    assert rc == 2 and "--kernel PATH" in err and "open_vmcore" not in err
