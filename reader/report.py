@@ -19,8 +19,8 @@ ADDRESS_KEYS = frozenset({"kernbase", "dmapbase", "dmapend", "dmapphys", "kernel
 SIZE_KEYS = frozenset({"file_size", "payload_size", "expected_size", "msgbufsize", "bitmapsize", "pmapsize",
                        "ptesize", "dumpavailsize", "size", "dumplength", "dumpextent", "page_size",
                        "blocksize", "mediasize", "msgbuf", "dump_avail", "bitmap", "page_table"})
-#: integer fields that are file offsets (hex, but JSON numbers: they fit a double)
-OFFSET_KEYS = frozenset({"offset", "data"})
+#: integer fields that are file offsets or bit patterns (hex, but JSON numbers: they fit a double)
+OFFSET_KEYS = frozenset({"offset", "data", "parity", "source_offset", "trailer_offset"})
 TIME_KEYS = frozenset({"dumptime", "time_second"})
 DOUBLE_SAFE = 1 << 53
 
