@@ -26,6 +26,7 @@ when that lands in a known function (CFI or symbol table).
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,12 +41,16 @@ MAX_FRAME_SPAN = 1 << 20
 #: jumps of the frame chain to another stack (interrupt / NMI stacks) before the walk gives up
 MAX_STACK_SWITCHES = 2
 
-TRAP_ENTRIES = frozenset({"calltrap", "fork_trampoline", "mchk_calltrap", "nmi_calltrap", "Xdblfault",
-                          "dblfault_handler"})
+# The entries ddb's db_nextframe() treats as trap frames (amd64 and i386 db_trace.c)
+TRAP_ENTRIES = frozenset({"calltrap", "fork_trampoline", "mchk_calltrap", "nmi_calltrap", "Xdblfault"})
 SYSCALL_ENTRIES = frozenset({"Xfast_syscall", "Xfast_syscall_pti", "fast_syscall_common",
                              "Xint0x80_syscall", "Xlcall_syscall"})
-INTERRUPT_PREFIXES = ("Xatpic_intr", "Xapic_isr", "Xtimerint", "Xipi_", "Xcpustop", "Xcpususpend",
-                      "Xrendezvous", "Xlapic_error", "Xinvl", "Xjustreturn", "Xxen_intr", "Xhyperv")
+INTERRUPT_ENTRIES = frozenset({"Xxen_intr_upcall", "Xtimerint", "Xipi_intr_bitmap_handler", "Xcpustop",
+                               "Xcpususpend", "Xrendezvous"})
+INTERRUPT_PREFIXES = ("Xatpic_intr", "Xapic_isr")
+#: i386 (12.0+): the exception entry code runs from a trampoline copied to the top 4 MiB of the
+#: address space (PMAP_TRM_MIN_ADDRESS); its symbols are `setidt_disp` bytes lower
+I386_TRAMPOLINE_MIN = 0xFFC00000
 
 
 @dataclass(frozen=True)
@@ -162,20 +167,50 @@ def backtrace(vm: KernelMemory, registers: dict[str, int], *, max_frames: int = 
 
 def _symbolize(vm: KernelMemory, pc: int) -> str | None:
     k = vm.kernel
-    return k.symbolize(pc) if k is not None else None
+    if k is None:
+        return None
+    if vm.arch.name == "i386" and pc >= I386_TRAMPOLINE_MIN:
+        disp = _setidt_disp(vm)
+        if disp:
+            name = k.symbolize((pc - disp) & 0xFFFFFFFF)     # 32-bit address arithmetic
+            return f"{name} (trampoline)" if name else None
+    return k.symbolize(pc)
 
 
-def _entry_kind(function: str | None) -> str | None:
+def _setidt_disp(vm: KernelMemory) -> int:
+    cache = getattr(vm, "_unwind_cache", None)
+    if cache is None:
+        cache = {}
+        with contextlib.suppress(AttributeError):
+            vm._unwind_cache = cache  # type: ignore[attr-defined]
+    if "setidt_disp" not in cache:
+        try:
+            sym = vm.kernel.get("setidt_disp") if vm.kernel is not None else None
+            cache["setidt_disp"] = vm.read_int(sym.address, 4) if sym is not None else 0
+        except ReaderError:
+            cache["setidt_disp"] = 0
+    return cache["setidt_disp"]
+
+
+def _entry_kind(vm: KernelMemory, pc: int, index: int) -> str | None:
+    """trap / syscall / interrupt when `pc` is in a trap entry (frames above 0 look up pc - 1, as ddb)."""
+    function = _symbolize(vm, pc - 1 if index > 0 else pc)
     if function is None:
         return None
-    name = function.split("+", 1)[0]
+    name = function.split("+", 1)[0].split(" ", 1)[0]
     if name in TRAP_ENTRIES:
         return "trap"
     if name in SYSCALL_ENTRIES:
         return "syscall"
-    if name.startswith(INTERRUPT_PREFIXES):
+    if name in INTERRUPT_ENTRIES or name.startswith(INTERRUPT_PREFIXES):
         return "interrupt"
     return None
+
+
+def _trapframe_address(a: _X86, callee_fp: int, saved_fp: int) -> int:
+    """Where the trapframe is: amd64 right above the callee's frame record (callee fp + 16); i386
+    (12.0+) in the saved frame pointer, which the entry code pointed at the trapframe."""
+    return callee_fp + 2 * a.word if a.word == 8 else saved_fp
 
 
 def _read_words(vm: KernelMemory, addr: int, count: int, word: int) -> tuple[int, ...]:
@@ -196,16 +231,20 @@ def _walk_x86(vm: KernelMemory, regs: dict[str, int], a: _X86, max_frames: int) 
             bt.stop_reason = f"stopped after {max_frames} frames"
             return bt
         function = _symbolize(vm, pc)
-        kind = _entry_kind(function)
         index = len(bt.frames)
+        kind = _entry_kind(vm, pc, index)
         if kind is not None and index > 0:
-            # `fp` is the frame record whose return address is `pc`: the trapframe sits right above it
-            prev_fp = bt.frames[-1].fp
+            # the previous frame record holds the return address `pc`; `fp` is the value it saved
+            tf_addr = _trapframe_address(a, bt.frames[-1].fp, fp)
+            if tf_addr == 0:
+                bt.frames.append(Frame(index, pc, fp, function))
+                bt.stop_reason = "thread start (no trapframe)"
+                return bt
             try:
-                tf = _read_trapframe(vm, prev_fp + 2 * a.word, kind, a)
+                tf = _read_trapframe(vm, tf_addr, kind, a)
             except ReaderError as exc:
                 bt.frames.append(Frame(index, pc, fp, function))
-                bt.stop_reason = f"trapframe at {prev_fp + 2 * a.word:#x} unreadable: {exc.detail}"
+                bt.stop_reason = f"trapframe at {tf_addr:#x} unreadable: {exc.detail}"
                 return bt
             bt.frames.append(Frame(index, pc, fp, function, tf))
             if tf.pc == 0:
@@ -232,7 +271,7 @@ def _walk_x86(vm: KernelMemory, regs: dict[str, int], a: _X86, max_frames: int) 
         if ret == 0:
             bt.stop_reason = "end of the frame chain (return address 0)"
             return bt
-        if _entry_kind(_symbolize(vm, ret)) is not None:
+        if _entry_kind(vm, ret, 1) is not None:
             pc, fp, after_trap = ret, next_fp, False   # decoded from the trapframe next round
             continue
         seen.add(fp)
@@ -271,13 +310,15 @@ def _walk_x86_cfi(vm: KernelMemory, regs: dict[str, int], a: _X86, max_frames: i
         index = len(bt.frames)
         pc, sp, fp = state[a.pc_reg], state[a.sp_reg], state.get(a.fp_reg, 0)
         function = _symbolize(vm, pc)
-        kind = _entry_kind(function)
+        kind = _entry_kind(vm, pc, index)
         if kind is not None and index > 0 and callee_cfa is not None and not cfi.covers(pc - 1):
+            # amd64: the callee's CFA (= its frame record + 16); i386: the frame pointer it restored
+            tf_addr = callee_cfa if a.word == 8 else fp
             try:
-                tf = _read_trapframe(vm, callee_cfa, kind, a)
+                tf = _read_trapframe(vm, tf_addr, kind, a)
             except ReaderError as exc:
                 bt.frames.append(Frame(index, pc, fp, function))
-                bt.stop_reason = f"trapframe at {callee_cfa:#x} unreadable: {exc.detail}"
+                bt.stop_reason = f"trapframe at {tf_addr:#x} unreadable: {exc.detail}"
                 return bt
             bt.frames.append(Frame(index, pc, fp, function, tf))
             if tf.pc == 0 or tf.user:

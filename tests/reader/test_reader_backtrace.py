@@ -100,6 +100,9 @@ class FakeMemory:
         self.path = "fake"
         self.reads = 0
 
+    def read_int(self, va: int, size: int, signed: bool = False) -> int:
+        return int.from_bytes(self.read(va, size), "little", signed=signed)
+
     def read(self, va: int, size: int) -> bytes:
         self.reads += 1
         out = b""
@@ -226,15 +229,16 @@ def test_arm64_frame_records(tmp_path):
 
 
 def test_i386_trap_frame_in_kernel_mode(tmp_path):
+    """i386 12.0+: the entry code points %ebp at the trapframe, so trap()'s saved ebp is its address."""
     text = 0x01000000
     k = Kernel(write_elf(tmp_path / "k386", [(".text", text, bytes(0x1000), True)],
                          [("trap", text + 0x100, 0x100, "func"), ("calltrap", text + 0x200, 0, "label"),
                           ("victim", text + 0x300, 0x100, "func")], machine=3))
     s = 0x03D00000
     page = bytearray(0x1000)
+    tf = 0x280
     struct.pack_into("<II", page, 0x100, s + 0x200, text + 0x110)      # frame 0 -> trap
-    struct.pack_into("<II", page, 0x200, 0x99, text + 0x208)           # trap -> calltrap
-    tf = 0x208                                                          # fp + 2 words
+    struct.pack_into("<II", page, 0x200, s + tf, text + 0x208)         # trap -> calltrap, ebp = &tf
     struct.pack_into("<I", page, tf + 20, s + 0x400)                    # tf_ebp
     struct.pack_into("<I", page, tf + 44, 12)                           # tf_trapno
     struct.pack_into("<I", page, tf + 52, text + 0x320)                 # tf_eip
@@ -243,7 +247,31 @@ def test_i386_trap_frame_in_kernel_mode(tmp_path):
     vm = FakeMemory("i386", k, {s: page})
     bt = backtrace(vm, {"eip": text + 0x10, "ebp": s + 0x100})
     assert [f.function for f in bt][1:] == ["trap+0x10", "calltrap+0x8", "victim+0x20"]
-    assert bt.frames[2].trap.sp == s + 0x208 + 64 and not bt.frames[2].trap.user
+    assert bt.frames[2].trap.sp == s + tf + 64 and not bt.frames[2].trap.user
+    assert bt.frames[2].trap.address == s + tf
+
+
+def test_i386_kernel_thread_start_and_trampoline_symbols(tmp_path):
+    text, data = 0x01000000, 0x01800000
+    disp = 0xFFC00000 - (text + 0x400)         # the trampoline copy of `Xint0x80_syscall` at 0xffc00000
+    k = Kernel(write_elf(tmp_path / "k386", [(".text", text, bytes(0x1000), True),
+                                              (".data", data, bytes(0x100), False)],
+                         [("fork_exit", text + 0x100, 0x100, "func"),
+                          ("fork_trampoline", text + 0x200, 0, "label"),
+                          ("Xint0x80_syscall", text + 0x400, 0, "label"),
+                          ("setidt_disp", data, 4, "object")], machine=3))
+    s = 0x03D00000
+    page = bytearray(0x1000)
+    struct.pack_into("<II", page, 0x100, 0, text + 0x20E)     # fork_exit -> fork_trampoline, ebp 0
+    dpage = bytearray(0x1000)
+    struct.pack_into("<I", dpage, 0, disp)
+    vm = FakeMemory("i386", k, {s: page, data: dpage})
+    bt = backtrace(vm, {"eip": text + 0x110, "ebp": s + 0x100})
+    assert [f.function for f in bt] == ["fork_exit+0x10", "fork_trampoline+0xe"]
+    assert bt.stop_reason == "thread start (no trapframe)"
+    from reader.unwind import _symbolize
+
+    assert _symbolize(vm, 0xFFC00010) == "Xint0x80_syscall+0x10 (trampoline)"
 
 
 def test_symbolize(tmp_path):
