@@ -81,7 +81,7 @@ def test_reader_error_is_one_line_exit_2(capsys, tmp_path):
 def test_truncated_read_without_zero_fill_exits_2(capsys, lldb_paths):
     vmcore, kernel = lldb_paths["amd64-minidump"]
     rc, _, err = run(capsys, "read", vmcore, "--pa", "0x7fde000", "--size", 8)
-    assert rc == 2 and "0x7fde000" in err and "zero_fill" in err
+    assert rc == 2 and "0x7fde000" in err and "--zero-fill" in err and "zero_fill=" not in err   # CLI words
 
 
 def test_missing_kernel_for_threads(capsys, lldb_paths):
