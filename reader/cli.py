@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument("--kernel", metavar="PATH", default=default(None),
                             help="the kernel (or kernel.debug) that wrote the dump: symbols")
         parser.add_argument("--debug", metavar="PATH", default=default(None),
-                            help="kernel.debug with DWARF: types for `shell`, `read --type 'struct x'`, ps")
+                            help="kernel.debug with DWARF: types (shell, read --type, ps), CFI for bt")
         parser.add_argument("--zero-fill", action="store_true", default=default(False),
                             help="read pages missing from a cut-short dump as zeros instead of failing")
         parser.add_argument("--private-key", metavar="PEM", default=default(None),
@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"fbsd-vmcore {_version()}",
                    help="print the version and exit")
     add_common(p, lambda value: value)
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                           help="what to do (`fbsd-vmcore COMMAND --help` for its options)")
     real_add_parser = sub.add_parser
 
     def add_parser(name: str, **kw) -> argparse.ArgumentParser:

@@ -208,6 +208,7 @@ def test_process_substitution(threads_dump):
 def _all_actions(parser: argparse.ArgumentParser):
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
+            yield "COMMAND", action
             for name, sub in action.choices.items():
                 for a in _all_actions(sub):
                     yield f"{name} {a[0]}", a[1]
