@@ -20,7 +20,6 @@ from tests.dumpwriter.kstructs import ProcSpec, ThreadSpec, write_threads_dump
 from tests.reader.kernel_elf import write_elf
 
 drgn = pytest.importorskip("drgn", reason="drgn is not installed (pip install 'fbsd-hil[drgn]')")
-pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build a DWARF file")
 
 SOURCE = r"""
 struct pcb { unsigned long pcb_r15, pcb_r14, pcb_r13, pcb_r12, pcb_rbp, pcb_rsp, pcb_rbx, pcb_rip; };
@@ -36,6 +35,8 @@ void _start(void) {}
 
 
 def _gcc(tmp_path, name: str, source: str):
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc to build a DWARF file")
     c = tmp_path / f"{name}.c"
     c.write_text(source)
     out = tmp_path / name
@@ -176,3 +177,14 @@ def test_shell_runs_a_piped_session(dump, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "[42, 0]" in r.stdout and ">>> 100" in r.stdout
     assert "FreeBSD helpers" in r.stderr      # drgn prints the banner on stderr
+
+
+@pytest.mark.parametrize("fixture", ["amd64-minidump", "amd64-full", "i386-minidump", "arm64-minidump"])
+def test_drgn_reads_the_real_lldb_dumps(lldb_paths, fixture):
+    """No DWARF for these kernels: memory and the process walk only (hz as LLDB's test reads it)."""
+    vmcore, kernel = lldb_paths[fixture]
+    with reader.open_vmcore(vmcore, kernel, zero_fill=True) as vm:
+        prog = reader.drgn_program(vm)
+        assert prog.read_u32(vm.symbol("hz")) == (1000 if fixture.startswith("arm64") else 100)
+        procs = list(reader.fbsd_drgn.for_each_proc(prog))
+        assert procs and procs == sorted({t.proc for t in vm.threads()}, key=procs.index)
