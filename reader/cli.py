@@ -187,7 +187,7 @@ def _spool_stream(path: str, out_fd: int) -> int:
             data = os.read(fd, 1 << 20) if ready else None
             if data:
                 if total + len(data) > MAX_STREAM:
-                    raise ReaderError(f"the stream is larger than {MAX_STREAM >> 30} GiB", path=path,
+                    raise ReaderError(f"the stream is larger than {MAX_STREAM} bytes", path=path,
                                       expected="a vmcore file for dumps this large")
                 os.write(out_fd, data)
                 total += len(data)

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -244,3 +245,27 @@ def test_cli_errors_speak_in_options_not_api_keywords(capsys, lldb_paths):
     assert rc == 2 and "--zero-fill" in err and "zero_fill=True" not in err
     rc, _, err = run(capsys, "threads", vmcore)
     assert rc == 2 and "--kernel PATH" in err and "open_vmcore" not in err
+
+
+def test_a_stream_larger_than_the_bound_is_refused(capsys, tmp_path, monkeypatch, threads_dump):
+    vmcore, _ = threads_dump
+    monkeypatch.setattr(reader.cli, "MAX_STREAM", 64 << 10)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+
+    def writer():
+        try:
+            with open(fifo, "wb") as f:
+                f.write(vmcore.read_bytes())
+        except BrokenPipeError:
+            pass
+
+    th = threading.Thread(target=writer)
+    th.start()
+    rc, out, err = run(capsys, "info", fifo)
+    th.join(5)
+    assert rc == 2 and out == "" and "larger than 65536 bytes" in err and err.count("\n") == 1
+    assert list(spool.iterdir()) == []          # the partial copy is gone
