@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reader import compression, ekcd
+from reader import ekcd
 from reader import kerneldumpheader as kdh
 from reader.errors import FormatError, ReaderError, TruncatedError
-from reader.rawfile import Payload, map_file, write_sparse
+from reader.rawfile import write_sparse
 
 SECTOR_SIZES = (512, 4096)
 # sizeof(struct kerneldumpkey) + KERNELDUMP_ENCKEY_MAX_SIZE rounded up to the largest sector the
@@ -531,43 +531,6 @@ def _check_trailer(header: kdh.KernelDumpHeader, kind: str, *, path: Path, lasth
 
 # --------------------------------------------------------------------------------------------
 # Opening the payload in place (for open_payload)
-
-
-def open_device_payload(
-    image_path: str | os.PathLike[str], *, private_key: Any = None, sector_size: int | None = None
-) -> Payload:
-    """The payload of the dump on a device image, decrypted and decompressed as needed.
-
-    Plain payloads are mapped in place (no copy); compressed or encrypted ones are decoded into a
-    sparse temporary file (see `reader.compression` / `reader.ekcd`).
-    """
-    dd = find_dump(image_path, sector_size=sector_size)
-    path = dd.path
-    header = dd.header.to_dict()
-    if dd.is_textdump:
-        raise FormatError(
-            "this device holds a textdump (ddb output as a ustar archive), not a memory dump; "
-            "unpack it with `reader.textdump.extract_textdump()` or `fbsd-vmcore extract`",
-            path=path,
-            offset=dd.trailer_offset,
-            field="magic",
-            expected="'FreeBSD Kernel Dump'",
-        )
-    if dd.encrypted:
-        return ekcd.open_device_encrypted(dd, private_key=private_key)
-    if dd.header.compression != kdh.KERNELDUMP_COMP_NONE:
-        return compression.open_compressed_region(
-            path, dd.compression, dd.payload_offset, dd.payload_length, header=header
-        )
-    view, closers = map_file(path, dd.payload_offset, dd.payload_length)
-    return Payload(
-        path=path,
-        buffer=view,
-        header=header,
-        container="device",
-        source_offset=dd.payload_offset,
-        _closers=closers,
-    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The raw-file layer under every dump container: payload magics, `Payload`, mapping and spooling.
 
-The bottom of the container stack (raw file -> device -> compression/encryption -> payload): it
+The bottom of the container stack (rawfile <- compression <- ekcd <- device <- textdump, source): it
 imports no other container module, so `device`, `compression`, `ekcd`, `textdump` and `source` can
 all use it without import cycles.
 """

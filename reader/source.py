@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from reader import compression, device, ekcd
+from reader import kerneldumpheader as kdh
 from reader.errors import FormatError, ReaderError
 from reader.rawfile import (  # noqa: F401 - re-exported: the payload API lives here
     ELF_MAGIC,
@@ -79,6 +80,43 @@ def _encrypted_key_for(path: Path) -> Path | None:
     return None
 
 
+def open_device_payload(
+    image_path: str | os.PathLike[str], *, private_key: Any = None, sector_size: int | None = None
+) -> Payload:
+    """The payload of the dump on a device image, decrypted and decompressed as needed.
+
+    Plain payloads are mapped in place (no copy); compressed or encrypted ones are decoded into a
+    sparse temporary file (see `reader.compression` / `reader.ekcd`).
+    """
+    dd = device.find_dump(image_path, sector_size=sector_size)
+    path = dd.path
+    header = dd.header.to_dict()
+    if dd.is_textdump:
+        raise FormatError(
+            "this device holds a textdump (ddb output as a ustar archive), not a memory dump; "
+            "unpack it with `reader.textdump.extract_textdump()` or `fbsd-vmcore extract`",
+            path=path,
+            offset=dd.trailer_offset,
+            field="magic",
+            expected="'FreeBSD Kernel Dump'",
+        )
+    if dd.encrypted:
+        return ekcd.open_device_encrypted(dd, private_key=private_key)
+    if dd.header.compression != kdh.KERNELDUMP_COMP_NONE:
+        return compression.open_compressed_region(
+            path, dd.compression, dd.payload_offset, dd.payload_length, header=header
+        )
+    view, closers = map_file(path, dd.payload_offset, dd.payload_length)
+    return Payload(
+        path=path,
+        buffer=view,
+        header=header,
+        container="device",
+        source_offset=dd.payload_offset,
+        _closers=closers,
+    )
+
+
 def _coerce_private_key(private_key: Any) -> Any:
     if private_key is None:
         return None
@@ -100,7 +138,7 @@ def open_payload(path: str | os.PathLike[str], *, private_key: Any = None) -> Pa
     if kind in ("gzip", "zstd"):
         return compression.open_compressed(p, kind)
     if kind == "device":
-        return device.open_device_payload(p, private_key=_coerce_private_key(private_key))
+        return open_device_payload(p, private_key=_coerce_private_key(private_key))
     if kind == "encrypted":
         key = _encrypted_key_for(p)
         assert key is not None
