@@ -82,3 +82,14 @@ def test_vmcore_is_above_its_helpers():
     graph = import_graph()
     for helper in ("reader.info", "reader.msgbuf", "reader.threads"):
         assert "reader.vmcore" not in graph[helper], helper
+
+
+def test_the_container_layer_runs_one_way():
+    """rawfile <- compression <- ekcd <- device <- textdump, source: no module imports a higher one."""
+    order = ["reader.rawfile", "reader.compression", "reader.ekcd", "reader.device", "reader.textdump",
+             "reader.source"]
+    graph = import_graph()
+    for i, mod in enumerate(order):
+        higher = set(order[i + 1 :])
+        assert not graph[mod] & higher, (mod, graph[mod] & higher)
+    assert not graph["reader.textdump"] & {"reader.source"}
