@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from .errors import ReaderError
+from .infofile import read_info_file
 from .memory import KernelMemory
 
 
@@ -70,6 +71,11 @@ def build_info(vm: KernelMemory) -> dict[str, Any]:
         if vm.format == "elf" and vm.arch.name == "amd64":
             _try(lambda: vm.translator, errors, "page_tables")
             info["kernel_load_offset"] = vm.load_offset
+    if not kdh:
+        saved = read_info_file(vm.path)     # savecore's info.N beside a plain vmcore.N
+        if saved is not None:
+            info["info_file"] = saved["path"]
+            kdh = {k: v for k, v in saved.items() if k != "path" and v}
     hostname = (kdh or {}).get("hostname")
     dumptime = (kdh or {}).get("dumptime") or info.get("time_second")
     info["hostname"] = hostname

@@ -16,6 +16,7 @@ import numpy as np
 from . import elfdump, minidump
 from .errors import AddressError, FormatError, KernelMismatchError, ReaderError, SymbolError, TruncatedError
 from .info import build_info
+from .infofile import read_info_file
 from .kernel import Kernel
 from .kernelcheck import KernelMatch, check_kernel
 from .msgbuf import read_msgbuf
@@ -68,7 +69,7 @@ class Vmcore:
 
     def check_kernel(self) -> KernelMatch:
         """Compare the kernel file with the dump (version string, build-id): see `reader.kernelcheck`."""
-        header_version = (self._kheader or {}).get("versionstring")
+        header_version = (self._kheader or read_info_file(self.path) or {}).get("versionstring")
         return check_kernel(self, header_version=header_version if isinstance(header_version, str) else None)
 
     # ---- opening ---------------------------------------------------------------------------

@@ -269,3 +269,19 @@ def test_a_stream_larger_than_the_bound_is_refused(capsys, tmp_path, monkeypatch
     th.join(5)
     assert rc == 2 and out == "" and "larger than 65536 bytes" in err and err.count("\n") == 1
     assert list(spool.iterdir()) == []          # the partial copy is gone
+
+
+def test_savecore_info_file_fills_hostname_time_and_panic(capsys, tmp_path, threads_dump):
+    vmcore, kernel = threads_dump
+    crash = tmp_path / "crash"
+    crash.mkdir()
+    (crash / "vmcore.3").write_bytes(vmcore.read_bytes())
+    (crash / "info.3").write_text("Dump header from device: /dev/ada0p3\n  Architecture: amd64\n"
+                                  "  Dumptime: 2024-05-06 07:08:09 +0000\n  Hostname: build1.example.org\n"
+                                  "  Panic String: page fault\n  Dump Status: good\n")
+    rc, out, _ = run(capsys, "--kernel", kernel, "crashinfo", crash / "vmcore.3")
+    assert rc == 0 and "Hostname:   build1.example.org" in out and "Panic:      page fault" in out
+    assert "Dump time:  2024-05-06 07:08:09 UTC" in out
+    rc, out, _ = run(capsys, "info", crash / "vmcore.3", "--json")
+    info = json.loads(out)
+    assert info["info_file"] == str(crash / "info.3") and info["dumptime"] == 1714979289
