@@ -348,3 +348,29 @@ def test_describe_names_data_objects_too(tmp_path):
     assert k.describe(data + 0x100) == "dump_state"
     assert k.describe(data + 0x140) is None          # past its size
     assert k.describe(TEXT + 0x101) == "sched_switch+0x1"
+
+
+def test_random_stacks_never_raise_loop_or_overrun(tmp_path):
+    """Fuzz: any stack contents, any registers: a result with a stop reason, bounded reads."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    kernel = _kernel(tmp_path, FUNCS)
+    words = st.one_of(st.integers(0, (1 << 64) - 1), st.sampled_from(
+        [0, STACK + 0x100, STACK + 0x200, STACK + 0x800, STACK + 0x1000, TEXT + 0x408, TEXT + 0x70E,
+         TEXT + 0x810, TEXT + 0x210]))
+
+    @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(words, min_size=512, max_size=512), st.sampled_from([0, 0x100, 0x108, 0x7F8, 0xFF8]),
+           st.sampled_from(["amd64", "i386", "arm64"]))
+    def check(stack_words, fp_off, arch):
+        page = bytearray(struct.pack("<512Q", *stack_words))
+        vm = FakeMemory(arch, kernel if arch == "amd64" else None, {STACK: page})
+        regs = {"amd64": {"rip": TEXT + 0x120, "rbp": STACK + fp_off, "rsp": STACK},
+                "i386": {"eip": 0x1000, "ebp": (STACK + fp_off) & 0xFFFFFFFF},
+                "arm64": {"pc": TEXT, "fp": STACK + fp_off, "sp": STACK}}[arch]
+        bt = backtrace(vm, regs)
+        assert bt.stop_reason and 1 <= len(bt) <= MAX_FRAMES
+        assert vm.reads <= 3 * MAX_FRAMES
+
+    check()
