@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import bisect
 import os
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from elftools.dwarf.callframe import FDE, RegisterRule
+from elftools.dwarf.callframe import FDE, CallFrameInfo, RegisterRule
 from elftools.elf.elffile import ELFFile
 
 from .errors import FormatError, ReaderError
@@ -39,13 +40,14 @@ class CallFrameTable:
         self._starts: list[int] = []
         self._entries: list[tuple[int, int, FDE]] = []
         self._decoded: dict[int, Any] = {}
+        self._lazy: dict[int, tuple[Any, int]] = {}    # start -> (CallFrameInfo, entry offset)
         try:
             self._file = open(self.path, "rb")  # noqa: SIM115 - FDEs are decoded lazily from it
             elf = ELFFile(self._file)
             dwarf = elf.get_dwarf_info(relocate_dwarf_sections=False) if elf.has_dwarf_info() else None
             entries = []
             if dwarf is not None and dwarf.has_CFI():
-                entries += dwarf.CFI_entries()
+                entries += self._index_debug_frame(dwarf, elf.elfclass // 8)
             if dwarf is not None and dwarf.has_EH_CFI():
                 entries += dwarf.EH_CFI_entries()
         except OSError as exc:
@@ -53,11 +55,50 @@ class CallFrameTable:
         except Exception as exc:  # noqa: BLE001 - pyelftools raises many types on bad input
             raise FormatError(f"unreadable call frame information: {exc}", path=self.path,
                               field=".debug_frame/.eh_frame", expected="DWARF CFI") from None
-        fdes = sorted((e.header["initial_location"], e.header["address_range"], e) for e in entries
-                      if isinstance(e, FDE) and e.header["address_range"])
+        fdes = sorted(((e.header["initial_location"], e.header["address_range"], e) if isinstance(e, FDE)
+                       else e for e in entries
+                       if isinstance(e, tuple) or (isinstance(e, FDE) and e.header["address_range"])),
+                      key=lambda t: (t[0], t[1]))
         for start, length, fde in fdes:
             self._entries.append((start, start + length, fde))
             self._starts.append(start)
+
+    def _index_debug_frame(self, dwarf: Any, address_size: int) -> list[tuple[int, int, Any]]:
+        """(start, length, None) per FDE of .debug_frame from the entry headers alone.
+
+        pyelftools' `CFI_entries()` decodes every FDE's instructions up front (seconds for a kernel);
+        only the headers are needed to find the FDE of a pc, so the rest is decoded on first use.
+        """
+        sec = dwarf.debug_frame_sec
+        sec.stream.seek(0)
+        data = sec.stream.read(sec.size)
+        cfi = CallFrameInfo(stream=sec.stream, size=sec.size, address=sec.address, base_structs=dwarf.structs)
+        out = []
+        off = 0
+        word = "<Q" if address_size == 8 else "<I"
+        while off + 4 <= len(data):
+            (length,) = struct.unpack_from("<I", data, off)
+            hdr, idsize, cie_id = 4, 4, 0xFFFFFFFF
+            if length == 0xFFFFFFFF:
+                if off + 12 > len(data):
+                    break
+                (length,) = struct.unpack_from("<Q", data, off + 4)
+                hdr, idsize, cie_id = 12, 8, 0xFFFFFFFFFFFFFFFF
+            if length == 0:
+                off += hdr
+                continue
+            body = off + hdr
+            if body + idsize + 2 * address_size > len(data):
+                break
+            (ident,) = struct.unpack_from("<I" if idsize == 4 else "<Q", data, body)
+            if ident != cie_id:
+                (start,) = struct.unpack_from(word, data, body + idsize)
+                (size,) = struct.unpack_from(word, data, body + idsize + address_size)
+                if size:
+                    self._lazy[start] = (cfi, off)
+                    out.append((start, size, None))
+            off = body + length
+        return out
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -78,6 +119,9 @@ class CallFrameTable:
         table = self._decoded.get(start)
         if table is None:
             try:
+                if fde is None:
+                    cfi, offset = self._lazy[start]
+                    fde = cfi._parse_entry_at(offset)
                 table = fde.get_decoded().table
             except Exception:  # noqa: BLE001 - a broken FDE covers nothing
                 table = []

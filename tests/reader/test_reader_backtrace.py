@@ -302,7 +302,8 @@ def _last_row(cfi, kernel, name: str):
     return row["pc"], row["cfa"].offset
 
 
-def test_cfi_unwinds_code_without_frame_pointers(tmp_path):
+@pytest.mark.parametrize("section", [".eh_frame", ".debug_frame"])
+def test_cfi_unwinds_code_without_frame_pointers(tmp_path, section):
     import shutil
     import subprocess
 
@@ -313,11 +314,24 @@ def test_cfi_unwinds_code_without_frame_pointers(tmp_path):
     src = tmp_path / "k.c"
     src.write_text(CFI_SOURCE)
     elf = tmp_path / "kernel.debug"
-    subprocess.run(["gcc", "-g", "-O2", "-fomit-frame-pointer", "-nostdlib", "-static", "-no-pie", "-fno-pie",
-                    "-mcmodel=kernel", "-Wl,-Ttext=0xffffffff80200000", "-o", str(elf), str(src)], check=True)
+    # without unwind tables gcc -g writes the CFI to .debug_frame (indexed lazily by reader.cfi)
+    flags = ["-fno-asynchronous-unwind-tables", "-fno-unwind-tables"] if section == ".debug_frame" else []
+    subprocess.run(["gcc", "-g", "-O2", "-fomit-frame-pointer", *flags, "-nostdlib", "-static", "-no-pie",
+                    "-fno-pie", "-mcmodel=kernel", "-Wl,-Ttext=0xffffffff80200000", "-o", str(elf), str(src)],
+                   check=True)
     kernel = Kernel(elf)
     cfi = CallFrameTable(elf, "amd64")
     assert len(cfi) >= 3
+    from elftools.dwarf.callframe import FDE
+    from elftools.elf.elffile import ELFFile
+
+    with open(elf, "rb") as f:
+        dwarf = ELFFile(f).get_dwarf_info()
+        assert dwarf.has_CFI() == (section == ".debug_frame")
+        if dwarf.has_CFI():     # the header-only index finds exactly pyelftools' FDEs
+            hdrs = [e.header for e in dwarf.CFI_entries() if isinstance(e, FDE)]
+            full = sorted((h["initial_location"], h["initial_location"] + h["address_range"]) for h in hdrs)
+            assert [(s, e) for s, e, _ in cfi._entries] == full
     mid_pc, mid_off = _last_row(cfi, kernel, "mid")
     top_pc, top_off = _last_row(cfi, kernel, "top")
     start_pc, start_off = _last_row(cfi, kernel, "_start")
