@@ -1,11 +1,19 @@
-"""Reader speed: kernel-page iteration, random reads, and opening a 1 TiB minidump.
+"""Reader speed: kernel-page iteration, random reads, opening a 1 TiB minidump, crash analysis.
 
 Generates its synthetic dumps (tests/dumpwriter) in a temporary directory and prints one
 `name: value unit` line per figure. Page-cache warm, single process.
+
+Crash analysis (issue 11): `crashinfo_512mib_full_dump` (target < 2 s) runs on the full dump given
+with `--full-dump VMCORE --kernel KERNEL` (e.g. the mock kernel's dump from `fbsd-hil repro --kernel
+MOCK --memory 512 --minidump 0`), else on a synthetic 512 MiB full dump; `backtraces_lldb_amd64_minidump`
+(target < 0.5 s) opens LLDB's real amd64 minidump (tests/data/lldb-freebsd) and unwinds every thread.
 """
 
 from __future__ import annotations
 
+import argparse
+import bz2
+import lzma
 import os
 import random
 import resource
@@ -117,9 +125,65 @@ def bench_open_1tib(d: Path) -> None:
     print(f"open_1tib_process_rss: {rss:.1f} MiB")
 
 
-def main() -> int:
+def _crashinfo_once(vmcore: Path, kernel: Path | None) -> tuple[float, int]:
+    from reader.crashinfo import build_crashinfo, format_crashinfo
+
+    t0 = time.perf_counter()
+    with reader.open_vmcore(vmcore, kernel) as vm:
+        lines = format_crashinfo(build_crashinfo(vm, vm.info))
+    return time.perf_counter() - t0, len(lines)
+
+
+def bench_crashinfo(d: Path, full_dump: Path | None, kernel: Path | None) -> None:
+    if full_dump is None:
+        from tests.dumpwriter.elf import write_amd64_full_dump, write_kernel_elf
+
+        size = 512 << 20
+        pages = dict.fromkeys(range(0, size - (16 << 20), 4096))   # page tables go above
+        spec = write_amd64_full_dump(d / "vmcore.full", pages, [], ranges=[(0, size)])
+        full_dump = spec.path
+        kernel = write_kernel_elf(d / "kernel.full", spec.symbols)
+        what = "synthetic 512 MiB full dump (no process list: info, page-table bootstrap, summary)"
+    else:
+        what = f"{full_dump} ({os.path.getsize(full_dump) >> 20} MiB)"
+    _warm(full_dump)
+    dt, n = _crashinfo_once(full_dump, kernel)
+    print(f"# crashinfo (open + summary, {n} lines) of {what}")
+    print(f"crashinfo_512mib_full_dump: {dt:.3f} s")
+    if full_dump.parent == d:
+        full_dump.unlink()      # ours: free the disk before the next figures
+
+
+def bench_lldb_backtraces(d: Path) -> None:
+    src = REPO / "tests" / "data" / "lldb-freebsd"
+    vmcore, kernel = d / "vmcore-amd64-minidump", d / "kernel-amd64.elf"
+    with bz2.open(src / "vmcore-amd64-minidump.bz2") as f, open(vmcore, "wb") as out:
+        while block := f.read(1 << 20):
+            out.write(block)
+    with lzma.open(src / "kernel-amd64.elf.xz") as f:
+        kernel.write_bytes(f.read())
+    t0 = time.perf_counter()
+    with reader.open_vmcore(vmcore, kernel, zero_fill=True) as vm:
+        threads = vm.threads()
+        frames = sum(len(t.backtrace()) for t in threads)
+    dt = time.perf_counter() - t0
+    print(f"# LLDB's real amd64 minidump: open + thread list + backtraces of {len(threads)} threads "
+          f"({frames} frames)")
+    print(f"backtraces_lldb_amd64_minidump: {dt:.3f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--full-dump", type=Path, help="a real ~512 MiB full dump for the crashinfo figure")
+    ap.add_argument("--kernel", type=Path, help="its kernel")
+    ap.add_argument("--only-crash-analysis", action="store_true", help="only the two issue-11 figures")
+    args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-reader-") as tmp:
         d = Path(tmp)
+        bench_lldb_backtraces(d)
+        bench_crashinfo(d, args.full_dump, args.kernel)
+        if args.only_crash_analysis:
+            return 0
         t0 = time.perf_counter()
         big = make_kernel_dump(d)
         print(f"# synthetic minidump of {os.path.getsize(big) >> 20} MiB")

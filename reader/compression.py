@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from reader.errors import FormatError, TruncatedError
-from reader.source import GZIP_MAGIC, ZSTD_MAGIC, Payload, SparseWriter, iter_region, spool_payload
+from reader.rawfile import GZIP_MAGIC, ZSTD_MAGIC, Payload, SparseWriter, iter_region, spool_payload
 
 OUT_CHUNK = 1 << 20  # max bytes of output produced per decoder call (gzip)
 ZSTD_IN_CHUNK = 2048  # zstd output per call is unbounded: feed little input at a time (RLE <= ~64x/byte)

@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reader import ekcd
 from reader import kerneldumpheader as kdh
 from reader.errors import FormatError, ReaderError, TruncatedError
-from reader.source import Payload, map_file, write_sparse
+from reader.rawfile import write_sparse
 
 SECTOR_SIZES = (512, 4096)
 # sizeof(struct kerneldumpkey) + KERNELDUMP_ENCKEY_MAX_SIZE rounded up to the largest sector the
@@ -45,6 +46,29 @@ class ClearedDumpError(NoDumpError):
 
 class ExtractError(ReaderError):
     """Extraction refused or failed on the output side (an existing file, a write error)."""
+
+
+TEXTDUMP_BLOCK = 512
+
+
+def copy_reversed(src_fd: int, dd: DeviceDump, dst_fd: int) -> int:
+    """Write the block-reversed tar stream of a device textdump (`DeviceDump`) to `dst_fd`."""
+    n = dd.payload_length // TEXTDUMP_BLOCK
+    for i in range(n):
+        off = dd.trailer_offset - (i + 1) * TEXTDUMP_BLOCK
+        block = os.pread(src_fd, TEXTDUMP_BLOCK, off)
+        if len(block) != TEXTDUMP_BLOCK:
+            raise TruncatedError(
+                f"short read of textdump block {i}",
+                path=dd.path,
+                offset=off,
+                field="textdump block",
+                expected=f"{TEXTDUMP_BLOCK} bytes",
+            )
+        written = 0
+        while written < TEXTDUMP_BLOCK:
+            written += os.pwrite(dst_fd, block[written:], i * TEXTDUMP_BLOCK + written)
+    return n * TEXTDUMP_BLOCK
 
 
 def _media_size(fd: int) -> int:
@@ -509,47 +533,6 @@ def _check_trailer(header: kdh.KernelDumpHeader, kind: str, *, path: Path, lasth
 # Opening the payload in place (for open_payload)
 
 
-def open_device_payload(
-    image_path: str | os.PathLike[str], *, private_key: Any = None, sector_size: int | None = None
-) -> Payload:
-    """The payload of the dump on a device image, decrypted and decompressed as needed.
-
-    Plain payloads are mapped in place (no copy); compressed or encrypted ones are decoded into a
-    sparse temporary file (see `reader.compression` / `reader.ekcd`).
-    """
-    dd = find_dump(image_path, sector_size=sector_size)
-    path = dd.path
-    header = dd.header.to_dict()
-    if dd.is_textdump:
-        raise FormatError(
-            "this device holds a textdump (ddb output as a ustar archive), not a memory dump; "
-            "unpack it with `reader.textdump.extract_textdump()` or `fbsd-vmcore extract`",
-            path=path,
-            offset=dd.trailer_offset,
-            field="magic",
-            expected="'FreeBSD Kernel Dump'",
-        )
-    if dd.encrypted:
-        from reader import ekcd
-
-        return ekcd.open_device_encrypted(dd, private_key=private_key)
-    if dd.header.compression != kdh.KERNELDUMP_COMP_NONE:
-        from reader import compression
-
-        return compression.open_compressed_region(
-            path, dd.compression, dd.payload_offset, dd.payload_length, header=header
-        )
-    view, closers = map_file(path, dd.payload_offset, dd.payload_length)
-    return Payload(
-        path=path,
-        buffer=view,
-        header=header,
-        container="device",
-        source_offset=dd.payload_offset,
-        _closers=closers,
-    )
-
-
 # --------------------------------------------------------------------------------------------
 # Extraction (savecore)
 
@@ -720,9 +703,7 @@ def extract(
         copied = False
         try:
             if dd.is_textdump:
-                from reader import textdump
-
-                textdump.copy_reversed(src, dd, core_fd)
+                copy_reversed(src, dd, core_fd)
             else:
                 copy_range_sparse(
                     src,
@@ -742,8 +723,6 @@ def extract(
                 core_path.unlink(missing_ok=True)
                 written.remove(core_path)
         if decrypted_path is not None:
-            from reader import ekcd
-
             written.append(decrypted_path)
             ekcd.decrypt_file(
                 core_path,

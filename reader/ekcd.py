@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from reader.errors import DecryptionError, FormatError, ReaderError
-from reader.source import (
+from reader.rawfile import (
     ELF_MAGIC,
     GZIP_MAGIC,
     MINIDUMP_MAGIC,

@@ -65,3 +65,7 @@ class SymbolError(ReaderError):
 
 class DecryptionError(ReaderError):
     """An encrypted (EKCD) dump cannot be decrypted with the key given."""
+
+
+class KernelMismatchError(ReaderError):
+    """The kernel file given is not the kernel that wrote the dump (version string / build-id differ)."""

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, Any
+import os
+from typing import Any
 
 from .errors import ReaderError
-
-if TYPE_CHECKING:
-    from .vmcore import Vmcore
+from .infofile import read_info_file
+from .memory import KernelMemory
 
 
 def _try(fn, errors: dict[str, str], key: str) -> Any:
@@ -19,14 +19,16 @@ def _try(fn, errors: dict[str, str], key: str) -> Any:
         return None
 
 
-def build_info(vm: Vmcore) -> dict[str, Any]:
+def build_info(vm: KernelMemory) -> dict[str, Any]:
     info: dict[str, Any] = {
         "path": str(vm.path),
         "format": vm.format,
         "kind": vm.kind,
         "arch": vm.arch.name,
         "page_size": vm.page_size,
-        "file_size": vm._size,
+        "container": getattr(vm._payload, "container", "plain"),
+        "file_size": _file_size(vm),
+        "payload_size": vm._size,
         "expected_size": vm._expected,
         "truncated": vm.truncated,
         "present_pages": vm._phys.page_count,
@@ -69,6 +71,11 @@ def build_info(vm: Vmcore) -> dict[str, Any]:
         if vm.format == "elf" and vm.arch.name == "amd64":
             _try(lambda: vm.translator, errors, "page_tables")
             info["kernel_load_offset"] = vm.load_offset
+    if not kdh:
+        saved = read_info_file(vm.path)     # savecore's info.N beside a plain vmcore.N
+        if saved is not None:
+            info["info_file"] = saved["path"]
+            kdh = {k: v for k, v in saved.items() if k != "path" and v}
     hostname = (kdh or {}).get("hostname")
     dumptime = (kdh or {}).get("dumptime") or info.get("time_second")
     info["hostname"] = hostname
@@ -79,6 +86,17 @@ def build_info(vm: Vmcore) -> dict[str, Any]:
         info["version"] = kdh["versionstring"]
     if kdh and kdh.get("panicstring") and not info.get("panic"):
         info["panic"] = kdh["panicstring"]
+    match = getattr(vm, "kernel_match", None)
+    if match is not None and vm.kernel is not None:
+        info["kernel_match"] = match.to_json()
     if errors:
         info["errors"] = errors
     return info
+
+
+def _file_size(vm: KernelMemory) -> int | None:
+    """The size of the file the user gave (not of the decompressed payload)."""
+    try:
+        return os.stat(vm.path).st_size
+    except OSError:
+        return None

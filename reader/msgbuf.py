@@ -8,12 +8,9 @@ there: text = buf[pos:] + buf[:pos], NULs (never-written space) dropped.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
 
 from .errors import FormatError
-
-if TYPE_CHECKING:
-    from .vmcore import Vmcore
+from .memory import KernelMemory
 
 MSG_MAGIC = 0x063062
 #: a message buffer larger than this is corruption (the default is 96 KiB, tunable to a few MiB)
@@ -25,7 +22,7 @@ def unwrap(buf: bytes, wseq: int) -> str:
     return (buf[pos:] + buf[:pos]).replace(b"\0", b"").decode("utf-8", "replace")
 
 
-def read_msgbuf(vm: Vmcore) -> str:
+def read_msgbuf(vm: KernelMemory) -> str:
     ptr_size = vm.arch.pointer_size
     mbp = vm.read_pointer(vm.symbol("msgbufp"))
     raw = vm.read(mbp, ptr_size + 16)

@@ -14,32 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reader import device
+from reader.device import TEXTDUMP_BLOCK as BLOCK
+from reader.device import copy_reversed  # noqa: F401 - kept importable from here
 from reader.errors import FormatError, ReaderError, TruncatedError
 
-BLOCK = 512
 KNOWN_MEMBERS = ("ddb.txt", "config.txt", "msgbuf.txt", "panic.txt", "version.txt")
 # A textdump is a few MiB at most (ddb capture buffer + msgbuf); refuse to slurp gigabytes.
 MAX_TEXTDUMP = 256 << 20
-
-
-def copy_reversed(src_fd: int, dd: Any, dst_fd: int) -> int:
-    """Write the block-reversed tar stream of a device textdump (`DeviceDump`) to `dst_fd`."""
-    n = dd.payload_length // BLOCK
-    for i in range(n):
-        off = dd.trailer_offset - (i + 1) * BLOCK
-        block = os.pread(src_fd, BLOCK, off)
-        if len(block) != BLOCK:
-            raise TruncatedError(
-                f"short read of textdump block {i}",
-                path=dd.path,
-                offset=off,
-                field="textdump block",
-                expected=f"{BLOCK} bytes",
-            )
-        written = 0
-        while written < BLOCK:
-            written += os.pwrite(dst_fd, block[written:], i * BLOCK + written)
-    return n * BLOCK
 
 
 def _octal(raw: bytes, *, path: Any, offset: int, name: str) -> int:
@@ -158,8 +140,6 @@ def _read_device_textdump(dd: Any) -> bytes:
 
 def open_textdump(path: str | os.PathLike[str]) -> Textdump:
     """Read a textdump from a dump device image (block-reversed) or a `textdump.tar.N` file."""
-    from reader import device
-
     p = Path(path)
     if device.has_dump_trailer(p):
         dd = device.find_dump(p)

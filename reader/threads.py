@@ -9,13 +9,13 @@ that was stopped by IPI, else from its own `td_pcb`. The dumping thread is liste
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import Any
 
+from .cfi import CallFrameTable
 from .errors import FormatError, ReaderError
-
-if TYPE_CHECKING:
-    from .vmcore import Vmcore
+from .memory import KernelMemory
+from .unwind import Backtrace, backtrace
 
 OFFSET_SYMBOLS = ("proc_off_p_pid", "proc_off_p_comm", "proc_off_p_list", "proc_off_p_threads",
                   "thread_off_td_tid", "thread_off_td_name", "thread_off_td_oncpu",
@@ -39,6 +39,24 @@ class Thread:
     pcb: int                 # where the registers were read from
     registers: dict[str, int] = field(default_factory=dict)
     error: str | None = None  # why registers are missing, if they are
+    vm: Any = field(default=None, repr=False, compare=False)  # the dump it was read from
+
+    @property
+    def pc(self) -> int | None:
+        r = self.registers
+        return r.get("rip", r.get("eip", r.get("pc")))
+
+    def backtrace(self, *, max_frames: int | None = None, cfi: CallFrameTable | None = None) -> Backtrace:
+        """This thread's stack, frame 0 first (see `reader.unwind`); `cfi` from a kernel.debug."""
+        if self.vm is None:
+            raise ReaderError("this Thread is not attached to an open dump", field="vm",
+                              expected="a Thread from Vmcore.threads()")
+        if not self.registers:
+            return Backtrace([], f"registers unavailable: {self.error}")
+        kw: dict[str, Any] = {"cfi": cfi}
+        if max_frames is not None:
+            kw["max_frames"] = max_frames
+        return backtrace(self.vm, self.registers, **kw)
 
     @property
     def name(self) -> str:
@@ -53,16 +71,22 @@ class Thread:
         return s
 
     def to_json(self) -> dict:
-        d = asdict(self)
-        d["name"] = self.name
-        return d
+        """JSON-ready: addresses and register values as "0x..." strings (64-bit safe in jq/JS)."""
+        kern = self.vm.kernel if self.vm is not None else None
+        pc = self.pc
+        return {"tid": self.tid, "pid": self.pid, "comm": self.comm, "td_name": self.td_name,
+                "name": self.name, "oncpu": self.oncpu, "crashed": self.crashed,
+                "address": f"{self.address:#x}", "proc": f"{self.proc:#x}", "pcb": f"{self.pcb:#x}",
+                "registers": {k: f"{v:#x}" for k, v in self.registers.items()},
+                "function": kern.symbolize(pc) if kern is not None and pc is not None else None,
+                "error": self.error}
 
 
 def _cstr(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
-def list_threads(vm: Vmcore) -> list[Thread]:
+def list_threads(vm: KernelMemory) -> list[Thread]:
     kern = vm._need_kernel("the thread list")
     off = {name: vm.read_int(kern.lookup(name).address, 4, signed=True) for name in OFFSET_SYMBOLS}
     dumptid = vm.read_int(vm.symbol("dumptid"), 4, signed=True)
@@ -71,7 +95,6 @@ def list_threads(vm: Vmcore) -> list[Thread]:
     pcb_size = vm.read_int(vm.symbol("pcb_size"), 4, signed=True) if "pcb_size" in kern else None
     osreldate = vm.read_int(vm.symbol("osreldate"), 4, signed=True) if "osreldate" in kern else None
     layout = vm.arch.pcb_layout(osreldate)
-    psize = vm.arch.pointer_size
 
     threads: list[Thread] = []
     seen: set[int] = set()
@@ -100,7 +123,7 @@ def list_threads(vm: Vmcore) -> list[Thread]:
             else:
                 pcb = vm.read_pointer(td + off["thread_off_td_pcb"])
             t = Thread(tid=tid, pid=pid, comm=comm, td_name=name, oncpu=oncpu, crashed=crashed,
-                       address=td, proc=p, pcb=pcb)
+                       address=td, proc=p, pcb=pcb, vm=vm)
             try:
                 t.registers = read_pcb(vm, pcb, layout)
             except ReaderError as exc:
@@ -109,11 +132,10 @@ def list_threads(vm: Vmcore) -> list[Thread]:
             td = vm.read_pointer(td + off["thread_off_td_plist"])
         p = vm.read_pointer(p + off["proc_off_p_list"])
     threads.sort(key=lambda t: not t.crashed)  # stable: the dumping thread first, as LLDB lists it
-    del psize
     return threads
 
 
-def read_pcb(vm: Vmcore, pcb: int, layout) -> dict[str, int]:
+def read_pcb(vm: KernelMemory, pcb: int, layout) -> dict[str, int]:
     span = max(o for _, o in layout.registers) + layout.word
     raw = vm.read(pcb, span)
     regs = {n: int.from_bytes(raw[o : o + layout.word], "little") for n, o in layout.registers}

@@ -14,12 +14,16 @@ from typing import Any
 import numpy as np
 
 from . import elfdump, minidump
-from .errors import AddressError, FormatError, ReaderError, SymbolError, TruncatedError
+from .errors import AddressError, FormatError, KernelMismatchError, ReaderError, SymbolError, TruncatedError
+from .info import build_info
+from .infofile import read_info_file
 from .kernel import Kernel
+from .kernelcheck import KernelMatch, check_kernel
+from .msgbuf import read_msgbuf
 from .paging import AMD64_LEVELS, MapBudget, RadixWalk
 from .physmem import PAGE_SHIFT, PAGE_SIZE, PhysIndex
 from .source import open_payload
-from .threads import Thread
+from .threads import Thread, list_threads
 
 _TCACHE_MAX = 1 << 17
 
@@ -47,15 +51,26 @@ class Vmcore:
     page_size = PAGE_SIZE
 
     def __init__(self, path: str | os.PathLike, kernel: str | os.PathLike | Kernel | None = None, *,
-                 zero_fill: bool = False, private_key: Any = None):
+                 zero_fill: bool = False, private_key: Any = None, force: bool = False):
         self.path = Path(path)
         self.zero_fill = zero_fill
         self._payload = open_payload(self.path, private_key=private_key)
         try:
             self._setup(kernel)
+            self.kernel_match: KernelMatch = self.check_kernel()
+            if self.kernel_match.mismatch and not force:
+                raise KernelMismatchError(
+                    f"the dump and the kernel {self.kernel.path} do not belong together: "
+                    f"{self.kernel_match.evidence}", path=self.path, field="kernel",
+                    expected="the kernel that wrote this dump (force=True / --force reads anyway)")
         except BaseException:
             self.close()
             raise
+
+    def check_kernel(self) -> KernelMatch:
+        """Compare the kernel file with the dump (version string, build-id): see `reader.kernelcheck`."""
+        header_version = (self._kheader or read_info_file(self.path) or {}).get("versionstring")
+        return check_kernel(self, header_version=header_version if isinstance(header_version, str) else None)
 
     # ---- opening ---------------------------------------------------------------------------
     def _setup(self, kernel: Any) -> None:
@@ -451,14 +466,10 @@ class Vmcore:
     @property
     def info(self) -> dict[str, Any]:
         """Decoded header fields and kernel facts (version, hz, panic, ...), JSON-serialisable."""
-        from .info import build_info
-
         return build_info(self)
 
     def msgbuf(self) -> str:
         """The console log, oldest first (needs the kernel's `msgbufp` to know the write position)."""
-        from .msgbuf import read_msgbuf
-
         return read_msgbuf(self)
 
     def msgbuf_section(self) -> bytes:
@@ -471,8 +482,6 @@ class Vmcore:
 
     def threads(self) -> list[Thread]:
         """Every thread in `allproc` with its saved registers; the dumping thread first."""
-        from .threads import list_threads
-
         return list_threads(self)
 
 
@@ -513,6 +522,10 @@ def _machine_number(m: Any) -> int:
 
 
 def open_vmcore(path: str | os.PathLike, kernel: str | os.PathLike | None = None, *,
-                zero_fill: bool = False, private_key: Any = None) -> Vmcore:
-    """Open a vmcore (any container `reader.source` understands); use as a context manager."""
-    return Vmcore(path, kernel, zero_fill=zero_fill, private_key=private_key)
+                zero_fill: bool = False, private_key: Any = None, force: bool = False) -> Vmcore:
+    """Open a vmcore (any container `reader.source` understands); use as a context manager.
+
+    With a kernel, the dump's `version` string / build-id is compared with the kernel file's and a
+    proven mismatch raises `KernelMismatchError` unless `force=True` (see `Vmcore.kernel_match`).
+    """
+    return Vmcore(path, kernel, zero_fill=zero_fill, private_key=private_key, force=force)

@@ -44,13 +44,6 @@ LAYERS: dict[str, frozenset[str]] = {
     "harness": frozenset({"harness.cli"}),  # harness/__init__.py, harness/__main__.py
 }
 
-#: TEMPORARY: import cycles inside the reader that another branch (the reader's own refactor) removes.
-#: Each is a set of modules forming one strongly connected component; delete this once it is merged.
-#: Only these exact cycles are tolerated: a new or a grown one fails.
-KNOWN_READER_CYCLES: list[frozenset[str]] = [
-    frozenset({"reader.compression", "reader.device", "reader.ekcd", "reader.source", "reader.textdump"}),
-    frozenset({"reader.info", "reader.msgbuf", "reader.threads", "reader.vmcore"}),
-]
 
 
 # ------------------------------------------------------------------------------------------ the graph
@@ -182,15 +175,7 @@ def violations(graph: Mapping[str, set[str]], layers: Mapping[str, frozenset[str
 # ------------------------------------------------------------------------------------------ the tests
 def test_no_import_cycles():
     found = cycles(import_graph())
-    unexpected = [sorted(c) for c in found if c not in KNOWN_READER_CYCLES]
-    assert not unexpected, "import cycles: " + "; ".join(" <-> ".join(c) for c in unexpected)
-
-
-def test_known_reader_cycles_are_still_there():
-    """The TEMPORARY list shrinks with the code: a cycle that is gone must leave the list too."""
-    found = cycles(import_graph())
-    stale = [sorted(c) for c in KNOWN_READER_CYCLES if c not in found]
-    assert not stale, f"these reader cycles are gone: remove them from KNOWN_READER_CYCLES: {stale}"
+    assert not found, "import cycles: " + "; ".join(" <-> ".join(sorted(c)) for c in found)
 
 
 def test_imports_follow_the_layers():

@@ -36,4 +36,4 @@ def test_device_image_with_zstd_minidump(tmp_path, capsys):
     extracted = next(p for p in out.iterdir() if p.name.startswith("vmcore.0"))
     assert main(["--kernel", str(kernel), "threads", str(extracted), "--json"]) == 0
     threads = json.loads(capsys.readouterr().out)
-    assert threads[0]["registers"]["rip"] == 0x11
+    assert threads[0]["registers"]["rip"] == "0x11"     # JSON addresses are "0x..." strings
