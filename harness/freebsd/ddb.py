@@ -357,7 +357,8 @@ def parse_show_threads(text: str) -> list[ShownThread]:
             frames = [Frame(f.group(1), f.group(2), int(f.group(3), 16) if f.group(3) else None)] if f else []
             threads.append(ShownThread(int(m.group(1)), int(m.group(2), 16), int(m.group(3), 16), frames))
         elif threads and (f := _FRAME.match(line.strip())):
-            threads[-1].frames.append(Frame(f.group(1), f.group(2), int(f.group(3), 16) if f.group(3) else None))
+            frame = int(f.group(3), 16) if f.group(3) else None
+            threads[-1].frames.append(Frame(f.group(1), f.group(2), frame))
         elif threads and line.startswith("--- "):
             continue  # "--- trap 0x13, rip = ..., rsp = ..." between two frames of one trace
         else:

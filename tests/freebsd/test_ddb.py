@@ -320,7 +320,8 @@ def _ps_session(section: int) -> RecordedTranscript:
     body = parts[section]
     serial = body[body.index(b"\n") + 1 :].rstrip(b"\n")  # the file's own newline ends each section
     assert serial.startswith(b"NMI ISA ") and serial.endswith(b"db> ")
-    return RecordedTranscript(f"ddb-ps-12.1-{section}", serial, _derive_gates(serial, [(0, "monitor: (qemu) nmi")]))
+    gates = _derive_gates(serial, [(0, "monitor: (qemu) nmi")])
+    return RecordedTranscript(f"ddb-ps-12.1-{section}", serial, gates)
 
 
 def _replayed_ps(replay, section: int):
@@ -340,14 +341,17 @@ def test_real_12_1_ps_one_vcpu(replay):
     """One CPU: the idle process is one row named after its thread, ``[idle: cpu0]``, running on CPU 0;
     no row is named "idle"."""
     procs, threads = _replayed_ps(replay, 1)
-    assert [p.pid for p in procs] == [20, 19, 18, 17, 16, 15, 9, 8, 7, 6, 5, 4, 14, 3, 2, 13, 12, 11, 1, 10, 0]
+    pids = [20, 19, 18, 17, 16, 15, 9, 8, 7, 6, 5, 4, 14, 3, 2, 13, 12, 11, 1, 10, 0]
+    assert [p.pid for p in procs] == pids
     idle = next(p for p in procs if p.pid == 11)
-    assert (idle.cmd, idle.state, idle.threaded, idle.threads, idle.cpu) == ("idle: cpu0", "RL", False, [], 0)
+    assert (idle.cmd, idle.state, idle.threaded, idle.threads) == ("idle: cpu0", "RL", False, [])
+    assert idle.cpu == 0
     assert idle.running_cpus == [0] and not any(p.cmd == "idle" for p in procs)
     assert [p.pid for p in procs if p.running_cpus] == [11]
     kernel = next(p for p in procs if p.pid == 0)
     assert (kernel.cmd, kernel.state, kernel.threaded) == ("kernel", "DLs", True)
-    assert (kernel.threads[0].tid, kernel.threads[0].wmesg, kernel.threads[0].name) == (100000, "swapin", "swapper")
+    swapper = kernel.threads[0]
+    assert (swapper.tid, swapper.wmesg, swapper.name) == (100000, "swapin", "swapper")
     assert kernel.threads[0].wchan == 0xFFFFFFFF81E95468 and len(kernel.threads) == 15
     intr = next(p for p in procs if p.pid == 12)
     assert intr.state == "WL" and len(intr.threads) == 13
@@ -360,7 +364,8 @@ def test_real_12_1_ps_one_vcpu(replay):
         (100047, "umarcl", "uma"),
     ]
     soaiod = procs[0]
-    assert (soaiod.cmd, soaiod.wmesg, soaiod.wchan, soaiod.threaded) == ("soaiod4", "-", 0xFFFFFFFF81EF3B9C, False)
+    assert (soaiod.cmd, soaiod.wmesg, soaiod.threaded) == ("soaiod4", "-", False)
+    assert soaiod.wchan == 0xFFFFFFFF81EF3B9C
     # show threads: the thread ddb runs on (pid 11 tid 100003) by its struct thread address and frame
     assert len(threads) == 53
     cur = next(t for t in threads if t.tid == 100003)
@@ -369,7 +374,9 @@ def test_real_12_1_ps_one_vcpu(replay):
         ("acpi_cpu_c1", "acpi_cpu_c1+0x6", 0xFFFFFE0000405BC0)
     ]
     swi = next(t for t in threads if t.tid == 100006)
-    assert [(f.function, f.location, f.frame) for f in swi.frames] == [("fork_trampoline", "fork_trampoline", None)]
+    assert [(f.function, f.location, f.frame) for f in swi.frames] == [
+        ("fork_trampoline", "fork_trampoline", None)
+    ]
     assert next(t for t in threads if t.tid == 100000).td == 0xFFFFFFFF81E959A0
 
 

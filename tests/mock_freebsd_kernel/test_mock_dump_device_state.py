@@ -49,7 +49,11 @@ def struct_layouts(debug: Path, names: set[str]) -> dict[str, dict[str, tuple[in
         for cu in dwarf.iter_CUs():
             for die in cu.iter_DIEs():
                 name = die.attributes.get("DW_AT_name")
-                if die.tag != "DW_TAG_structure_type" or name is None or "DW_AT_byte_size" not in die.attributes:
+                if (
+                    die.tag != "DW_TAG_structure_type"
+                    or name is None
+                    or "DW_AT_byte_size" not in die.attributes
+                ):
                     continue
                 sname = name.value.decode()
                 if sname not in names or sname in out:
@@ -58,7 +62,10 @@ def struct_layouts(debug: Path, names: set[str]) -> dict[str, dict[str, tuple[in
                 for m in die.iter_children():
                     if m.tag == "DW_TAG_member" and "DW_AT_name" in m.attributes:
                         off = m.attributes["DW_AT_data_member_location"].value
-                        members[m.attributes["DW_AT_name"].value.decode()] = (off, _type_size(m.get_DIE_from_attribute("DW_AT_type")))
+                        members[m.attributes["DW_AT_name"].value.decode()] = (
+                            off,
+                            _type_size(m.get_DIE_from_attribute("DW_AT_type")),
+                        )
                 out[sname] = members
     missing = names - out.keys()
     assert not missing, f"{debug}: no DWARF for struct {sorted(missing)}"
@@ -90,8 +97,19 @@ class Layout:
 
 
 STRUCTS = {
-    "virtqueue", "vq_desc_extra", "vring", "vtblk_softc", "vtblk_request", "virtio_blk_outhdr", "mtx",
-    "sglist", "sglist_seg", "devclass", "device", "thread", "proc",
+    "virtqueue",
+    "vq_desc_extra",
+    "vring",
+    "vtblk_softc",
+    "vtblk_request",
+    "virtio_blk_outhdr",
+    "mtx",
+    "sglist",
+    "sglist_seg",
+    "devclass",
+    "device",
+    "thread",
+    "proc",
 }
 
 
@@ -144,12 +162,23 @@ def find_driver(img: Images, lay: Layout) -> Driver:
     td = vm.read_pointer(vm.symbol("kdb_thread"))
     kstack = vm.read_pointer(td + lay.off("thread", "td_kstack"))
     pages = vm.read_int(td + lay.off("thread", "td_kstack_pages"), 4)
-    return Driver(softc, vq, sglist, softc + lay.off("vtblk_softc", "vtblk_dump_request"), td,
-                  (kstack, kstack + pages * 4096))
+    return Driver(
+        softc,
+        vq,
+        sglist,
+        softc + lay.off("vtblk_softc", "vtblk_dump_request"),
+        td,
+        (kstack, kstack + pages * 4096),
+    )
 
 
 def descx(lay: Layout, vq: int, i: int, member: str) -> int:
-    return vq + lay.off("virtqueue", "vq_descx") + i * lay.size("vq_desc_extra") + lay.off("vq_desc_extra", member)
+    return (
+        vq
+        + lay.off("virtqueue", "vq_descx")
+        + i * lay.size("vq_desc_extra")
+        + lay.off("vq_desc_extra", member)
+    )
 
 
 # ----------------------------------------------------------------------------- guest
@@ -285,7 +314,9 @@ def test_dumps_hold_the_driver_with_its_own_write_in_flight(tmp_path):
             bp = img.triple(req + lay.off("vtblk_request", "vbr_bp"), 8)
             assert drv.kstack[0] <= bp[1] < drv.kstack[1] and bp[1] != bp[2], (bp, drv.kstack)
             sector = img.u("dump", hdr + lay.off("virtio_blk_outhdr", "sector"), 8)
-            assert sector * 512 >= 65536 and img.u("after", hdr + lay.off("virtio_blk_outhdr", "sector"), 8) == 0
+            assert (
+                sector * 512 >= 65536 and img.u("after", hdr + lay.off("virtio_blk_outhdr", "sector"), 8) == 0
+            )
             # struct sglist + the indirect table of the head: header, data (covering the sglist's own
             # page: the write that carries it), status; a flush (2 entries) afterwards
             sg = drv.sglist
@@ -342,4 +373,8 @@ def test_two_requests_in_flight(tmp_path):
         other = next(c for c in busy if c != drv.dump_request)
         assert img.u("dump", other + lay.off("vtblk_request", "vbr_ack"), 1) == 0xFF
         assert all(img.u("after", descx(lay, vq, i, "cookie"), 8) == 0 for i in range(num))
-        assert img.triple(drv.softc + lay.off("vtblk_softc", "vtblk_mtx.mtx_lock"), 8) == (0, drv.kdb_thread, 0)
+        assert img.triple(drv.softc + lay.off("vtblk_softc", "vtblk_mtx.mtx_lock"), 8) == (
+            0,
+            drv.kdb_thread,
+            0,
+        )
