@@ -5,9 +5,20 @@
  * imitates, from the outside, what the harness talks to: the console protocol (boot banner, the
  * "mountroot: waiting for device" wait, NMI -> ddb prompt, the ddb commands the harness sends) and the
  * crash dump formats (kerneldumpheader v4 leader/trailer on a raw dump disk around an amd64 minidump v2
- * or an ELF full dump), built from its own real 4-level page tables and memory. The dump is written
- * by the guest over a small legacy virtio-blk driver. Formats follow
+ * or an ELF full dump), built from its own real 4-level page tables and memory. Formats follow
  * /work/shared/reference/freebsd-dump-formats.md.
+ *
+ * The dump is written by the guest over a legacy virtio-blk driver that keeps the kinds of state FreeBSD
+ * 12.1's vtblk keeps (/work/shared/freebsd-12.1-amd64/evidence/virtio-blk-dump-state.md), in C structs
+ * with FreeBSD's type and member names so DWARF-based tools find them (the code and the layouts of the
+ * stand-in's own members are its own): a malloc'ed struct vtblk_softc reached from `vtblk_devclass`,
+ * its lock word owned by the thread ddb runs on while dumping, the request embedded in it used for every
+ * dump write (header {1, 1, sector}, status 0xff until the device answers, vbr_bp into the dump's stack),
+ * the softc's struct sglist, a struct virtqueue outside the direct map whose counters move and return,
+ * one indirect descriptor table per ring entry, writes of up to 64 KiB polled to completion one at a time
+ * (mock.vtblk_inflight=N: N at once), a closing flush; normal reads at attach leave "before" state.
+ * Its ddb answers `ps` and `show threads` in 12.1's format for a process list like a 1-CPU 12.1 kernel
+ * waiting in mountroot.
  */
 typedef unsigned char u8;
 typedef unsigned short u16;
@@ -552,7 +563,6 @@ struct vtblk_softc {
 	struct bio_queue vtblk_dump_queue;
 	struct vtblk_request vtblk_dump_request;
 };
-#define VTBLK_FLAG_DUMPING 0x0010
 /* the largest dump write: FreeBSD's vtblk limits a request to its segment count (64 KiB per the evidence) */
 #define VTBLK_MAXIO 65536UL
 #define VTBLK_MAX_INFLIGHT 8
@@ -791,7 +801,6 @@ static int vtblk_dump(struct vtblk_softc *sc, u64 pa, u64 offset, u64 len)
 	struct vtblk_request *reqs[VTBLK_MAX_INFLIGHT];
 	int n = 1, err = 0;
 	mtx_lock(&sc->vtblk_mtx);
-	sc->vtblk_flags |= VTBLK_FLAG_DUMPING;
 	if (len) {
 		while (n < mock_vtblk_inflight && len / 512 >= (u64)(n + 1)) n++;
 	}
