@@ -22,8 +22,8 @@ import os
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 SRC = Path(__file__).resolve().parent / "src"
 SOURCES = ("start.S", "mock.c", "mock.ld")
@@ -58,9 +58,10 @@ INFLIGHT_KNOB = "mock.vtblk_inflight"
 DEBUG_SUFFIX = ".debug"
 
 
-@dataclass(frozen=True)
-class MockKernel:
-    """A built mock kernel: the ELF GRUB boots (symbols, no DWARF) and its separate DWARF file."""
+class MockKernel(NamedTuple):
+    """A built mock kernel: the ELF GRUB boots (symbols, no DWARF) and its separate DWARF file.
+
+    (A NamedTuple, not a dataclass: tests load this file by path without registering a module.)"""
 
     kernel: Path
     debug: Path
