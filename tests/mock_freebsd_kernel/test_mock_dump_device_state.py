@@ -284,6 +284,9 @@ def test_dumps_hold_the_driver_with_its_own_write_in_flight(tmp_path):
         assert kernel.threaded and kernel.state == "DLs" and kernel.threads[0].name == "swapper"
         shown = {t.tid: t for t in ddb.show_threads()}
         assert {t.tid for p in procs for t in p.threads} <= shown.keys()
+        top = shown[100003].frames[0]  # the interrupted idle thread: its frame, as 12.1's acpi_cpu_c1
+        assert top.function == "mock_idle" and top.frame and top.frame >= 0xFFFF_8000_0000_0000
+        assert [f.function for f in shown[100000].frames] == ["sched_switch"]  # swapper: switched out
         runs = [_dump(guest, ddb, disk, mock.kernel, tmp_path / f"dump{i}") for i in (1, 2)]
 
     for n, (before, after, vmcore) in enumerate(runs, 1):

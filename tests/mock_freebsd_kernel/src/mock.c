@@ -1578,10 +1578,11 @@ static void db_trap(struct trapframe *tf)
 			doadump(tf);
 		} else if (seq(cmd, "bt") || seq(cmd, "trace")) {
 			printf_("Tracing pid %d tid %d td %p\n", kdb_thread->td_proc->p_pid, kdb_thread->td_tid, (u64)kdb_thread);
+			u64 off = 0;
+			const char *fn = db_func_name(tf->tf_rip, &off);
+			if (fn) printf_("%s() at ", fn); else printf_("%#lx() at ", tf->tf_rip);
 			db_print_loc(tf->tf_rip);
-			printf_("() at ");
-			db_print_loc(tf->tf_rip);
-			printf_("/frame %#lx\n", tf->tf_rsp);
+			printf_("/frame %#lx\n", tf->tf_rbp);
 		} else if (seq(cmd, "ps")) {
 			db_ps();
 		} else if (seq(cmd, "show") && seq(args, "threads")) {

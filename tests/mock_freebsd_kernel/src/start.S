@@ -78,9 +78,11 @@ fork_trampoline:
 /* The idle loop: what an NMI interrupts (like FreeBSD's cpu_idle -> hlt). */
 	.globl	mock_idle
 mock_idle:
-	sti
+	pushq	%rbp		/* a frame, so `show threads`/`bt` print "/frame 0x..." as for acpi_cpu_c1 */
+	movq	%rsp, %rbp
+4:	sti
 	hlt
-	jmp	mock_idle
+	jmp	4b
 
 /*
  * Trap stubs: build a struct trapframe exactly as FreeBSD amd64 lays it out (sys/amd64/include/frame.h):
