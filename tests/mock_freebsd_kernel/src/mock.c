@@ -156,10 +156,9 @@ struct proc {
 struct pcpu { struct thread *pc_curthread; struct thread *pc_idlethread; u32 pc_cpuid; };
 struct pcpu __pcpu[1];
 #define curthread (__pcpu[0].pc_curthread)
-static struct pcb swapper_pcb;
 static struct session session0 = { 0, 1 };
 struct thread thread0 = { .td_tid = 100000, .td_state = TDS_INHIBITED, .td_inhibitors = TDI_SLEEPING,
-			  .td_wmesg = "swapin", .td_name = "swapper", .td_oncpu = NOCPU, .td_pcb = &swapper_pcb };
+			  .td_wmesg = "swapin", .td_name = "swapper", .td_oncpu = NOCPU };
 struct proc proc0 = { .p_flag = P_SYSTEM | P_HADTHREADS, .p_pid = 0, .p_session = &session0, .p_comm = "kernel" };
 struct proclist { struct proc *lh_first; } allproc; /* LIST_HEAD, newest process first */
 struct thread *kdb_thread;  /* the thread ddb runs on (set on entry to ddb, as subr_kdb.c's kdb_trap does) */
@@ -1250,15 +1249,12 @@ static void mock_make_procs(void)
 				td->td_inhibitors = ts->iwait ? TDI_IWAIT : TDI_SLEEPING;
 				td->td_wmesg = ts->wmesg;
 				td->td_wchan = ts->wchan ? (void *)&mock_wchans[ts->wchan] : ts->iwait ? 0 : (void *)malloc_(64);
-				if (td != &thread0) {
-					if (kst >= KH_KSTACK_PAGES) mock_fatal("too many kernel threads for the kernel stacks");
-					td->td_kstack = (u64)kheap_page(KH_KSTACKS + kst++);
-					td->td_kstack_pages = 1;
-					td->td_pcb = (struct pcb *)(td->td_kstack + PAGE - sizeof(struct pcb));
-				} else {
-					td->td_kstack = (u64)boot_stack;
-					td->td_kstack_pages = (int)(sizeof(boot_stack) / PAGE);
-				}
+				/* a kernel stack page of its own (thread0's too: the boot stack in .bss is not one,
+				 * and a saved stack pointer there would make its neighbours look like a stack) */
+				if (kst >= KH_KSTACK_PAGES) mock_fatal("too many kernel threads for the kernel stacks");
+				td->td_kstack = (u64)kheap_page(KH_KSTACKS + kst++);
+				td->td_kstack_pages = 1;
+				td->td_pcb = (struct pcb *)(td->td_kstack + PAGE - sizeof(struct pcb));
 				/* the saved context of a thread that switched out (or never ran: fork_trampoline) */
 				td->td_pcb->pcb_rip = ts->iwait ? (u64)fork_trampoline : (u64)sched_switch + 0x1f;
 				td->td_pcb->pcb_rsp = td->td_kstack + (u64)td->td_kstack_pages * PAGE - 0x400;
