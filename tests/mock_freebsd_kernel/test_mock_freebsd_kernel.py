@@ -103,6 +103,15 @@ def test_dwarf_is_in_a_separate_debug_file_like_kernel_debug(mock_kernel):
     assert counters | {"vq_descx", "vq_ring"} <= found["virtqueue"]
     assert {"vtblk_mtx", "vtblk_vq", "vtblk_sglist", "vtblk_dump_request"} <= found["vtblk_softc"]
     assert {"devclass", "unit", "nameunit", "desc", "softc"} <= found["device"]
+    # the stand-in's own layouts differ from 12.1's (evidence: device.softc +0x88, devclass +0x48,
+    # vtblk_softc.vtblk_vq +0x38): a tool that finds the driver objects must have read the DWARF
+    from test_mock_dump_device_state import STRUCTS, Layout, struct_layouts
+
+    lay = Layout(struct_layouts(debug, STRUCTS))
+    assert (lay.off("device", "softc"), lay.off("device", "devclass")) != (0x88, 0x48)
+    assert lay.off("vtblk_softc", "vtblk_vq") != 0x38
+    assert lay.off("vtblk_softc", "vtblk_dump_request") != 0xC0
+    assert lay.off("vtblk_softc", "vtblk_mtx.mtx_lock") == 0x20 and lay.off("virtqueue", "vq_free_cnt") == 0x78
     assert {"td_tid", "td_name", "td_oncpu", "td_pcb", "td_plist"} <= found["thread"]
 
 

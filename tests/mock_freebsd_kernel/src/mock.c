@@ -1198,7 +1198,7 @@ static const struct mock_proc_spec mock_procs[] = {
 	    { 100028, "irq256: virtio_pci0", 0, 0, 1 }, { 100030, "swi0: uart", 0, 0, 1 } } },
 	{ 11, "idle", P_SYSTEM, 1, { { 100003, "idle: cpu0", 0, 0, 0 } } },
 	{ 1, "kernel", P_SYSTEM, 1, { { 100002, "kernel", "rmdev", 13, 0 } } },
-	{ 10, "audit", P_SYSTEM, 1, { { 100001, "audit", "audit_w", 14, 0 } } },
+	{ 10, "audit", P_SYSTEM, 1, { { 100001, "audit", "audit_worker_cv", 14, 0 } } },
 	{ 0, "kernel", P_SYSTEM | P_HADTHREADS, 4,
 	  { { 100000, "swapper", "swapin", 15, 0 }, { 100004, "kqueue_ctx taskq", 0, 0, 0 },
 	    { 100008, "thread taskq", 0, 0, 0 }, { 100010, "config_0", 0, 0, 0 } } },
@@ -1288,7 +1288,11 @@ static const char *td_state_name(const struct thread *td)
 static void db_ps_wait(const struct thread *td)
 {
 	if (td->td_state == TDS_RUNNING) printf_("CPU %-22d  ", td->td_oncpu);
-	else if (td->td_wchan) printf_("%-7s %#18lx  ", td->td_wmesg ? td->td_wmesg : "-", (u64)td->td_wchan);
+	else if (td->td_wchan) {
+		char wmesg[8] = "-"; /* ddb shows at most 7 characters of the wait message */
+		for (int i = 0; td->td_wmesg && i < 7 && td->td_wmesg[i]; i++) { wmesg[i] = td->td_wmesg[i]; wmesg[i + 1] = 0; }
+		printf_("%-7s %#18lx  ", wmesg, (u64)td->td_wchan);
+	}
 	else printf_("%-26s  ", "");
 }
 
