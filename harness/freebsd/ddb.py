@@ -104,6 +104,15 @@ class PsThread:
 
 @dataclass
 class PsProcess:
+    """One process of ddb's ``ps``.
+
+    `cmd` is the bracketed (kernel) or bare (user) name of the process row. ddb prints ``(threaded)`` and
+    one row per thread only for a process that has had several threads (12.1: P_HADTHREADS); for any
+    other process the single row shows its thread's state, wait channel or ``CPU n`` and the *thread's*
+    name: with one CPU the idle process is ``11 ... RL CPU 0 [idle: cpu0]`` (its p_comm "idle" is
+    printed nowhere), with two it is ``(threaded) [idle]`` plus a row per idle thread. `cpu` is the
+    ``CPU n`` of such a single row; `running_cpus` gathers it from either form."""
+
     pid: int
     ppid: int
     pgrp: int
@@ -114,6 +123,28 @@ class PsProcess:
     cmd: str
     threaded: bool
     threads: list[PsThread] = field(default_factory=list)
+    cpu: int | None = None
+
+    @property
+    def names(self) -> list[str]:
+        """The process row's name and its thread rows' names (where a process's name may appear)."""
+        return [self.cmd, *(t.name for t in self.threads)]
+
+    @property
+    def running_cpus(self) -> list[int]:
+        """CPUs this process runs on, from its own row (single-threaded) or its thread rows."""
+        cpus = [] if self.cpu is None else [self.cpu]
+        return cpus + [t.cpu for t in self.threads if t.cpu is not None]
+
+
+@dataclass(frozen=True)
+class ShownThread:
+    """One thread of ddb's ``show threads``: tid, struct thread address, kernel stack, top frame(s)."""
+
+    tid: int
+    td: int
+    stack: int
+    frames: list[Frame]
 
 
 @dataclass(frozen=True)
@@ -293,7 +324,10 @@ def parse_ps(text: str) -> list[PsProcess]:
             r, name, wchan = _ps_rest(m.group(6), line, text)
             pid, ppid, pgrp, uid = (int(m.group(i)) for i in range(1, 5))
             threaded = r.group("threaded") is not None
-            procs.append(PsProcess(pid, ppid, pgrp, uid, m.group(5), r.group("wmesg"), wchan, name, threaded))
+            cpu = int(r.group("cpu")) if r.group("cpu") else None
+            procs.append(
+                PsProcess(pid, ppid, pgrp, uid, m.group(5), r.group("wmesg"), wchan, name, threaded, cpu=cpu)
+            )
         elif (m := _PS_THREAD.match(line)) and procs:
             r, name, wchan = _ps_rest(m.group(3), line, text)
             cpu = int(r.group("cpu")) if r.group("cpu") else None
@@ -303,6 +337,33 @@ def parse_ps(text: str) -> list[PsProcess]:
         else:
             raise DdbError(f"ps: cannot parse line {line!r}", tail=text)
     return procs
+
+
+_SHOW_THREAD = re.compile(
+    r"^\s*(\d+) \((0x[0-9a-fA-F]+)\) \(stack (0x[0-9a-fA-F]+)\)\s+(.*)$"
+)
+
+
+def parse_show_threads(text: str) -> list[ShownThread]:
+    """ddb ``show threads``: ``  100003 (0xfffff80003123000) (stack 0xfffffe0000402000)  acpi_cpu_c1()
+    at acpi_cpu_c1+0x6/frame 0x...``; the lines a thread's trace continues on (``nmi_calltrap() at ...``,
+    ``--- trap 0x13, ...``) add frames to it."""
+    threads: list[ShownThread] = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        if m := _SHOW_THREAD.match(line):
+            f = _FRAME.match(m.group(4).strip())
+            frames = [Frame(f.group(1), f.group(2), int(f.group(3), 16) if f.group(3) else None)] if f else []
+            threads.append(ShownThread(int(m.group(1)), int(m.group(2), 16), int(m.group(3), 16), frames))
+        elif threads and (f := _FRAME.match(line.strip())):
+            frame = int(f.group(3), 16) if f.group(3) else None
+            threads[-1].frames.append(Frame(f.group(1), f.group(2), frame))
+        elif threads and line.startswith("--- "):
+            continue  # "--- trap 0x13, rip = ..., rsp = ..." between two frames of one trace
+        else:
+            raise DdbError(f"show threads: cannot parse line {line!r}", tail=text)
+    return threads
 
 
 _XLINE = re.compile(r"^([^\s:]+):\s+((?:[0-9a-fA-F]+\s*)+)$")
@@ -396,6 +457,9 @@ class Ddb:
 
     def ps(self) -> list[PsProcess]:
         return parse_ps(self.command("ps"))
+
+    def show_threads(self) -> list[ShownThread]:
+        return parse_show_threads(self.command("show threads"))
 
     def show_msgbuf(self) -> str:
         """The kernel message buffer, without ddb's ``msgbufp = ...`` / ``magic = ...`` header."""

@@ -304,3 +304,104 @@ def test_continue_after_panic_without_a_dump_device_fails(replay):
     ddb.wait_prompt(10)
     with pytest.raises(DumpFailed, match="no dump was written before the reboot"):
         ddb.continue_after_panic(10)
+
+
+# ----------------------------------------------------------------------------- real 12.1 `ps`/`show threads`
+PS_EVIDENCE = load.__globals__["TRANSCRIPTS"].parent / "freebsd-12.1-ddb-ps" / "ddb-ps-12.1.txt"
+
+
+def _ps_session(section: int) -> RecordedTranscript:
+    """Section `section` (1: one vCPU, 2: two) of the real 12.1 ddb session, byte for byte, as a replay:
+    the NMI opens it, every line typed at ``db> `` is a gate."""
+    from harness.freebsd.replay import _derive_gates
+
+    raw = PS_EVIDENCE.read_bytes()
+    parts = raw.split(b"\n# ===== section ")
+    body = parts[section]
+    serial = body[body.index(b"\n") + 1 :].rstrip(b"\n")  # the file's own newline ends each section
+    assert serial.startswith(b"NMI ISA ") and serial.endswith(b"db> ")
+    gates = _derive_gates(serial, [(0, "monitor: (qemu) nmi")])
+    return RecordedTranscript(f"ddb-ps-12.1-{section}", serial, gates)
+
+
+def _replayed_ps(replay, section: int):
+    console, spawn = replay(_ps_session(section))
+    spawn.inject_nmi()
+    ddb = Ddb(console, memory_mib=512)
+    ddb.wait_prompt(10)
+    assert ddb.show_registers()["rip"] == 0xFFFFFFFF811E7306
+    assert ddb.x_gx("KPML4phys") == 0x245A000 and ddb.x("hz", "lx") == [0x64]
+    assert ddb.dump().ok
+    procs, threads = ddb.ps(), ddb.show_threads()
+    assert spawn.finished
+    return procs, threads
+
+
+def test_real_12_1_ps_one_vcpu(replay):
+    """One CPU: the idle process is one row named after its thread, ``[idle: cpu0]``, running on CPU 0;
+    no row is named "idle"."""
+    procs, threads = _replayed_ps(replay, 1)
+    pids = [20, 19, 18, 17, 16, 15, 9, 8, 7, 6, 5, 4, 14, 3, 2, 13, 12, 11, 1, 10, 0]
+    assert [p.pid for p in procs] == pids
+    idle = next(p for p in procs if p.pid == 11)
+    assert (idle.cmd, idle.state, idle.threaded, idle.threads) == ("idle: cpu0", "RL", False, [])
+    assert idle.cpu == 0
+    assert idle.running_cpus == [0] and not any(p.cmd == "idle" for p in procs)
+    assert [p.pid for p in procs if p.running_cpus] == [11]
+    kernel = next(p for p in procs if p.pid == 0)
+    assert (kernel.cmd, kernel.state, kernel.threaded) == ("kernel", "DLs", True)
+    swapper = kernel.threads[0]
+    assert (swapper.tid, swapper.wmesg, swapper.name) == (100000, "swapin", "swapper")
+    assert kernel.threads[0].wchan == 0xFFFFFFFF81E95468 and len(kernel.threads) == 15
+    intr = next(p for p in procs if p.pid == 12)
+    assert intr.state == "WL" and len(intr.threads) == 13
+    assert all((t.state, t.wmesg, t.wchan, t.cpu) == ("I", None, None, None) for t in intr.threads)
+    assert "irq256: virtio_pci0" in intr.names
+    pagedaemon = next(p for p in procs if p.pid == 7)
+    assert [(t.tid, t.wmesg, t.name) for t in pagedaemon.threads] == [
+        (100041, "psleep", "dom0"),
+        (100046, "launds", "laundry: dom0"),
+        (100047, "umarcl", "uma"),
+    ]
+    soaiod = procs[0]
+    assert (soaiod.cmd, soaiod.wmesg, soaiod.threaded) == ("soaiod4", "-", False)
+    assert soaiod.wchan == 0xFFFFFFFF81EF3B9C
+    # show threads: the thread ddb runs on (pid 11 tid 100003) by its struct thread address and frame
+    assert len(threads) == 53
+    cur = next(t for t in threads if t.tid == 100003)
+    assert (cur.td, cur.stack) == (0xFFFFF80003123000, 0xFFFFFE0000402000)
+    assert [(f.function, f.location, f.frame) for f in cur.frames] == [
+        ("acpi_cpu_c1", "acpi_cpu_c1+0x6", 0xFFFFFE0000405BC0)
+    ]
+    swi = next(t for t in threads if t.tid == 100006)
+    assert [(f.function, f.location, f.frame) for f in swi.frames] == [
+        ("fork_trampoline", "fork_trampoline", None)
+    ]
+    assert next(t for t in threads if t.tid == 100000).td == 0xFFFFFFFF81E959A0
+
+
+def test_real_12_1_ps_two_vcpus(replay):
+    """Two CPUs: ``(threaded) [idle]`` with one ``Run CPU n`` row per idle thread; the NMI's CPU 0
+    thread shows a two-frame trace with a trap line between."""
+    procs, threads = _replayed_ps(replay, 2)
+    idle = next(p for p in procs if p.pid == 11)
+    assert (idle.cmd, idle.state, idle.threaded, idle.cpu) == ("idle", "RL", True, None)
+    assert [(t.tid, t.state, t.cpu, t.name) for t in idle.threads] == [
+        (100003, "Run", 0, "idle: cpu0"),
+        (100004, "Run", 1, "idle: cpu1"),
+    ]
+    assert idle.running_cpus == [0, 1] and idle.names == ["idle", "idle: cpu0", "idle: cpu1"]
+    assert len(procs) == 22 and [p.pid for p in procs if p.running_cpus] == [11]
+    assert next(p for p in procs if p.pid == 4).cmd == "crypto returns 1"
+    nmi = next(t for t in threads if t.tid == 100003)
+    assert [f.function for f in nmi.frames] == ["nmi_call_kdb_smp", "nmi_calltrap"]
+    cur = next(t for t in threads if t.tid == 100004)
+    assert cur.td == 0xFFFFF8000312E740 and cur.frames[0].location == "acpi_cpu_c1+0x6"
+    assert len(threads) == 59
+
+
+def test_show_threads_refuses_lines_it_cannot_read():
+    from harness.freebsd.ddb import parse_show_threads
+
+    with pytest.raises(DdbError, match="cannot parse line"):
+        parse_show_threads("  100003 (0xfffff80003123000) (stack 0xfffffe0000402000)  ok\nsomething else\n")

@@ -47,7 +47,12 @@ def test_nmi_ddb_session_minidump_from_the_dump_disk(fbsd_guest, fbsd_target, tm
     assert regs["rip"] >= 0xFFFFFFFF80000000 and regs["cs"] == 0x20
     assert ddb.bt().frames
     procs = ddb.ps()
-    assert any(p.pid == 0 for p in procs) and any(p.cmd == "idle" for p in procs)
+    assert any(p.pid == 0 for p in procs)
+    # the NMI stopped the idle thread: with one CPU its process is the single row `[idle: cpu0]` on
+    # `CPU 0` (12.1 prints the thread's name there), with more CPUs `(threaded) [idle]` + a row per CPU
+    stopped = next(p for p in procs if p.pid == entry.pid)
+    assert stopped.running_cpus and any(n.startswith("idle") for n in stopped.names), stopped
+    assert any(t.tid == entry.tid for t in ddb.show_threads())
     assert "FreeBSD" in ddb.show_msgbuf()
     result = m.dump(plan)
     assert result.ok and result.kind == "mini" and result.dump_mb and result.dump_mb <= fbsd_target.memory_mib

@@ -9,7 +9,10 @@ formats (kerneldumpheader v4 + amd64 minidump v2 or ELF full dump, written by th
 virtio-blk dump disk). See README.md for what it does and does not imitate.
 
 `build_mock_freebsd_kernel(cache)` compiles with the system gcc and caches the ELF under a key made
-of the source files' SHA-256 and the compiler version.
+of the source files' SHA-256 and the compiler version. Like a FreeBSD kernel build it is compiled with
+DWARF and split: the kernel keeps its `.symtab`, a GNU build ID and a `.gnu_debuglink` naming its
+separate debug file (`<kernel>.debug`, FreeBSD's `kernel.debug`), which holds the DWARF
+(`build_mock_freebsd_kernel_debug`, `mock_debug_path`, or both at once with `build_mock_kernel`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 SRC = Path(__file__).resolve().parent / "src"
 SOURCES = ("start.S", "mock.c", "mock.ld")
@@ -38,18 +42,46 @@ CFLAGS = [
     "-fno-asynchronous-unwind-tables",
     "-fno-builtin",
     "-O2",
+    "-g",
+    "-gdwarf-4",
     "-Wall",
     "-Wextra",
     "-Werror",
-    "-Wl,--build-id=none",
+    "-Wl,--build-id=sha1",
     "-Wl,--no-warn-rwx-segments",
 ]
 #: the kenv knob that makes the mock corrupt the dump's copy of one page (perturbation test)
 CORRUPT_KNOB = "mock.corrupt_dump_page"
+#: the kenv knob that makes the mock's virtio-blk driver submit up to N requests before polling
+INFLIGHT_KNOB = "mock.vtblk_inflight"
+#: suffix of the separate debug file next to the kernel (FreeBSD: kernel + kernel.debug)
+DEBUG_SUFFIX = ".debug"
+
+
+class MockKernel(NamedTuple):
+    """A built mock kernel: the ELF GRUB boots (symbols, no DWARF) and its separate DWARF file.
+
+    (A NamedTuple, not a dataclass: tests load this file by path without registering a module.)"""
+
+    kernel: Path
+    debug: Path
 
 
 class MockKernelBuildError(RuntimeError):
     """gcc missing or the build failed; the message carries the command line and compiler output."""
+
+
+def _objcopy() -> str:
+    objcopy = shutil.which("objcopy")
+    if objcopy is None:
+        raise MockKernelBuildError("objcopy not found: install the Debian package binutils")
+    return objcopy
+
+
+def _run(cmd: list[str], cwd: Path | None = None) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=cwd)
+    if proc.returncode != 0:
+        raise MockKernelBuildError(f"`{' '.join(cmd)}` failed with status {proc.returncode}:\n{proc.stderr}")
 
 
 def _gcc() -> str:
@@ -77,37 +109,51 @@ def default_cache() -> Path:
     return Path(base) / "mock-freebsd-kernel"
 
 
+def mock_debug_path(kernel: Path) -> Path:
+    """The separate DWARF file of a kernel `build_mock_freebsd_kernel` returned (it sits beside it)."""
+    return Path(str(kernel) + DEBUG_SUFFIX)
+
+
 def build_mock_freebsd_kernel(cache: Path | None = None) -> Path:
-    """Compile (or reuse) the mock kernel; returns the path of the ELF (``mock_freebsd_kernel``)."""
+    """Compile (or reuse) the mock kernel; returns the path of the ELF (``mock_freebsd_kernel``).
+
+    Its DWARF is in the separate file `mock_debug_path(kernel)`, built at the same time."""
     gcc = _gcc()
+    objcopy = _objcopy()
     cache = Path(cache) if cache is not None else default_cache()
     key = source_key(gcc)
     out = cache / key[:24] / "mock_freebsd_kernel"
-    if out.is_file():
+    debug = mock_debug_path(out)
+    if out.is_file() and debug.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mock-kernel.", dir=out.parent) as tmp:
-        elf = Path(tmp) / "mock_freebsd_kernel"
-        cmd = [
-            gcc,
-            *CFLAGS,
-            f"-Wl,-T,{SRC / 'mock.ld'}",
-            "-o",
-            str(elf),
-            str(SRC / "start.S"),
-            str(SRC / "mock.c"),
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise MockKernelBuildError(
-                f"`{' '.join(cmd)}` failed with status {proc.returncode}:\n{proc.stderr}"
-            )
-        data = bytearray(elf.read_bytes())
-        data[7] = ELFOSABI_FREEBSD
-        elf.write_bytes(bytes(data))
-        elf.chmod(0o644)
+        elf = Path(tmp) / out.name
+        dbg = Path(tmp) / debug.name
+        # relative source names and a fixed working directory: the DWARF is the same wherever it is built
+        _run([gcc, *CFLAGS, "-Wl,-T,mock.ld", "-o", str(elf), "start.S", "mock.c"], cwd=SRC)
+        _run([objcopy, "--only-keep-debug", str(elf), str(dbg)])
+        # the debug link holds the debug file's base name, as FreeBSD's kernel names kernel.debug
+        _run([objcopy, "--strip-debug", f"--add-gnu-debuglink={dbg.name}", elf.name], cwd=Path(tmp))
+        for path in (elf, dbg):
+            data = bytearray(path.read_bytes())
+            data[7] = ELFOSABI_FREEBSD
+            path.write_bytes(bytes(data))
+            path.chmod(0o644)
+        os.replace(dbg, debug)
         os.replace(elf, out)
     return out
+
+
+def build_mock_freebsd_kernel_debug(cache: Path | None = None) -> Path:
+    """The separate DWARF file (``mock_freebsd_kernel.debug``) of the kernel built for `cache`."""
+    return mock_debug_path(build_mock_freebsd_kernel(cache))
+
+
+def build_mock_kernel(cache: Path | None = None) -> MockKernel:
+    """Both files of the mock kernel: the bootable ELF and its DWARF."""
+    kernel = build_mock_freebsd_kernel(cache)
+    return MockKernel(kernel, mock_debug_path(kernel))
 
 
 if __name__ == "__main__":  # pragma: no cover - manual use: print the path of a built mock kernel

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from mock_freebsd_kernel import CORRUPT_KNOB, build_mock_freebsd_kernel
+from mock_freebsd_kernel import CORRUPT_KNOB, build_mock_freebsd_kernel, build_mock_kernel, mock_debug_path
 
 ROOT = Path(__file__).resolve().parents[2]
 KERNBASE = 0xFFFF_FFFF_8000_0000
@@ -55,8 +55,65 @@ def test_mock_kernel_is_linked_like_a_freebsd_kernel(mock_kernel):
         "kdb_frame",
         "dump_avail",
         "mock_pattern_pa",
+        "allproc",
+        "kdb_thread",
+        "vtblk_devclass",
+        "devclasses",
+        "__pcpu",
     ):
         assert syms.get(name, 0) >= KERNBASE, name
+
+
+def _build_id(path: Path) -> bytes:
+    from elftools.elf.elffile import ELFFile
+
+    with open(path, "rb") as f:
+        note = next(ELFFile(f).get_section_by_name(".note.gnu.build-id").iter_notes())
+        return bytes.fromhex(note["n_desc"])
+
+
+def test_dwarf_is_in_a_separate_debug_file_like_kernel_debug(mock_kernel):
+    """As FreeBSD ships kernel + kernel.debug: the kernel keeps .symtab, a GNU build ID and a
+    .gnu_debuglink naming the debug file; the debug file has the same build ID and the DWARF of the
+    driver objects a verifier needs (struct virtqueue, vtblk_softc, sglist, devclass, device, thread)."""
+    from elftools.elf.elffile import ELFFile
+
+    debug = mock_debug_path(mock_kernel)
+    assert build_mock_kernel().debug == debug and debug.is_file()
+    with open(mock_kernel, "rb") as f:
+        elf = ELFFile(f)
+        assert not elf.has_dwarf_info() and elf.get_section_by_name(".symtab") is not None
+        link = elf.get_section_by_name(".gnu_debuglink").data()
+        assert link.split(b"\0", 1)[0].decode() == debug.name
+    assert len(_build_id(mock_kernel)) == 20 and _build_id(mock_kernel) == _build_id(debug)
+    want = {
+        "virtqueue", "vq_desc_extra", "vring", "vtblk_softc", "vtblk_request", "sglist", "devclass", "device",
+        "thread", "proc", "mtx",
+    }
+    found: dict[str, set[str]] = {}
+    with open(debug, "rb") as f:
+        for cu in ELFFile(f).get_dwarf_info().iter_CUs():
+            for die in cu.iter_DIEs():
+                name = die.attributes.get("DW_AT_name")
+                if die.tag == "DW_TAG_structure_type" and name and name.value.decode() in want:
+                    members = [c.attributes.get("DW_AT_name") for c in die.iter_children()]
+                    found[name.value.decode()] = {m.value.decode() for m in members if m is not None}
+    assert want <= found.keys(), want - found.keys()
+    counters = {"vq_free_cnt", "vq_queued_cnt", "vq_desc_head_idx", "vq_used_cons_idx"}
+    assert counters | {"vq_descx", "vq_ring"} <= found["virtqueue"]
+    assert {"vtblk_mtx", "vtblk_vq", "vtblk_sglist", "vtblk_dump_request"} <= found["vtblk_softc"]
+    assert {"devclass", "unit", "nameunit", "desc", "softc"} <= found["device"]
+    # the stand-in's own layouts differ from 12.1's (evidence: device.softc +0x88, devclass +0x48,
+    # vtblk_softc.vtblk_vq +0x38): a tool that finds the driver objects must have read the DWARF
+    from test_mock_dump_device_state import STRUCTS, Layout, struct_layouts
+
+    lay = Layout(struct_layouts(debug, STRUCTS))
+    assert (lay.off("device", "softc"), lay.off("device", "devclass")) != (0x88, 0x48)
+    assert lay.off("vtblk_softc", "vtblk_vq") != 0x38
+    assert lay.off("vtblk_softc", "vtblk_dump_request") != 0xC0
+    assert lay.off("vtblk_softc", "vtblk_mtx.mtx_lock") == 0x20  # as 12.1's: the lock comes second
+    assert lay.off("virtqueue", "vq_free_cnt") == 0x78  # struct virtqueue has 12.1's layout
+    assert {"td_tid", "td_name", "td_oncpu", "td_pcb", "td_plist"} <= found["thread"]
 
 
 def test_build_is_cached_by_source_hash(mock_kernel, tmp_path):
@@ -64,6 +121,7 @@ def test_build_is_cached_by_source_hash(mock_kernel, tmp_path):
     stamp = first.stat().st_mtime_ns
     assert build_mock_freebsd_kernel(tmp_path) == first and first.stat().st_mtime_ns == stamp
     assert first.read_bytes() == mock_kernel.read_bytes(), "the build is reproducible"
+    assert mock_debug_path(first).read_bytes() == mock_debug_path(mock_kernel).read_bytes()
 
 
 def _libvirt_or_skip() -> None:
@@ -140,7 +198,11 @@ def test_repro_minidump_passes(mock_kernel, tmp_path, version):
         log = vm.msgbuf()
         threads = vm.threads()
     assert "MockFreeBSDKernel" in log and "Dumping " in log and "mountroot: waiting for device" in log
-    assert [(t.tid, t.pid, t.crashed) for t in threads] == [(100002, 10, True), (100000, 0, False)]
+    # the thread the NMI stopped (pid 11 "idle: cpu0", = dumptid) first, then allproc's other threads
+    first = threads[0]
+    assert (first.tid, first.pid, first.td_name, first.crashed) == (100003, 11, "idle: cpu0", True)
+    assert {(t.tid, t.pid, t.td_name) for t in threads} >= {(100000, 0, "swapper"), (100045, 16, "vnlru")}
+    assert len(threads) == 23 and not any(t.crashed for t in threads[1:])
     assert threads[0].registers["rip"] == int(
         next(c["actual"] for c in report["crosschecks"] if c["what"] == "register rip"), 16
     ), "dumppcb holds the interrupted context"

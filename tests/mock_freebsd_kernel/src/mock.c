@@ -5,9 +5,20 @@
  * imitates, from the outside, what the harness talks to: the console protocol (boot banner, the
  * "mountroot: waiting for device" wait, NMI -> ddb prompt, the ddb commands the harness sends) and the
  * crash dump formats (kerneldumpheader v4 leader/trailer on a raw dump disk around an amd64 minidump v2
- * or an ELF full dump), built from its own real 4-level page tables and memory. The dump is written
- * by the guest over a small legacy virtio-blk driver. Formats follow
+ * or an ELF full dump), built from its own real 4-level page tables and memory. Formats follow
  * /work/shared/reference/freebsd-dump-formats.md.
+ *
+ * The dump is written by the guest over a legacy virtio-blk driver that keeps the kinds of state FreeBSD
+ * 12.1's vtblk keeps (/work/shared/freebsd-12.1-amd64/evidence/virtio-blk-dump-state.md), in C structs
+ * with FreeBSD's type and member names so DWARF-based tools find them (the code and the layouts of the
+ * stand-in's own members are its own): a malloc'ed struct vtblk_softc reached from `vtblk_devclass`,
+ * its lock word owned by the thread ddb runs on while dumping, the request embedded in it used for every
+ * dump write (header {1, 1, sector}, status 0xff until the device answers, vbr_bp into the dump's stack),
+ * the softc's struct sglist, a struct virtqueue outside the direct map whose counters move and return,
+ * one indirect descriptor table per ring entry, writes of up to 64 KiB polled to completion one at a time
+ * (mock.vtblk_inflight=N: N at once), a closing flush; normal reads at attach leave "before" state.
+ * Its ddb answers `ps` and `show threads` in 12.1's format for a process list like a 1-CPU 12.1 kernel
+ * waiting in mountroot.
  */
 typedef unsigned char u8;
 typedef unsigned short u16;
@@ -28,19 +39,28 @@ typedef long i64;
 #define NBPDR (2UL << 20)
 #define NBPDP (1UL << 30)
 
-/* kernel "heap": physical 0x400000.., mapped at KERNBASE+0x400000 through one 4 KiB page table */
+/* kernel "heap": physical 0x400000.., mapped at KERNBASE+0x400000 through one 4 KiB page table, except the
+ * malloc arena, which (like UMA's small allocations on amd64) is reached only through the direct map */
 #define KHEAP_OFF 0x400000UL
 #define KHEAP_VA (KERNBASE + KHEAP_OFF)
-#define KH_STACK 0      /* pages 0-3: the idle/ddb stack */
+#define KH_STACK 0      /* pages 0-3: the idle/ddb stack (thread "idle: cpu0") */
 #define KH_GUARD 4      /* page 4: not mapped (stack guard) */
-#define KH_VRING 5      /* pages 5-7: virtqueue */
+#define KH_VRING 5      /* pages 5-7: vtblk0's ring (descriptors, avail, used: one page each) */
 #define KH_MSGBUF 8     /* pages 8-23: message buffer */
 #define KH_MSGBUF_PAGES 16
 #define KH_PATTERN 24   /* a page of known content (the perturbation test corrupts it in the dump) */
 #define KH_BOUNCE 25    /* bounce page for the corrupted copy */
-#define KH_SOFTC 26     /* the virtio-blk driver's state (FreeBSD mallocs a driver's softc: heap, not .bss) */
-#define KH_PAGES 27
+#define KH_VQ 26        /* pages 26-28: vtblk0's struct virtqueue (a kernel VA outside the direct map) */
+#define KH_VRING_MORE 29 /* pages 29-37: rings of vtblk1-3 */
+#define KH_VQ_MORE 38   /* pages 38-46: virtqueues of vtblk1-3 */
+#define KH_KSTACKS 47   /* pages 47-70: one-page kernel stacks of the sleeping kernel threads */
+#define KH_KSTACK_PAGES 24
+#define KH_ARENA 71     /* pages 71-262: the malloc arena (direct map only, not in the heap page table) */
+#define KH_ARENA_PAGES 192
+#define KH_PAGES (KH_ARENA + KH_ARENA_PAGES)
 #define MAXPFN (1UL << 18) /* the direct map covers 1 GiB */
+#define VTBLK_MAX 4
+#define RING_PAGES 3
 
 static inline void outb(u16 p, u8 v) { __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(p)); }
 static inline void outw(u16 p, u16 v) { __asm__ volatile("outw %0, %1" : : "a"(v), "Nd"(p)); }
@@ -82,7 +102,7 @@ u64 KPML4phys;
 struct msgbuf msgbuf0;
 struct msgbuf *msgbufp;
 struct pcb dumppcb;
-int dumptid = 100002; /* the idle thread: it is the one ddb and the dump run on */
+int dumptid; /* set by doadump: the thread the dump runs on (curthread) */
 int pcb_size = sizeof(struct pcb);
 int do_minidump = 1;
 int dumping;
@@ -95,28 +115,63 @@ u64 dump_avail[2 * 16 + 2];
 u64 vm_page_dump[MAXPFN / 64];
 static u64 vm_page_dump_v3[MAXPFN / 64]; /* v3: bit indices compressed through dump_avail */
 u64 vm_page_dump_size;
-/* one process with one thread, walkable the way debuggers walk FreeBSD's allproc (kern_proc.c exports
- * the offsets as const ints, so no DWARF is needed); the layouts are this stand-in's own */
-struct thread { struct thread *tqe_next; struct thread **tqe_prev; int td_tid; char td_name[20]; int td_oncpu;
-	struct pcb *td_pcb; };
-struct proc { struct proc *le_next; struct proc **le_prev; struct thread *tqh_first; struct thread **tqh_last;
-	int p_pid; char p_comm[20]; };
-/* allproc -> idle (pid 10, the thread an NMI/interrupt stops: "idle: cpu0") -> kernel (pid 0, "swapper") */
-static struct pcb swapper_pcb;
-struct thread thread0 = { 0, 0, 100000, "swapper", -1, &swapper_pcb };
-struct proc proc0 = { 0, 0, &thread0, 0, 0, "kernel" };
-struct thread idlethread = { 0, 0, 100002, "idle: cpu0", 0, &dumppcb };
-struct proc idleproc = { &proc0, 0, &idlethread, 0, 10, "idle" };
-struct proc *allproc = &idleproc;
+/* Processes and threads, walkable the way debuggers walk FreeBSD's allproc: struct and member names are
+ * FreeBSD's (so a DWARF-based tool finds them), the layouts are this stand-in's own; the offsets a
+ * debugger needs without DWARF are exported as const ints as kern_proc.c does. */
+#define MAXCOMLEN 19
+#define NOCPU (-1)
+#define P_SYSTEM 0x00200
+#define P_HADTHREADS 0x00080
+#define TDF_SINTR 0x00000008
+#define TDI_SLEEPING 0x0002
+#define TDI_IWAIT 0x0010
+enum td_states { TDS_INACTIVE = 0, TDS_INHIBITED, TDS_CAN_RUN, TDS_RUNQ, TDS_RUNNING };
+struct session { struct proc *s_leader; int s_count; };
+struct thread {
+	struct proc *td_proc;
+	struct { struct thread *tqe_next; struct thread **tqe_prev; } td_plist;
+	int td_flags;
+	int td_inhibitors;
+	int td_tid;
+	enum td_states td_state;
+	const void *td_wchan;
+	const char *td_wmesg;
+	char td_name[MAXCOMLEN + 1];
+	int td_oncpu;
+	struct pcb *td_pcb;
+	u64 td_kstack;
+	int td_kstack_pages;
+};
+struct proc {
+	struct { struct proc *le_next; struct proc **le_prev; } p_list;
+	struct { struct thread *tqh_first; struct thread **tqh_last; } p_threads;
+	int p_flag;
+	int p_numthreads;
+	int p_pid;
+	struct proc *p_pptr;
+	struct session *p_session;
+	char p_comm[MAXCOMLEN + 1];
+};
+/* the per-CPU data of the only CPU (FreeBSD: __pcpu[MAXCPU], curthread = __pcpu[cpu].pc_curthread) */
+struct pcpu { struct thread *pc_curthread; struct thread *pc_idlethread; u32 pc_cpuid; };
+struct pcpu __pcpu[1];
+#define curthread (__pcpu[0].pc_curthread)
+static struct session session0 = { 0, 1 };
+struct thread thread0 = { .td_tid = 100000, .td_state = TDS_INHIBITED, .td_inhibitors = TDI_SLEEPING,
+			  .td_wmesg = "swapin", .td_name = "swapper", .td_oncpu = NOCPU };
+struct proc proc0 = { .p_flag = P_SYSTEM | P_HADTHREADS, .p_pid = 0, .p_session = &session0, .p_comm = "kernel" };
+struct proclist { struct proc *lh_first; } allproc; /* LIST_HEAD, newest process first */
+struct thread *kdb_thread;  /* the thread ddb runs on (set on entry to ddb, as subr_kdb.c's kdb_trap does) */
+struct proc *idleproc;
 const int proc_off_p_pid = __builtin_offsetof(struct proc, p_pid);
 const int proc_off_p_comm = __builtin_offsetof(struct proc, p_comm);
-const int proc_off_p_list = __builtin_offsetof(struct proc, le_next);
-const int proc_off_p_threads = __builtin_offsetof(struct proc, tqh_first);
+const int proc_off_p_list = __builtin_offsetof(struct proc, p_list);
+const int proc_off_p_threads = __builtin_offsetof(struct proc, p_threads);
 const int thread_off_td_tid = __builtin_offsetof(struct thread, td_tid);
 const int thread_off_td_name = __builtin_offsetof(struct thread, td_name);
 const int thread_off_td_oncpu = __builtin_offsetof(struct thread, td_oncpu);
 const int thread_off_td_pcb = __builtin_offsetof(struct thread, td_pcb);
-const int thread_off_td_plist = __builtin_offsetof(struct thread, tqe_next);
+const int thread_off_td_plist = __builtin_offsetof(struct thread, td_plist);
 int mock_minidump_version = 2; /* kenv mock.minidump_version=3: 13.0+ layout (dump_avail section) */
 int mock_corrupt_dump_page; /* kenv mock.corrupt_dump_page=1 (the pattern page) or =0x<PA>: perturbation tests */
 u64 mock_corrupt_pa;
@@ -226,6 +281,12 @@ static void kprintf(const char *f, ...)
 	__builtin_va_end(ap);
 }
 
+static void mock_fatal(const char *why)
+{
+	kprintf("panic: mock kernel: %s\n", why);
+	for (;;) __asm__ volatile("cli; hlt");
+}
+
 /* ------------------------------------------------------------------ kernel environment (GRUB metadata) */
 #define MODINFO_END 0x0000
 #define MODINFO_METADATA 0x8000
@@ -285,7 +346,7 @@ static void build_page_tables(void)
 	pd_kern[0] = 0x000000 | PG_V | PG_RW | PG_PS;   /* KERNBASE -> physical 0, as FreeBSD */
 	pd_kern[1] = 0x200000 | PG_V | PG_RW | PG_PS;   /* the kernel image */
 	pd_kern[2] = kva_to_pa(pt_kheap) | PG_V | PG_RW; /* 4 KiB pages: stack, virtqueue, msgbuf ... */
-	for (int i = 0; i < KH_PAGES; i++)
+	for (int i = 0; i < KH_ARENA; i++) /* the arena is reached through the direct map only */
 		if (i != KH_GUARD) pt_kheap[i] = (KHEAP_OFF + (u64)i * PAGE) | PG_V | PG_RW;
 	pml4[(DMAP_BASE >> 39) & 511] = kva_to_pa(pdpt_dmap) | PG_V | PG_RW;
 	pdpt_dmap[0] = kva_to_pa(pd_dmap) | PG_V | PG_RW;
@@ -293,6 +354,41 @@ static void build_page_tables(void)
 		pd_dmap[i] = (i * NBPDR) | PG_V | PG_RW | PG_PS;
 	KPML4phys = kva_to_pa(pml4);
 	__asm__ volatile("mov %0, %%cr3" : : "r"(KPML4phys) : "memory");
+}
+
+/* ------------------------------------------------------------------ malloc: UMA-like buckets in direct-map pages
+ * A FreeBSD driver's softc, sglist, requests and indirect descriptor tables come from malloc(9): small
+ * allocations share pages of one bucket size and are reached only through direct-map pointers. */
+static int arena_used;
+static struct { u8 *page; u32 used; } arena_buckets[8]; /* 16, 32, ..., 2048 bytes */
+static void mock_fatal(const char *why);
+static u8 *arena_pages(int n)
+{
+	if (arena_used + n > KH_ARENA_PAGES) mock_fatal("malloc arena exhausted");
+	u8 *p = pa_to_dmap(KHEAP_OFF + (u64)(KH_ARENA + arena_used) * PAGE);
+	arena_used += n;
+	memset(p, 0, (u64)n * PAGE);
+	return p;
+}
+static void *malloc_(u64 size)
+{
+	if (size > 2048) return arena_pages((int)((size + PAGE - 1) / PAGE));
+	int b = 0;
+	while ((16UL << b) < size) b++;
+	u32 bs = 16U << b;
+	if (!arena_buckets[b].page || arena_buckets[b].used + bs > PAGE) {
+		arena_buckets[b].page = arena_pages(1);
+		arena_buckets[b].used = 0;
+	}
+	void *p = arena_buckets[b].page + arena_buckets[b].used;
+	arena_buckets[b].used += bs;
+	return p;
+}
+/* physical address of a direct-map, kernel-image or kernel-heap address (pmap_kextract) */
+static u64 vtophys(const void *va)
+{
+	u64 v = (u64)va;
+	return v >= DMAP_BASE && v < DMAP_END ? v - DMAP_BASE : v - KERNBASE;
 }
 
 /* ------------------------------------------------------------------ PCI + legacy virtio-blk */
@@ -307,100 +403,511 @@ static void pci_write(int bus, int dev, int fn, int off, u32 v)
 	outl(0xcfc, v);
 }
 
-struct vq_desc { u64 addr; u32 len; u16 flags, next; };
-struct vblk_req { u32 type, ioprio; u64 sector; };
-/* The driver's per-disk state, request header and status byte live in a heap page (KH_SOFTC), as a
- * FreeBSD driver's softc does (malloc'ed, reached only through the direct map or kernel heap VA): they
- * change while the dump is written, and the verifier may only excuse that in memory no symbol names. */
-struct vtblk_softc {
-	struct { u16 iobase; u16 qsize; u64 sectors; int ok; u16 last_used; int slot; } vblk[4];
-	struct vblk_req vreq;
-	volatile u8 vstatus;
+/* newbus: devclasses and devices. Member names are FreeBSD's (subr_bus.c), so a tool can go from the
+ * symbol `vtblk_devclass` to the softc with DWARF; struct device has the stand-in's own member order, so
+ * its offsets differ from any FreeBSD release's (a tool must read them from DWARF). */
+typedef struct device *device_t;
+typedef struct devclass *devclass_t;
+struct devclass {
+	struct { struct devclass *tqe_next; struct devclass **tqe_prev; } link;
+	devclass_t parent;
+	struct { void *tqh_first; void **tqh_last; } drivers;
+	char *name;
+	device_t *devices;
+	int maxunit;
+	int flags;
+	struct { void *tqh_first; void **tqh_last; } sysctl_ctx;
+	void *sysctl_tree;
 };
-#define vtsc ((struct vtblk_softc *)kheap_page(KH_SOFTC))
-#define vblk (vtsc->vblk)
-#define vreq (vtsc->vreq)
-#define vstatus (vtsc->vstatus)
-static int nvblk;
+struct device {
+	struct { struct device *tqe_next; struct device **tqe_prev; } link;
+	u64 mock_pad[2];          /* the stand-in's own: keeps the offsets below unlike FreeBSD's */
+	char *nameunit;
+	char *desc;
+	device_t parent;
+	void *softc;
+	devclass_t devclass;
+	int unit;
+	int flags;
+	char *name;
+	void *ivars;
+};
+struct devclass_list { struct devclass *tqh_first; struct devclass **tqh_last; } devclasses;
+static devclass_t vtblk_devclass __attribute__((used));
+static devclass_t virtio_pci_devclass __attribute__((used));
 
-static void vblk_probe(void)
+static devclass_t devclass_create(const char *name)
 {
-	for (int dev = 0; dev < 32 && nvblk < 4; dev++) {
+	struct devclass *dc = malloc_(sizeof(*dc) + 16);
+	dc->name = (char *)(dc + 1);
+	memcpy(dc->name, name, slen(name) + 1);
+	dc->drivers.tqh_last = &dc->drivers.tqh_first;
+	dc->sysctl_ctx.tqh_last = &dc->sysctl_ctx.tqh_first;
+	dc->devices = malloc_(VTBLK_MAX * sizeof(device_t));
+	if (!devclasses.tqh_last) devclasses.tqh_last = &devclasses.tqh_first;
+	dc->link.tqe_prev = devclasses.tqh_last;
+	*devclasses.tqh_last = dc;
+	devclasses.tqh_last = &dc->link.tqe_next;
+	return dc;
+}
+static device_t device_add(devclass_t dc, device_t parent, const char *desc)
+{
+	struct device *d = malloc_(sizeof(*d) + 32);
+	char *nu = (char *)(d + 1);
+	unsigned long n = slen(dc->name);
+	memcpy(nu, dc->name, n);
+	nu[n] = (char)('0' + dc->maxunit);
+	d->name = dc->name;
+	d->nameunit = nu;
+	d->desc = (char *)desc;
+	d->parent = parent;
+	d->devclass = dc;
+	d->unit = dc->maxunit;
+	dc->devices[dc->maxunit++] = d;
+	return d;
+}
+
+/* virtio rings and the driver's virtqueue (FreeBSD's virtio_ring.h / virtqueue.c member names) */
+typedef unsigned char uint8_t;
+typedef unsigned short uint16_t;
+typedef unsigned int uint32_t;
+typedef unsigned long uint64_t;
+typedef unsigned long uintptr_t;
+typedef unsigned long size_t;
+typedef unsigned long vm_paddr_t;
+typedef unsigned int u_int;
+typedef unsigned short u_short;
+#define VRING_DESC_F_NEXT 1
+#define VRING_DESC_F_WRITE 2
+#define VRING_DESC_F_INDIRECT 4
+#define VQ_RING_DESC_CHAIN_END 32768
+#define VIRTIO_RING_F_INDIRECT_DESC (1U << 28)
+#define VIRTIO_BLK_F_SEG_MAX (1U << 2)
+#define VIRTIO_BLK_F_FLUSH (1U << 9)
+#define VIRTIO_BLK_T_IN 0
+#define VIRTIO_BLK_T_OUT 1
+#define VIRTIO_BLK_T_FLUSH 4
+struct vring_desc { uint64_t addr; uint32_t len; uint16_t flags; uint16_t next; };
+struct vring_avail { uint16_t flags; uint16_t idx; uint16_t ring[]; };
+struct vring_used_elem { uint32_t id; uint32_t len; };
+struct vring_used { uint16_t flags; uint16_t idx; struct vring_used_elem ring[]; };
+struct vring { unsigned int num; struct vring_desc *desc; struct vring_avail *avail; struct vring_used *used; };
+typedef void virtqueue_intr_t(void *);
+struct vq_desc_extra { void *cookie; struct vring_desc *indirect; vm_paddr_t indirect_paddr; uint16_t ndescs; };
+struct virtqueue {
+	device_t vq_dev;
+	char vq_name[32];
+	uint16_t vq_queue_index;
+	uint16_t vq_nentries;
+	uint32_t vq_flags;
+	int vq_alignment;
+	int vq_ring_size;
+	void *vq_ring_mem;
+	int vq_max_indirect_size;
+	int vq_indirect_mem_size;
+	virtqueue_intr_t *vq_intrhand;
+	void *vq_intrhand_arg;
+	struct vring vq_ring;
+	uint16_t vq_free_cnt;
+	uint16_t vq_queued_cnt;
+	uint16_t vq_desc_head_idx;
+	uint16_t vq_used_cons_idx;
+	struct vq_desc_extra vq_descx[];
+};
+#define VIRTQUEUE_FLAG_INDIRECT 0x0001
+
+/* sglist(9) */
+struct sglist_seg { vm_paddr_t ss_paddr; size_t ss_len; };
+struct sglist { struct sglist_seg *sg_segs; u_int sg_refs; u_short sg_nseg; u_short sg_maxseg; };
+
+/* locks: mtx_lock holds the owning thread, 0 when unowned (12.1's MTX_UNOWNED, as the evidence shows) */
+struct lock_object { const char *lo_name; u_int lo_flags; u_int lo_data; void *lo_witness; };
+struct mtx { struct lock_object lock_object; volatile uintptr_t mtx_lock; };
+static void mtx_lock(struct mtx *m) { m->mtx_lock = (uintptr_t)curthread; }
+static void mtx_unlock(struct mtx *m) { m->mtx_lock = 0; }
+
+/* virtio_blk(4) requests and softc (member names as FreeBSD's virtio_blk.c) */
+struct bio { int bio_cmd; int bio_flags; void *bio_data; long bio_offset; long bio_bcount; long bio_length;
+	     int bio_error; int bio_mock_unit; };
+struct bio_queue { struct bio *tqh_first; struct bio **tqh_last; };
+struct bio_queue_head { struct bio_queue queue; long last_offset; struct bio *insert_point; int total; int batched; };
+struct virtio_blk_outhdr { uint32_t type; uint32_t ioprio; uint64_t sector; };
+struct vtblk_request {
+	struct virtio_blk_outhdr vbr_hdr;
+	struct bio *vbr_bp;
+	uint8_t vbr_ack;
+	struct { struct vtblk_request *tqe_next; struct vtblk_request **tqe_prev; } vbr_link;
+};
+enum vtblk_cache_mode { VTBLK_CACHE_WRITETHROUGH, VTBLK_CACHE_WRITEBACK };
+struct vtblk_softc {
+	device_t vtblk_dev;
+	struct mtx vtblk_mtx;
+	uint64_t vtblk_features;
+	uint32_t vtblk_flags;
+	/* the stand-in's own members (legacy virtio-pci over I/O ports): they also move every later member
+	 * to an offset of its own, so tools must take offsets from DWARF, not from a FreeBSD release */
+	uint16_t vtblk_mock_iobase;
+	int vtblk_mock_pci_slot;
+	uint64_t vtblk_mock_sectors;
+	struct virtqueue *vtblk_vq;
+	struct sglist *vtblk_sglist;
+	void *vtblk_disk;
+	struct bio_queue_head vtblk_bioq;
+	struct { struct vtblk_request *tqh_first; struct vtblk_request **tqh_last; } vtblk_req_free;
+	struct { struct vtblk_request *tqh_first; struct vtblk_request **tqh_last; } vtblk_req_ready;
+	struct vtblk_request *vtblk_req_ordered;
+	int vtblk_max_nsegs;
+	int vtblk_request_count;
+	enum vtblk_cache_mode vtblk_write_cache;
+	struct bio_queue vtblk_dump_queue;
+	struct vtblk_request vtblk_dump_request;
+};
+/* the largest dump write: FreeBSD's vtblk limits a request to its segment count (64 KiB per the evidence) */
+#define VTBLK_MAXIO 65536UL
+#define VTBLK_MAX_INFLIGHT 8
+static int nvblk;
+int mock_vtblk_inflight = 1; /* kenv mock.vtblk_inflight=N: requests submitted together before polling */
+
+static struct vtblk_softc *vtblk_softc_of(int unit)
+{
+	if (!vtblk_devclass || unit < 0 || unit >= vtblk_devclass->maxunit) return 0;
+	return vtblk_devclass->devices[unit]->softc;
+}
+
+static int sglist_append_phys(struct sglist *sg, vm_paddr_t pa, size_t len)
+{
+	if (sg->sg_nseg >= sg->sg_maxseg) return 27; /* EFBIG */
+	sg->sg_segs[sg->sg_nseg].ss_paddr = pa;
+	sg->sg_segs[sg->sg_nseg].ss_len = len;
+	sg->sg_nseg++;
+	return 0;
+}
+
+static void vtblk_vq_intr(void *xsc);
+
+/* The driver's virtqueue: the struct at a kernel VA outside the direct map (the evidence's 0xfffffe...),
+ * the ring in pages of its own, one indirect descriptor table per ring entry from malloc. */
+static struct virtqueue *virtqueue_alloc(struct vtblk_softc *sc, int unit, uint16_t num, int max_indirect)
+{
+	struct virtqueue *vq = (struct virtqueue *)kheap_page(unit ? KH_VQ_MORE + RING_PAGES * (unit - 1) : KH_VQ);
+	u8 *ring = kheap_page(unit ? KH_VRING_MORE + RING_PAGES * (unit - 1) : KH_VRING);
+	memset(vq, 0, RING_PAGES * PAGE);
+	memset(ring, 0, RING_PAGES * PAGE);
+	vq->vq_dev = sc->vtblk_dev->parent;
+	memcpy(vq->vq_name, sc->vtblk_dev->nameunit, slen(sc->vtblk_dev->nameunit));
+	memcpy(vq->vq_name + slen(sc->vtblk_dev->nameunit), " request", 9);
+	vq->vq_queue_index = 0;
+	vq->vq_nentries = num;
+	vq->vq_flags = VIRTQUEUE_FLAG_INDIRECT;
+	vq->vq_alignment = PAGE;
+	u64 avail_end = 16UL * num + 4 + 2UL * num + 2;
+	vq->vq_ring_size = (int)(((avail_end + PAGE - 1) & ~(PAGE - 1)) + 4 + 8UL * num + 2);
+	vq->vq_ring_mem = ring;
+	vq->vq_max_indirect_size = max_indirect;
+	vq->vq_indirect_mem_size = max_indirect * (int)sizeof(struct vring_desc);
+	vq->vq_intrhand = vtblk_vq_intr;
+	vq->vq_intrhand_arg = sc;
+	vq->vq_ring.num = num;
+	vq->vq_ring.desc = (struct vring_desc *)ring;
+	vq->vq_ring.avail = (struct vring_avail *)(ring + 16UL * num);
+	vq->vq_ring.used = (struct vring_used *)(ring + ((avail_end + PAGE - 1) & ~(PAGE - 1)));
+	for (int i = 0; i < num; i++) {
+		vq->vq_ring.desc[i].next = (uint16_t)(i + 1 < num ? i + 1 : VQ_RING_DESC_CHAIN_END);
+		struct vring_desc *t = malloc_((u64)vq->vq_indirect_mem_size);
+		vq->vq_descx[i].indirect = t;
+		vq->vq_descx[i].indirect_paddr = vtophys(t);
+	}
+	vq->vq_free_cnt = num;
+	vq->vq_desc_head_idx = 0;
+	return vq;
+}
+
+/* Put one request (its segments in `sg`: `readable` device-readable ones, then `writable`) on the ring
+ * through the indirect table of the free head descriptor. */
+static int virtqueue_enqueue(struct virtqueue *vq, void *cookie, struct sglist *sg, int readable, int writable)
+{
+	int needed = readable + writable;
+	if (vq->vq_free_cnt == 0 || needed > vq->vq_max_indirect_size) return 28; /* ENOSPC */
+	uint16_t head = vq->vq_desc_head_idx;
+	struct vq_desc_extra *dxp = &vq->vq_descx[head];
+	dxp->cookie = cookie;
+	dxp->ndescs = 1;
+	struct vring_desc *t = dxp->indirect;
+	for (int i = 0; i < needed; i++) {
+		t[i].addr = sg->sg_segs[i].ss_paddr;
+		t[i].len = (uint32_t)sg->sg_segs[i].ss_len;
+		t[i].flags = (uint16_t)((i + 1 < needed ? VRING_DESC_F_NEXT : 0) | (i >= readable ? VRING_DESC_F_WRITE : 0));
+		t[i].next = (uint16_t)(i + 1);
+	}
+	struct vring_desc *dp = &vq->vq_ring.desc[head];
+	dp->addr = dxp->indirect_paddr;
+	dp->len = (uint32_t)(needed * sizeof(struct vring_desc));
+	dp->flags = VRING_DESC_F_INDIRECT;
+	vq->vq_desc_head_idx = dp->next;
+	vq->vq_free_cnt--;
+	struct vring_avail *av = vq->vq_ring.avail;
+	av->ring[av->idx % vq->vq_nentries] = head;
+	mb();
+	*(volatile uint16_t *)&av->idx = (uint16_t)(av->idx + 1);
+	vq->vq_queued_cnt++;
+	return 0;
+}
+
+static void virtqueue_notify(struct vtblk_softc *sc, struct virtqueue *vq)
+{
+	mb();
+	outw(sc->vtblk_mock_iobase + 0x10, vq->vq_queue_index);
+	vq->vq_queued_cnt = 0;
+}
+
+/* The next completed request's cookie (0: none yet); its head descriptor goes back on the free chain. */
+static void *virtqueue_dequeue(struct virtqueue *vq)
+{
+	volatile struct vring_used *u = vq->vq_ring.used;
+	if (vq->vq_used_cons_idx == u->idx) return 0;
+	mb();
+	uint16_t slot = vq->vq_used_cons_idx % vq->vq_nentries;
+	vq->vq_used_cons_idx++;
+	uint32_t id = u->ring[slot].id;
+	if (id >= vq->vq_nentries) mock_fatal("virtio-blk: used ring names a descriptor out of range");
+	struct vq_desc_extra *dxp = &vq->vq_descx[id];
+	void *cookie = dxp->cookie;
+	dxp->cookie = 0;
+	vq->vq_free_cnt = (uint16_t)(vq->vq_free_cnt + dxp->ndescs);
+	dxp->ndescs--;
+	vq->vq_ring.desc[id].next = vq->vq_desc_head_idx;
+	vq->vq_desc_head_idx = (uint16_t)id;
+	return cookie;
+}
+
+static struct vtblk_request *vtblk_request_dequeue(struct vtblk_softc *sc)
+{
+	struct vtblk_request *r = sc->vtblk_req_free.tqh_first;
+	if (!r) return 0;
+	sc->vtblk_req_free.tqh_first = r->vbr_link.tqe_next;
+	if (r->vbr_link.tqe_next) r->vbr_link.tqe_next->vbr_link.tqe_prev = &sc->vtblk_req_free.tqh_first;
+	else sc->vtblk_req_free.tqh_last = &sc->vtblk_req_free.tqh_first;
+	r->vbr_link.tqe_next = 0;
+	r->vbr_link.tqe_prev = 0;
+	return r;
+}
+static void vtblk_request_enqueue(struct vtblk_softc *sc, struct vtblk_request *r)
+{
+	r->vbr_link.tqe_next = sc->vtblk_req_free.tqh_first;
+	if (r->vbr_link.tqe_next) r->vbr_link.tqe_next->vbr_link.tqe_prev = &r->vbr_link.tqe_next;
+	else sc->vtblk_req_free.tqh_last = &r->vbr_link.tqe_next;
+	sc->vtblk_req_free.tqh_first = r;
+	r->vbr_link.tqe_prev = &sc->vtblk_req_free.tqh_first;
+}
+
+/* Build the request's sglist (header, data, status byte) and put it on the queue; the status is set to
+ * 0xff first, so a completed request is one whose status the device overwrote. */
+static int vtblk_request_execute(struct vtblk_softc *sc, struct vtblk_request *req, u64 data_pa, u64 len)
+{
+	struct sglist *sg = sc->vtblk_sglist;
+	int writing = req->vbr_hdr.type != VIRTIO_BLK_T_IN;
+	sg->sg_nseg = 0;
+	int err = sglist_append_phys(sg, vtophys(&req->vbr_hdr), sizeof(struct virtio_blk_outhdr));
+	if (!err && len) err = sglist_append_phys(sg, data_pa, len);
+	if (err) return err;
+	int readable = writing ? sg->sg_nseg : 1;
+	req->vbr_ack = 0xff;
+	err = sglist_append_phys(sg, vtophys(&req->vbr_ack), 1);
+	if (err) return err;
+	return virtqueue_enqueue(sc->vtblk_vq, req, sg, readable, sg->sg_nseg - readable);
+}
+
+/* Poll the used ring until `n` requests have completed; EIO if one failed or the device never answers. */
+static int vtblk_poll(struct vtblk_softc *sc, int n)
+{
+	int err = 0;
+	for (u64 spin = 0; n > 0; spin++) {
+		struct vtblk_request *r = virtqueue_dequeue(sc->vtblk_vq);
+		if (r) {
+			n--;
+			if (*(volatile uint8_t *)&r->vbr_ack != 0) err = 5;
+			continue;
+		}
+		__asm__ volatile("pause");
+		if (spin > (1UL << 34)) return 5;
+	}
+	return err;
+}
+
+/* the interrupt handler the virtqueue names (vq_intrhand); the stand-in polls instead of taking the
+ * interrupt, and calls it for the requests of normal (non-dump) I/O */
+static int vtblk_vq_intr_pending;
+static void vtblk_vq_intr(void *xsc)
+{
+	struct vtblk_softc *sc = xsc;
+	mtx_lock(&sc->vtblk_mtx);
+	for (struct vtblk_request *r; (r = virtqueue_dequeue(sc->vtblk_vq)) != 0;) {
+		vtblk_vq_intr_pending--;
+		if (r != &sc->vtblk_dump_request) vtblk_request_enqueue(sc, r);
+	}
+	mtx_unlock(&sc->vtblk_mtx);
+}
+
+/* normal I/O at attach (GEOM tasting the new disk): reads of the label sectors through requests from
+ * vtblk_req_free, `mock_vtblk_inflight` at a time; leaves the before-dump state a real boot leaves */
+static void vtblk_taste(struct vtblk_softc *sc)
+{
+	static const u64 probe[] = { 0, 1, 2, 8, 16, 64, 128 };
+	u64 last = sc->vtblk_mock_sectors - 1;
+	u64 sectors[10];
+	int ns = 0;
+	for (unsigned i = 0; i < sizeof(probe) / sizeof(probe[0]); i++)
+		if (probe[i] < last) sectors[ns++] = probe[i];
+	sectors[ns++] = last - 1;
+	sectors[ns++] = last;
+	u8 *buf = malloc_(VTBLK_MAX_INFLIGHT * 512UL);
+	struct bio *bios = malloc_(VTBLK_MAX_INFLIGHT * sizeof(struct bio));
+	for (int i = 0; i < ns;) {
+		int batch = 0;
+		mtx_lock(&sc->vtblk_mtx);
+		for (; batch < mock_vtblk_inflight && i < ns; batch++, i++) {
+			struct vtblk_request *r = vtblk_request_dequeue(sc);
+			struct bio *bp = &bios[batch];
+			bp->bio_cmd = 1; /* BIO_READ */
+			bp->bio_data = buf + 512UL * batch;
+			bp->bio_offset = (long)(sectors[i] * 512);
+			bp->bio_bcount = bp->bio_length = 512;
+			r->vbr_bp = bp;
+			r->vbr_hdr.type = VIRTIO_BLK_T_IN;
+			r->vbr_hdr.ioprio = 1;
+			r->vbr_hdr.sector = sectors[i];
+			if (vtblk_request_execute(sc, r, vtophys(bp->bio_data), 512)) mock_fatal("vtblk: cannot queue a read");
+			vtblk_vq_intr_pending++;
+		}
+		virtqueue_notify(sc, sc->vtblk_vq);
+		mtx_unlock(&sc->vtblk_mtx);
+		for (u64 spin = 0; vtblk_vq_intr_pending > 0; spin++) {
+			vtblk_vq_intr(sc);
+			__asm__ volatile("pause");
+			if (spin > (1UL << 34)) mock_fatal("vtblk: the device never completed a read");
+		}
+	}
+}
+
+/* The dumper callback (dumper.dumper): one write of [pa, pa+len) at byte `offset` of the disk, or with
+ * len 0 the closing cache flush, as vtblk's dump routine: under the softc lock (its owner is the thread
+ * ddb runs on), through the request embedded in the softc (vtblk_dump_request), polled to completion.
+ * With mock.vtblk_inflight=N the write goes out as N requests at once (the dump request and N-1 from
+ * vtblk_req_free) before polling: more than one request in flight. */
+static int vtblk_dump(struct vtblk_softc *sc, u64 pa, u64 offset, u64 len)
+{
+	struct bio buf[VTBLK_MAX_INFLIGHT]; /* vbr_bp points here: into the stack the dump runs on */
+	struct vtblk_request *reqs[VTBLK_MAX_INFLIGHT];
+	int n = 1, err = 0;
+	mtx_lock(&sc->vtblk_mtx);
+	if (len) {
+		while (n < mock_vtblk_inflight && len / 512 >= (u64)(n + 1)) n++;
+	}
+	u64 per = len ? ((len / 512 + (u64)n - 1) / (u64)n) * 512 : 0;
+	for (int i = 0; i < n; i++) {
+		struct vtblk_request *r = i == 0 ? &sc->vtblk_dump_request : vtblk_request_dequeue(sc);
+		u64 off = (u64)i * per, part = len - off < per ? len - off : per;
+		if (!r) { n = i; break; }
+		reqs[i] = r;
+		memset(&buf[i], 0, sizeof(buf[i]));
+		buf[i].bio_cmd = len ? 2 : 5; /* BIO_WRITE, BIO_FLUSH */
+		buf[i].bio_offset = (long)(offset + off);
+		buf[i].bio_bcount = buf[i].bio_length = (long)part;
+		r->vbr_bp = &buf[i];
+		r->vbr_hdr.type = len ? VIRTIO_BLK_T_OUT : VIRTIO_BLK_T_FLUSH;
+		r->vbr_hdr.ioprio = 1;
+		r->vbr_hdr.sector = len ? (offset + off) / 512 : 0;
+		err = vtblk_request_execute(sc, r, pa + off, part);
+		if (err) { n = i; break; }
+	}
+	if (n) {
+		virtqueue_notify(sc, sc->vtblk_vq);
+		int perr = vtblk_poll(sc, n);
+		if (!err) err = perr;
+	}
+	for (int i = 1; i < n; i++) vtblk_request_enqueue(sc, reqs[i]);
+	mtx_unlock(&sc->vtblk_mtx);
+	return err;
+}
+
+/* Probe and attach every legacy virtio-blk PCI function: device reset, features (indirect descriptors,
+ * flush), the virtqueue, the requests, then the tasting reads. */
+static void vtblk_attach_all(void)
+{
+	device_t pci_parent = 0;
+	for (int dev = 0; dev < 32 && nvblk < VTBLK_MAX; dev++) {
 		u32 id = pci_read(0, dev, 0, 0);
 		if ((id & 0xffff) != 0x1af4 || (id >> 16) != 0x1001) continue;
 		u32 bar0 = pci_read(0, dev, 0, 0x10);
 		if (!(bar0 & 1)) continue;
 		pci_write(0, dev, 0, 0x04, pci_read(0, dev, 0, 0x04) | 0x5); /* I/O space + bus master */
 		u16 io = (u16)(bar0 & ~3U);
-		vblk[nvblk].iobase = io;
-		vblk[nvblk].slot = dev;
-		vblk[nvblk].sectors = inl(io + 0x14) | ((u64)inl(io + 0x18) << 32);
+		if (!virtio_pci_devclass) virtio_pci_devclass = devclass_create("virtio_pci");
+		if (!vtblk_devclass) vtblk_devclass = devclass_create("vtblk");
+		pci_parent = device_add(virtio_pci_devclass, 0, "VirtIO PCI Block adapter");
+		device_t d = device_add(vtblk_devclass, pci_parent, "VirtIO Block Adapter");
+		struct vtblk_softc *sc = malloc_(sizeof(*sc));
+		d->softc = sc;
+		pci_parent->softc = sc;
+		sc->vtblk_dev = d;
+		sc->vtblk_mtx.lock_object.lo_name = d->nameunit;
+		sc->vtblk_mtx.lock_object.lo_flags = 0x01030000; /* LO_INITIALIZED | class: sleep mutex (stand-in value) */
+		sc->vtblk_mock_iobase = io;
+		sc->vtblk_mock_pci_slot = dev;
+		sc->vtblk_mock_sectors = inl(io + 0x14) | ((u64)inl(io + 0x18) << 32);
+		sc->vtblk_bioq.queue.tqh_last = &sc->vtblk_bioq.queue.tqh_first;
+		sc->vtblk_req_free.tqh_last = &sc->vtblk_req_free.tqh_first;
+		sc->vtblk_req_ready.tqh_last = &sc->vtblk_req_ready.tqh_first;
+		sc->vtblk_dump_queue.tqh_last = &sc->vtblk_dump_queue.tqh_first;
 		nvblk++;
-	}
-}
 
-/* Set up queue 0 of device n (at dump time, like a dumper's init; the ring lives in the kernel heap). */
-static int vblk_start(int n)
-{
-	u16 io = vblk[n].iobase;
-	outb(io + 0x12, 0);           /* reset */
-	outb(io + 0x12, 1);           /* ACKNOWLEDGE */
-	outb(io + 0x12, 1 | 2);       /* DRIVER */
-	(void)inl(io + 0x00);
-	outl(io + 0x04, 0);           /* no features */
-	outw(io + 0x0e, 0);
-	u16 qs = inw(io + 0x0c);
-	if (qs == 0 || qs > 256) return -1;
-	memset(kheap_page(KH_VRING), 0, 3 * PAGE);
-	outl(io + 0x08, (u32)(kva_to_pa(kheap_page(KH_VRING)) >> 12));
-	outb(io + 0x12, 1 | 2 | 4);   /* DRIVER_OK */
-	vblk[n].qsize = qs;
-	vblk[n].last_used = 0;
-	vblk[n].ok = 1;
-	return 0;
-}
-
-static int vblk_write(int n, u64 sector, u64 pa, u32 len)
-{
-	u16 qs = vblk[n].qsize;
-	u8 *ring = kheap_page(KH_VRING);
-	volatile struct vq_desc *d = (struct vq_desc *)ring;
-	volatile u16 *avail = (u16 *)(ring + 16UL * qs);
-	volatile u16 *used = (u16 *)(ring + ((16UL * qs + 6 + 2UL * qs + PAGE - 1) & ~(PAGE - 1)));
-	vreq.type = 1; /* VIRTIO_BLK_T_OUT */
-	vreq.ioprio = 0;
-	vreq.sector = sector;
-	vstatus = 0xff;
-	d[0].addr = kva_to_pa(&vreq); d[0].len = sizeof(vreq); d[0].flags = 1; d[0].next = 1;
-	d[1].addr = pa; d[1].len = len; d[1].flags = 1; d[1].next = 2;
-	d[2].addr = kva_to_pa((void *)&vstatus); d[2].len = 1; d[2].flags = 2; d[2].next = 0;
-	avail[0] = 1; /* VRING_AVAIL_F_NO_INTERRUPT: we poll */
-	avail[2 + avail[1] % qs] = 0;
-	mb();
-	avail[1] = avail[1] + 1;
-	mb();
-	outw(vblk[n].iobase + 0x10, 0);
-	for (u64 spin = 0; used[1] == vblk[n].last_used; spin++) {
-		__asm__ volatile("pause");
-		if (spin > (1UL << 34)) return 5;
+		outb(io + 0x12, 0);           /* reset */
+		outb(io + 0x12, 1);           /* ACKNOWLEDGE */
+		outb(io + 0x12, 1 | 2);       /* DRIVER */
+		u32 host = inl(io + 0x00);
+		u32 want = host & (VIRTIO_RING_F_INDIRECT_DESC | VIRTIO_BLK_F_FLUSH | VIRTIO_BLK_F_SEG_MAX);
+		outl(io + 0x04, want);
+		sc->vtblk_features = want;
+		u32 seg_max = want & VIRTIO_BLK_F_SEG_MAX ? inl(io + 0x14 + 12) : 1;
+		u32 nsegs = VTBLK_MAXIO / PAGE + 1;
+		if (seg_max && seg_max < nsegs) nsegs = seg_max;
+		sc->vtblk_max_nsegs = (int)nsegs + 2; /* + header and status */
+		sc->vtblk_write_cache = want & VIRTIO_BLK_F_FLUSH ? VTBLK_CACHE_WRITEBACK : VTBLK_CACHE_WRITETHROUGH;
+		struct sglist *sg = malloc_(sizeof(struct sglist) + (u64)sc->vtblk_max_nsegs * sizeof(struct sglist_seg));
+		sg->sg_segs = (struct sglist_seg *)(sg + 1);
+		sg->sg_refs = 1;
+		sg->sg_maxseg = (u_short)sc->vtblk_max_nsegs;
+		sc->vtblk_sglist = sg;
+		outw(io + 0x0e, 0);
+		u16 qs = inw(io + 0x0c);
+		if (!(want & VIRTIO_RING_F_INDIRECT_DESC) || qs == 0 || qs > 256 || (qs & (qs - 1))) {
+			kprintf("vtblk%d: no usable queue (size %d, features %#x); not attached\n", d->unit, qs, host);
+			outb(io + 0x12, 0x80); /* FAILED */
+			continue;
+		}
+		sc->vtblk_vq = virtqueue_alloc(sc, d->unit, qs, sc->vtblk_max_nsegs);
+		outl(io + 0x08, (u32)(vtophys(sc->vtblk_vq->vq_ring_mem) >> 12));
+		outb(io + 0x12, 1 | 2 | 4);   /* DRIVER_OK */
+		for (int i = 0; i < qs; i++) {
+			struct vtblk_request *r = malloc_(sizeof(struct vtblk_request));
+			vtblk_request_enqueue(sc, r);
+			sc->vtblk_request_count++;
+		}
+		vtblk_taste(sc);
 	}
-	vblk[n].last_used++;
-	mb();
-	return vstatus == 0 ? 0 : 5; /* EIO */
 }
 
 /* ------------------------------------------------------------------ dump writing (kern_shutdown.c shape) */
 /* the dump in progress (FreeBSD: `dumper`'s dumpoff, minidump_machdep.c's progress statics); named dump_*
  * like FreeBSD's dump state so the verifier knows the dump code writes it */
-static struct { int dev; u64 mediasize, dumpoff, extent, written, total; int last_pct; int full; u64 chunk_left; } dump_state;
-static int dump_dev = -1;
+static struct { struct vtblk_softc *dev; u64 mediasize, dumpoff, extent, written, total; int last_pct; int full; u64 chunk_left; } dump_state;
 static char dumpdev_name[64];
 
 static int dump_append_pa(u64 pa, u64 len)
 {
 	while (len) {
-		u64 n = len > 262144 ? 262144 : len;
-		int err = vblk_write(dump_state.dev, dump_state.dumpoff / 512, pa, (u32)n);
+		u64 n = len > dumper.maxiosize ? dumper.maxiosize : len;
+		int err = vtblk_dump(dump_state.dev, pa, dump_state.dumpoff, n);
 		if (err) return err;
 		dump_state.dumpoff += n; dump_state.written += n; pa += n; len -= n;
 		if (!dump_state.full) {
@@ -453,16 +960,17 @@ static u64 be64(u64 v) { return __builtin_bswap64(v); }
 
 static int dump_start(u64 length)
 {
-	if (dump_dev < 0 || !vblk[dump_dev].iobase) {
+	struct vtblk_softc *sc = dumper.priv;
+	if (!sc) {
 		kprintf("Cannot dump: no dump device specified.\n");
 		return -1;
 	}
-	if (!vblk[dump_dev].ok && vblk_start(dump_dev)) {
+	if (!sc->vtblk_vq) {
 		kprintf("\n** DUMP FAILED (ERROR 6) **\n");
 		return -1;
 	}
-	dump_state.dev = dump_dev;
-	dump_state.mediasize = vblk[dump_dev].sectors * 512;
+	dump_state.dev = sc;
+	dump_state.mediasize = sc->vtblk_mock_sectors * 512;
 	dump_state.extent = length;
 	dump_state.total = length;
 	dump_state.written = 0;
@@ -495,8 +1003,10 @@ static int dump_finish(u64 length)
 	u32 parity = 0;
 	for (int i = 0; i < 128; i++) parity ^= ((u32 *)h)[i];
 	h->parity = parity ^ (mock_bad_parity ? 1U : 0U);
-	int err = vblk_write(dump_state.dev, (dump_state.mediasize - 2 * 512 - dump_state.extent) / 512, kva_to_pa(fakepd), 512);
-	if (!err) err = vblk_write(dump_state.dev, (dump_state.mediasize - 512) / 512, kva_to_pa(fakepd), 512);
+	int err = vtblk_dump(dump_state.dev, kva_to_pa(fakepd), dump_state.mediasize - 2 * 512 - dump_state.extent, 512);
+	if (!err) err = vtblk_dump(dump_state.dev, kva_to_pa(fakepd), dump_state.mediasize - 512, 512);
+	/* tell the driver the dump is done: vtblk flushes the disk's write cache (a request without data) */
+	if (!err) err = vtblk_dump(dump_state.dev, 0, 0, 0);
 	return err;
 }
 
@@ -540,6 +1050,8 @@ static int minidumpsys(void)
 	/* pmap-internal pages are always in the dump set (dump_add_page at allocation in FreeBSD) */
 	u64 *tables[] = { pml4, pdpt_kern, pd_kern, pt_kheap, pdpt_dmap, pd_dmap };
 	for (unsigned i = 0; i < sizeof(tables) / sizeof(tables[0]); i++) dump_add_page(kva_to_pa(tables[i]));
+	/* malloc'ed pages (direct map only) are in it too: UMA's small allocations call dump_add_page */
+	for (int i = 0; i < arena_used; i++) dump_add_page(KHEAP_OFF + (u64)(KH_ARENA + i) * PAGE);
 
 	if (mock_drop_pa) vm_page_dump[mock_drop_pa / PAGE / 64] &= ~(1UL << (mock_drop_pa / PAGE % 64));
 	u64 npages = 0;
@@ -651,12 +1163,184 @@ static int fulldumpsys(void)
 static void doadump(struct trapframe *tf)
 {
 	dumping++;
+	dumptid = curthread->td_tid;
 	dumppcb.pcb_r15 = tf->tf_r15; dumppcb.pcb_r14 = tf->tf_r14; dumppcb.pcb_r13 = tf->tf_r13;
 	dumppcb.pcb_r12 = tf->tf_r12; dumppcb.pcb_rbp = tf->tf_rbp; dumppcb.pcb_rsp = tf->tf_rsp;
 	dumppcb.pcb_rbx = tf->tf_rbx; dumppcb.pcb_rip = tf->tf_rip;
 	int err = do_minidump ? minidumpsys() : fulldumpsys();
 	if (!err) kprintf("\nDump complete\n");
 	dumping--;
+}
+
+/* ------------------------------------------------------------------ the kernel's processes (boot-time table)
+ * What a FreeBSD 12.1 kernel waiting in mountroot shows with one CPU (modelled on the real `ps` in
+ * /work/shared/freebsd-12.1-amd64/evidence/ddb-ps-12.1.txt, a subset): the swapper and taskqueue threads
+ * of proc0, the idle thread the NMI interrupts (pid 11, "idle: cpu0", tid 100003: ddb and the dump run
+ * on it), interrupt threads waiting for interrupts, and kernel daemons asleep. */
+extern void sched_switch(void);
+extern void fork_trampoline(void);
+static u64 mock_wchans[16]; /* objects the sleeping threads wait on */
+struct mock_td_spec { int tid; const char *name; const char *wmesg; int wchan; int iwait; };
+struct mock_proc_spec { int pid; const char *comm; int flags; int nthreads; struct mock_td_spec td[5]; };
+static const struct mock_proc_spec mock_procs[] = {
+	{ 16, "vnlru", P_SYSTEM, 1, { { 100045, "vnlru", "vlruwt", 1, 0 } } },
+	{ 15, "syncer", P_SYSTEM, 1, { { 100044, "syncer", "syncer", 2, 0 } } },
+	{ 9, "bufdaemon", P_SYSTEM | P_HADTHREADS, 2,
+	  { { 100043, "bufdaemon", "qsleep", 3, 0 }, { 100048, "bufspacedaemon-0", 0, 4, 0 } } },
+	{ 8, "vmdaemon", P_SYSTEM, 1, { { 100042, "vmdaemon", "psleep", 5, 0 } } },
+	{ 7, "pagedaemon", P_SYSTEM | P_HADTHREADS, 3,
+	  { { 100041, "dom0", "psleep", 6, 0 }, { 100046, "laundry: dom0", "launds", 7, 0 }, { 100047, "uma", "umarcl", 8, 0 } } },
+	{ 6, "rand_harvestq", P_SYSTEM, 1, { { 100034, "rand_harvestq", 0, 9, 0 } } },
+	{ 13, "geom", P_SYSTEM | P_HADTHREADS, 3,
+	  { { 100018, "g_event", 0, 10, 0 }, { 100019, "g_up", 0, 11, 0 }, { 100020, "g_down", 0, 12, 0 } } },
+	{ 12, "intr", P_SYSTEM | P_HADTHREADS, 4,
+	  { { 100006, "swi6: task queue", 0, 0, 1 }, { 100016, "swi4: clock (0)", 0, 0, 1 },
+	    { 100028, "irq256: virtio_pci0", 0, 0, 1 }, { 100030, "swi0: uart", 0, 0, 1 } } },
+	{ 11, "idle", P_SYSTEM, 1, { { 100003, "idle: cpu0", 0, 0, 0 } } },
+	{ 1, "kernel", P_SYSTEM, 1, { { 100002, "kernel", "rmdev", 13, 0 } } },
+	{ 10, "audit", P_SYSTEM, 1, { { 100001, "audit", "audit_worker_cv", 14, 0 } } },
+	{ 0, "kernel", P_SYSTEM | P_HADTHREADS, 4,
+	  { { 100000, "swapper", "swapin", 15, 0 }, { 100004, "kqueue_ctx taskq", 0, 0, 0 },
+	    { 100008, "thread taskq", 0, 0, 0 }, { 100010, "config_0", 0, 0, 0 } } },
+};
+
+static void proc_add_thread(struct proc *p, struct thread *td)
+{
+	td->td_proc = p;
+	td->td_plist.tqe_next = 0;
+	td->td_plist.tqe_prev = p->p_threads.tqh_last;
+	*p->p_threads.tqh_last = td;
+	p->p_threads.tqh_last = &td->td_plist.tqe_next;
+	p->p_numthreads++;
+}
+
+/* Build allproc (newest first, as fork inserts at the head) from the table; the taskqueue threads of
+ * proc0 sleep on the taskqueues' own (malloc'ed) objects. */
+static void mock_make_procs(void)
+{
+	int kst = 0;
+	struct proc *prev = 0;
+	for (int i = (int)(sizeof(mock_procs) / sizeof(mock_procs[0])) - 1; i >= 0; i--) {
+		const struct mock_proc_spec *s = &mock_procs[i];
+		struct proc *p = s->pid == 0 ? &proc0 : malloc_(sizeof(struct proc));
+		p->p_pid = s->pid;
+		p->p_flag = s->flags;
+		p->p_pptr = &proc0;
+		p->p_session = &session0;
+		memcpy(p->p_comm, s->comm, slen(s->comm) + 1);
+		p->p_threads.tqh_first = 0;
+		p->p_threads.tqh_last = &p->p_threads.tqh_first;
+		for (int t = 0; t < s->nthreads; t++) {
+			const struct mock_td_spec *ts = &s->td[t];
+			struct thread *td = ts->tid == 100000 ? &thread0 : malloc_(sizeof(struct thread));
+			td->td_tid = ts->tid;
+			memcpy(td->td_name, ts->name, slen(ts->name) + 1);
+			td->td_oncpu = NOCPU;
+			if (ts->tid == 100003) { /* the idle thread: running on CPU 0, its stack is the one we run on */
+				td->td_state = TDS_RUNNING;
+				td->td_oncpu = 0;
+				td->td_kstack = (u64)kheap_page(KH_STACK);
+				td->td_kstack_pages = 4;
+				td->td_pcb = (struct pcb *)(td->td_kstack + 4 * PAGE - sizeof(struct pcb));
+				__pcpu[0].pc_idlethread = td;
+				idleproc = p;
+			} else {
+				td->td_state = TDS_INHIBITED;
+				td->td_inhibitors = ts->iwait ? TDI_IWAIT : TDI_SLEEPING;
+				td->td_wmesg = ts->wmesg;
+				td->td_wchan = ts->wchan ? (void *)&mock_wchans[ts->wchan] : ts->iwait ? 0 : (void *)malloc_(64);
+				/* a kernel stack page of its own (thread0's too: the boot stack in .bss is not one,
+				 * and a saved stack pointer there would make its neighbours look like a stack) */
+				if (kst >= KH_KSTACK_PAGES) mock_fatal("too many kernel threads for the kernel stacks");
+				td->td_kstack = (u64)kheap_page(KH_KSTACKS + kst++);
+				td->td_kstack_pages = 1;
+				td->td_pcb = (struct pcb *)(td->td_kstack + PAGE - sizeof(struct pcb));
+				/* the saved context of a thread that switched out (or never ran: fork_trampoline) */
+				td->td_pcb->pcb_rip = ts->iwait ? (u64)fork_trampoline : (u64)sched_switch + 0x1f;
+				td->td_pcb->pcb_rsp = td->td_kstack + (u64)td->td_kstack_pages * PAGE - 0x400;
+				td->td_pcb->pcb_rbp = td->td_pcb->pcb_rsp + 0x30;
+			}
+			proc_add_thread(p, td);
+		}
+		p->p_list.le_next = prev;
+		p->p_list.le_prev = &allproc.lh_first;
+		if (prev) prev->p_list.le_prev = &p->p_list.le_next;
+		prev = p;
+	}
+	allproc.lh_first = prev;
+	session0.s_leader = &proc0;
+	__pcpu[0].pc_curthread = &thread0; /* boot (autoconfiguration) runs on thread0 */
+}
+
+/* ------------------------------------------------------------------ ddb: ps, show threads (12.1 format) */
+static const char *td_state_name(const struct thread *td)
+{
+	if (td->td_state == TDS_RUNNING) return "Run";
+	if (td->td_state == TDS_RUNQ) return "RunQ";
+	if (td->td_state == TDS_CAN_RUN) return "CanRun";
+	if (td->td_state == TDS_INACTIVE) return "Inactv";
+	if (td->td_inhibitors & TDI_IWAIT) return "I";
+	if (td->td_inhibitors & TDI_SLEEPING) return td->td_flags & TDF_SINTR ? "S" : "D";
+	return "?";
+}
+
+/* the columns after the state: wmesg and wchan, "CPU n", or nothing (interrupt thread waiting) */
+static void db_ps_wait(const struct thread *td)
+{
+	if (td->td_state == TDS_RUNNING) printf_("CPU %-22d  ", td->td_oncpu);
+	else if (td->td_wchan) {
+		char wmesg[8] = "-"; /* ddb shows at most 7 characters of the wait message */
+		for (int i = 0; td->td_wmesg && i < 7 && td->td_wmesg[i]; i++) { wmesg[i] = td->td_wmesg[i]; wmesg[i + 1] = 0; }
+		printf_("%-7s %#18lx  ", wmesg, (u64)td->td_wchan);
+	}
+	else printf_("%-26s  ", "");
+}
+
+static void db_ps(void)
+{
+	printf_("  pid  ppid  pgrp   uid  state   wmesg   wchan               cmd\n");
+	for (struct proc *p = allproc.lh_first; p; p = p->p_list.le_next) {
+		char state[4] = { 'D', 0, 0, 0 };
+		int running = 0, all_iwait = 1, sintr = 0;
+		for (struct thread *td = p->p_threads.tqh_first; td; td = td->td_plist.tqe_next) {
+			running |= td->td_state == TDS_RUNNING;
+			all_iwait &= (td->td_inhibitors & TDI_IWAIT) != 0;
+			sintr |= (td->td_flags & TDF_SINTR) != 0;
+		}
+		state[0] = running ? 'R' : all_iwait ? 'W' : sintr ? 'S' : 'D';
+		int n = 1;
+		if (p->p_flag & P_SYSTEM) state[n++] = 'L';
+		if (p->p_session && p->p_session->s_leader == p) state[n++] = 's';
+		int ppid = p->p_pptr && p != &proc0 ? p->p_pptr->p_pid : 0;
+		printf_("%5d %5d %5d %5d  %-6s  ", p->p_pid, ppid, 0, 0, state);
+		if (p->p_flag & P_HADTHREADS) {
+			printf_("%-26s  [%s]\n", "(threaded)", p->p_comm);
+			for (struct thread *td = p->p_threads.tqh_first; td; td = td->td_plist.tqe_next) {
+				printf_("%-6d                   %-6s  ", td->td_tid, td_state_name(td));
+				db_ps_wait(td);
+				printf_("[%s]\n", td->td_name);
+			}
+		} else {
+			struct thread *td = p->p_threads.tqh_first;
+			db_ps_wait(td);
+			printf_("[%s]\n", td->td_name); /* a single-threaded process shows its thread's name */
+		}
+	}
+}
+
+static const char *db_func_name(u64 va, u64 *off);
+static void db_show_threads(struct trapframe *tf)
+{
+	for (struct proc *p = allproc.lh_first; p; p = p->p_list.le_next)
+		for (struct thread *td = p->p_threads.tqh_first; td; td = td->td_plist.tqe_next) {
+			printf_("  %6d (%#lx) (stack %#lx)  ", td->td_tid, (u64)td, td->td_kstack);
+			u64 rip = td == kdb_thread ? tf->tf_rip : td->td_pcb->pcb_rip;
+			u64 frame = td == kdb_thread ? tf->tf_rbp : td->td_pcb->pcb_rbp, off = 0;
+			const char *fn = db_func_name(rip, &off);
+			if (!fn) printf_("%#lx() at %#lx\n", rip, rip);
+			else if (!off) printf_("%s() at %s\n", fn, fn);
+			else printf_("%s() at %s+%#lx/frame %#lx\n", fn, fn, off, frame);
+		}
 }
 
 /* ------------------------------------------------------------------ ddb */
@@ -666,7 +1350,8 @@ static struct dbsym db_symtab[] = {
 	SYM(KPML4phys), SYM(hz), SYM(msgbufp), SYM(msgbuf0), SYM(dumppcb), SYM(dumptid), SYM(do_minidump),
 	SYM(dumping), SYM(dumper), SYM(kdb_frame), SYM(version), SYM(ostype), SYM(osreldate), SYM(panicstr),
 	SYM(time_second), SYM(physmem), SYM(dump_avail), SYM(pcb_size), SYM(mock_corrupt_dump_page), SYM(mock_corrupt_pa), SYM(mock_drop_pa), SYM(mock_bad_parity),
-	SYM(mock_pattern_pa), SYM(vm_page_dump), SYM(allproc), SYM(proc0), SYM(thread0), SYM(idleproc), SYM(idlethread),
+	SYM(mock_pattern_pa), SYM(vm_page_dump), SYM(allproc), SYM(proc0), SYM(thread0), SYM(idleproc), SYM(kdb_thread), SYM(__pcpu), SYM(devclasses),
+	SYM(vtblk_devclass), SYM(mock_vtblk_inflight),
 	SYM(mock_minidump_version),
 };
 struct dbfunc { const char *name; u64 addr; };
@@ -675,15 +1360,26 @@ static void mock_main(void);
 void mock_init(u64 modulep, u64 kernend);
 static struct dbfunc db_functab[] = {
 	{ "btext", (u64)btext }, { "mock_idle", (u64)mock_idle }, { "mock_trap", (u64)mock_trap },
-	{ "mock_main", (u64)mock_main }, { "mock_init", (u64)mock_init },
+	{ "mock_main", (u64)mock_main }, { "mock_init", (u64)mock_init }, { "sched_switch", (u64)sched_switch },
+	{ "fork_trampoline", (u64)fork_trampoline }, { "vtblk_vq_intr", (u64)vtblk_vq_intr },
+	{ "vtblk_dump", (u64)vtblk_dump },
 };
 
-static void db_print_loc(u64 va)
+static const char *db_func_name(u64 va, u64 *off)
 {
 	const char *best = 0; u64 base = 0;
 	for (unsigned i = 0; i < sizeof(db_functab) / sizeof(db_functab[0]); i++)
 		if (db_functab[i].addr <= va && db_functab[i].addr >= base) { best = db_functab[i].name; base = db_functab[i].addr; }
-	if (best && va - base < 0x10000) printf_("%s+%#lx", best, va - base);
+	if (!best || va - base >= 0x10000) return 0;
+	*off = va - base;
+	return best;
+}
+
+static void db_print_loc(u64 va)
+{
+	u64 off = 0;
+	const char *fn = db_func_name(va, &off);
+	if (fn) printf_("%s+%#lx", fn, off);
 	else printf_("%#lx", va);
 }
 
@@ -691,8 +1387,11 @@ static int db_readable(u64 va, u64 size)
 {
 	u64 end = va + size;
 	if (va >= KERNBASE && end <= KERNBASE + 2 * NBPDR) return 1;
-	if (va >= KHEAP_VA && end <= KHEAP_VA + KH_PAGES * PAGE)
-		return !(va < KHEAP_VA + (KH_GUARD + 1) * PAGE && end > KHEAP_VA + KH_GUARD * PAGE);
+	if (va >= KHEAP_VA && end <= KHEAP_VA + KH_PAGES * PAGE) {
+		for (u64 pg = (va - KHEAP_VA) / PAGE; pg <= (end - 1 - KHEAP_VA) / PAGE; pg++)
+			if (!(pt_kheap[pg] & PG_V)) return 0;
+		return 1;
+	}
 	if (va >= DMAP_BASE && end <= DMAP_BASE + ram_top) return 1;
 	return 0;
 }
@@ -878,18 +1577,16 @@ static void db_trap(struct trapframe *tf)
 		} else if (seq(cmd, "dump")) {
 			doadump(tf);
 		} else if (seq(cmd, "bt") || seq(cmd, "trace")) {
-			printf_("Tracing pid %d tid %d td %p\n", idleproc.p_pid, idlethread.td_tid, (u64)&idlethread);
+			printf_("Tracing pid %d tid %d td %p\n", kdb_thread->td_proc->p_pid, kdb_thread->td_tid, (u64)kdb_thread);
+			u64 off = 0;
+			const char *fn = db_func_name(tf->tf_rip, &off);
+			if (fn) printf_("%s() at ", fn); else printf_("%#lx() at ", tf->tf_rip);
 			db_print_loc(tf->tf_rip);
-			printf_("() at ");
-			db_print_loc(tf->tf_rip);
-			printf_("/frame %#lx\n", tf->tf_rsp);
+			printf_("/frame %#lx\n", tf->tf_rbp);
 		} else if (seq(cmd, "ps")) {
-			printf_("  pid  ppid  pgrp   uid  state   wmesg   wchan               cmd\n");
-			printf_("%5d %5d %5d %5d  %-6s  %-26s  [%s]\n", idleproc.p_pid, 0, 0, 0, "RL", "(threaded)", idleproc.p_comm);
-			printf_("%-6d                   %-6s  CPU %-22d  [%s]\n", idlethread.td_tid, "Run", idlethread.td_oncpu,
-				idlethread.td_name);
-			printf_("%5d %5d %5d %5d  %-6s  %-26s  [%s]\n", proc0.p_pid, 0, 0, 0, "DLs", "(threaded)", proc0.p_comm);
-			printf_("%-6d                   %-6s  %-26s  [%s]\n", thread0.td_tid, "D", "-", thread0.td_name);
+			db_ps();
+		} else if (seq(cmd, "show") && seq(args, "threads")) {
+			db_show_threads(tf);
 		} else if (seq(cmd, "c") || seq(cmd, "continue") || seq(cmd, "cont")) {
 			kdb_frame = 0;
 			return;
@@ -948,7 +1645,8 @@ static void mock_panic(struct trapframe *tf, const char *msg)
 static void db_enter(struct trapframe *tf, const char *why)
 {
 	if (why) printf_("KDB: enter: %s\n", why);
-	printf_("[ thread pid %d tid %d ]\n", idleproc.p_pid, idlethread.td_tid);
+	kdb_thread = curthread; /* subr_kdb.c: the debugger runs on the interrupted thread */
+	printf_("[ thread pid %d tid %d ]\n", kdb_thread->td_proc->p_pid, kdb_thread->td_tid);
 	printf_("Stopped at\t");
 	db_print_loc(tf->tf_rip);
 	printf_(":\t.byte\t%#x\n", (u32)*(volatile u8 *)tf->tf_rip);
@@ -1049,7 +1747,8 @@ void mock_init(u64 modulep, u64 kernend)
 	parse_metadata(modulep);
 
 	memset(kheap_page(KH_STACK), 0, 4 * PAGE);
-	memset(kheap_page(KH_VRING), 0, (KH_PAGES - KH_VRING) * PAGE);
+	memset(kheap_page(KH_VRING), 0, (KH_ARENA - KH_VRING) * PAGE);
+	mock_make_procs();
 	u8 *pat = kheap_page(KH_PATTERN);
 	for (u64 i = 0; i < PAGE; i++) pat[i] = (u8)(i * 7 + 0x5a);
 	memcpy(pat, "MockFreeBSDKernel pattern page", 30);
@@ -1113,23 +1812,30 @@ void mock_init(u64 modulep, u64 kernend)
 	if (kb) break_to_debugger = kb[0] != '0';
 	kb = kern_getenv("debug.kdb.alt_break_to_debugger");
 	if (kb) alt_break_to_debugger = kb[0] != '0';
-	vblk_probe();
+	const char *inf = kern_getenv("mock.vtblk_inflight");
+	if (inf && inf[0] >= '1' && inf[0] <= '0' + VTBLK_MAX_INFLIGHT && inf[1] == 0) {
+		mock_vtblk_inflight = inf[0] - '0';
+		kprintf("mock: virtio-blk submits up to %d requests before polling (mock.vtblk_inflight)\n", mock_vtblk_inflight);
+	}
+	vtblk_attach_all();
 	for (int i = 0; i < nvblk; i++) {
+		struct vtblk_softc *sc = vtblk_softc_of(i);
 		kprintf("virtio_pci%d: <VirtIO PCI Block adapter> port %#x at device %d.0 on pci0\n", i,
-			vblk[i].iobase, vblk[i].slot);
+			sc->vtblk_mock_iobase, sc->vtblk_mock_pci_slot);
 		kprintf("vtblk%d: <VirtIO Block Adapter> on virtio_pci%d\n", i, i);
-		kprintf("vtblk%d: %luMB (%lu 512 byte sectors)\n", i, vblk[i].sectors >> 11, vblk[i].sectors);
+		kprintf("vtblk%d: %luMB (%lu 512 byte sectors)\n", i, sc->vtblk_mock_sectors >> 11, sc->vtblk_mock_sectors);
 	}
 	const char *dd = kern_getenv("dumpdev");
 	if (dd) {
 		unsigned long l = slen(dd);
 		memcpy(dumpdev_name, dd, l < 63 ? l : 63);
 		if (sprefix(dd, "/dev/vtbd") && dd[9] >= '0' && dd[9] <= '3' && dd[10] == 0 && dd[9] - '0' < nvblk) {
-			dump_dev = dd[9] - '0';
-			dumper.dumper = (void *)vblk_write;
+			struct vtblk_softc *sc = vtblk_softc_of(dd[9] - '0');
+			dumper.dumper = (void *)vtblk_dump;
+			dumper.priv = sc;
 			dumper.blocksize = 512;
-			dumper.maxiosize = 262144;
-			dumper.mediasize = vblk[dump_dev].sectors * 512;
+			dumper.maxiosize = VTBLK_MAXIO;
+			dumper.mediasize = sc->vtblk_mock_sectors * 512;
 		} else {
 			kprintf("mock: dumpdev %s is not a virtio-blk disk this stand-in can write; no dump device\n", dd);
 		}
@@ -1139,5 +1845,7 @@ void mock_init(u64 modulep, u64 kernend)
 	outb(COM1 + 4, 0x0b);        /* DTR, RTS, OUT2 (gates the IRQ line on PCs) */
 	outb(COM1 + 1, 0x05);        /* received data + line status (BREAK) */
 	outb(0x21, 0xff & ~(1 << 4));
-	switch_stack((u64)kheap_page(KH_STACK) + 4 * PAGE, mock_main);
+	/* autoconfiguration is over: the CPU goes idle on the idle thread's stack (below its pcb) */
+	__pcpu[0].pc_curthread = __pcpu[0].pc_idlethread;
+	switch_stack((u64)kheap_page(KH_STACK) + 4 * PAGE - 512, mock_main);
 }

@@ -52,12 +52,37 @@ switch_stack:
 3:	hlt
 	jmp	3b
 
+/*
+ * Where the saved contexts (td_pcb) of the stand-in's sleeping kernel threads point, so ddb's
+ * `show threads` and a debugger name their top frame as on FreeBSD: sched_switch (a thread that
+ * switched out) and fork_trampoline (a thread that never ran). No thread ever resumes here.
+ */
+	.globl	sched_switch
+	.type	sched_switch, @function
+sched_switch:
+	.rept	16
+	nop
+	.endr
+	ud2
+	.rept	32
+	nop
+	.endr
+	ud2
+	.size	sched_switch, . - sched_switch
+	.globl	fork_trampoline
+	.type	fork_trampoline, @function
+fork_trampoline:
+	ud2
+	.size	fork_trampoline, . - fork_trampoline
+
 /* The idle loop: what an NMI interrupts (like FreeBSD's cpu_idle -> hlt). */
 	.globl	mock_idle
 mock_idle:
-	sti
+	pushq	%rbp		/* a frame, so `show threads`/`bt` print "/frame 0x..." as for acpi_cpu_c1 */
+	movq	%rsp, %rbp
+4:	sti
 	hlt
-	jmp	mock_idle
+	jmp	4b
 
 /*
  * Trap stubs: build a struct trapframe exactly as FreeBSD amd64 lays it out (sys/amd64/include/frame.h):
