@@ -43,7 +43,9 @@ class ConsoleShell:
         self.console = console
         self.token = token or secrets.token_hex(4)
         self.prompt_text = f"__FBHP_{self.token}__# "
-        self.prompt = re.escape(self.prompt_text) + r"$"
+        # Not anchored at the end: a kernel message printed right after the prompt must not hide it
+        # (the token makes the prompt unique; its echo in the PS1 assignment is split by quotes).
+        self.prompt = re.escape(self.prompt_text)
         self.logged_in = False
 
     # ------------------------------------------------------------ login

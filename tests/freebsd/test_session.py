@@ -50,3 +50,24 @@ def test_a_panic_during_a_command_ends_it_with_the_panic(console):
     # the trap line comes first and ends the wait; the echoed command line (same words) did not
     assert info.value.panic_message == "Fatal trap 12: page fault while in kernel mode"
     assert console.armed == {}
+
+
+def test_a_kernel_message_right_after_the_prompt_does_not_hide_it(tmp_path):
+    """FreeBSD prints kernel messages on the console whenever it likes; one that lands just after the
+    shell prompt (before the wait saw it) must not turn the prompt wait into a timeout."""
+    import os
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        console = Console.open_pty(os.ttyname(slave), tmp_path / "t.log")
+        try:
+            shell = ConsoleShell(console, token="feedf00d")
+            os.write(master, shell.prompt_text.encode() + b"uhub0: 2 ports with 2 removable\r\n")
+            shell.attach(10)
+            assert shell.logged_in
+        finally:
+            console.close()
+    finally:
+        os.close(master)
+        os.close(slave)
