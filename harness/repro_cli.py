@@ -149,9 +149,11 @@ def run(args: argparse.Namespace) -> int:
     except ReproError as exc:
         print(f"fbsd-hil repro: FAILED at {exc.one_line()}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("fbsd-hil repro: interrupted (the guest was destroyed)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (harness.termination)
+        from harness.termination import describe, exit_status
+
+        print(f"fbsd-hil repro: interrupted by {describe(exc)} (the guest was destroyed)", file=sys.stderr)
+        return exit_status(exc)
     except Exception as exc:  # noqa: BLE001 - never a traceback for the user; the cause in one line
         print(f"fbsd-hil repro: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
