@@ -83,6 +83,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--boot-timeout", type=float, default=600.0, metavar="S", help="seconds to boot (default 600)"
     )
+    p.add_argument(
+        "--keep-live-images",
+        action="store_true",
+        help="keep the live memory images after a passed verification too (for `fbsd-hil verify RUN_DIR`)",
+    )
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the summary")
     p.set_defaults(func=run)
 
@@ -134,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         flow=None if args.flow == "auto" else args.flow,
         artifacts=args.artifacts.resolve(),
         keep=args.keep,
+        keep_live_images=args.keep_live_images,
         offline=args.offline,
         boot_seconds=args.boot_timeout,
     )
