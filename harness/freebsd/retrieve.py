@@ -100,7 +100,9 @@ def _check_private_key(private_key: Any) -> None:
     """A private key given as a path must exist before anything is extracted: a mistyped path was
     silently ignored whenever the dump turned out not to be encrypted."""
     if isinstance(private_key, str | os.PathLike) and not Path(private_key).is_file():
-        raise RetrieveError(f"private key {os.fspath(private_key)} does not exist (want a PEM RSA private key)")
+        raise RetrieveError(
+            f"private key {os.fspath(private_key)} does not exist (want a PEM RSA private key)"
+        )
 
 
 # ----------------------------------------------------------------------------- (a) host
