@@ -192,12 +192,16 @@ class _WithoutInterjections:
         return self.raw_start(i - 1) + 1
 
 
+#: a line cut into a marker: anything up to a newline, not starting with a double quote (so the echo of
+#: the typed command, where the marker is split by ``""``, never matches even if the terminal wrapped it)
+_CUT = r"(?:(?:[^\r\n\"][^\r\n]*)?\r*\n)??"
+
+
 def _line_tolerant(literal: str) -> str:
     """A regex for `literal` that still matches when whole lines (anything ending in a newline, e.g. a
     kernel message) were cut into it between any two characters. The cuts are lazy: where the literal
     itself is there, it is what matches."""
-    cut = r"(?:[^\r\n]*\r*\n)??"
-    return cut.join(re.escape(ch) for ch in literal)
+    return _CUT.join(re.escape(ch) for ch in literal)
 
 
 def _describe(patterns: Mapping[str, re.Pattern[str]]) -> str:
@@ -547,14 +551,20 @@ class Console:
         end = re.compile(
             r"\r*\n"
             + _line_tolerant(f"__FBHE_{token}_")
-            + r"(\d+)(?:[^\r\n]*\r*\n)??"
+            + r"(\d+)"
+            + _CUT
             + _line_tolerant("__")
             + r"[^\r\n]*\r*\n"
         )
         ignore = self.kernel_lines
-        # "cmd &" is already terminated: "cmd &;" would be a syntax error
-        sep = " " if command.rstrip().endswith("&") and not command.rstrip().endswith("&&") else ";"
-        self.sendline(f'echo "__FBH""B_{token}__"; {command}{sep} printf "\\n__FBH""E_{token}_%s__\\n" $?')
+        if command.rstrip().endswith("&") and not command.rstrip().endswith("&&"):
+            # A background command runs in a subshell: csh would otherwise put the begin marker's echo
+            # into the background job too (printed after the end marker), and the job-control notice
+            # ("[1] 1234") stays out of the output. ("cmd &;" would be a syntax error anyway.)
+            typed = f"( {command.rstrip()} )"
+        else:
+            typed = command
+        self.sendline(f'echo "__FBH""B_{token}__"; {typed}; printf "\\n__FBH""E_{token}_%s__\\n" $?')
         self.expect({"begin": begin}, dl, ignore=ignore)
         m = self.expect({"end": end}, dl, ignore=ignore)
         output = m.before.replace("\r\n", "\n")
