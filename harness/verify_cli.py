@@ -289,6 +289,52 @@ def check_dump_fits(vm: Any, layout: list[tuple[int, int, int]], path: Path, wha
         )
 
 
+#: what a kernel's own variables read in a dump of that kernel: (symbol, check, expectation)
+KERNEL_PROBES: tuple[tuple[str, str], ...] = (
+    ("version", "a string starting with 'FreeBSD'"),
+    ("ostype", "the string 'FreeBSD'"),
+    ("hz", "a clock rate between 1 and 100000"),
+)
+
+
+def check_kernel_matches(vm: Any, kernel: Path | None) -> str | None:
+    """The kernel must be the one that wrote the dump: one of its variables (``version``, else
+    ``ostype``, else ``hz``), read from the dump at the kernel's own symbol address, must hold what that
+    variable always holds. Another build's addresses read unmapped memory or something else. Returns a
+    note when the kernel names none of them (nothing to check)."""
+    from reader.errors import ReaderError
+
+    if kernel is None:
+        return None
+    symbols = vm.kernel
+    for name, expectation in KERNEL_PROBES:
+        if name not in symbols:
+            continue
+        va = None
+        try:
+            va = vm.symbol(name)
+            if name == "hz":
+                value: Any = vm.read_int(va, 4, signed=True)
+                ok = 0 < value <= 100000
+            else:
+                value = vm.read_cstring(va, 256)
+                ok = value.startswith("FreeBSD")
+        except ReaderError as exc:
+            where = f" at {va:#x}" if va is not None else ""
+            raise BadInput(
+                f"kernel {kernel} does not match dump {vm.path}: its {name!r}{where} cannot be read from "
+                f"the dump ({_one_line(exc)})"
+            ) from exc
+        if not ok:
+            raise BadInput(
+                f"kernel {kernel} does not match dump {vm.path}: its {name!r} at {va:#x} reads "
+                f"{value!r} in the dump, expected {expectation}"
+            )
+        return None
+    names = ", ".join(n for n, _ in KERNEL_PROBES)
+    return f"kernel {kernel} has none of {names}: not checked against the dump"
+
+
 def device_state_arguments(path: Path | None, verify_dump: Any) -> tuple[dict[str, Any], list[str]]:
     """INTEGRATION HOOK for ``dump-device-state.json`` (the hypervisor's facts about the dump device,
     saved by `repro`): the keyword arguments it adds to `verify_dump`, and notes for the report.
@@ -325,6 +371,8 @@ def verify(inputs: VerifyInputs) -> Any:
     t = time.monotonic()
     with reader.open_vmcore(inputs.vmcore, kernel=inputs.kernel, zero_fill=inputs.zero_fill) as vm:
         check_dump_fits(vm, live_layout_, inputs.live, "live image")
+        if (note := check_kernel_matches(vm, inputs.kernel)) is not None:
+            notes.append(note)
         live = LiveMemory(live_layout_, path=inputs.live)
         before = LiveMemory(before_layout, path=inputs.before) if before_layout is not None else None
         try:
@@ -353,6 +401,8 @@ def verify(inputs: VerifyInputs) -> Any:
         report.notes.append("no kernel file: no attribution by symbol")
     report.notes.extend(notes)
     report.notes.extend(inputs.notes)
+    if inputs.pml4_pa is None and any("cannot walk the live kernel page tables" in e for e in report.errors):
+        report.notes.append("give the page-table root with --pml4 PA (CR3 of the stopped guest)")
     report.decide()
     return report
 

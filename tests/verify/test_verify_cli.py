@@ -168,6 +168,30 @@ def test_a_kernel_that_does_not_match_the_dump_is_bad_input(capsys, lldb_dir, ll
     assert "kernel-i386.elf" in err and "amd64" in err
 
 
+@pytest.fixture(scope="module")
+def other_amd64_kernel(tmp_path_factory) -> Path:
+    """An amd64 kernel that did not write the LLDB dumps: the mock FreeBSD kernel
+    (tests/mock_freebsd_kernel)."""
+    sys.path.insert(0, str(REPO / "tests" / "mock_freebsd_kernel"))
+    from mock_freebsd_kernel import build_mock_freebsd_kernel
+
+    try:
+        return build_mock_freebsd_kernel()
+    except Exception as exc:  # noqa: BLE001 - no compiler here: say so
+        pytest.skip(f"cannot build the mock FreeBSD kernel: {exc}")
+
+
+@pytest.mark.parametrize("dump", ["full", "mini"])
+def test_an_amd64_kernel_of_another_build_is_bad_input(
+    capsys, lldb_fixtures, full_live, mini_live, other_amd64_kernel, dump
+):
+    live = full_live if dump == "full" else mini_live[0]
+    err = one_line_exit_2(
+        capsys, lldb_fixtures[dump], "--live", live, "--kernel", other_amd64_kernel, "--zero-fill"
+    )
+    assert f"kernel {other_amd64_kernel} does not match dump" in err and "'version'" in err
+
+
 def test_a_truncated_dump_without_zero_fill_is_bad_input(capsys, lldb_fixtures, full_live):
     k = lldb_fixtures["kernel"]
     err = one_line_exit_2(capsys, lldb_fixtures["full"], "--live", full_live, "--kernel", k)
