@@ -45,7 +45,8 @@ def describe(exc: KeyboardInterrupt) -> str:
 
 def install() -> Callable[[], None]:
     """Turn SIGTERM/SIGHUP into `Terminated` in the main thread; returns a function that restores the
-    previous handlers. Does nothing (and restores nothing) outside the main thread."""
+    previous handlers. Does nothing (and restores nothing) outside the main thread, and leaves a signal
+    that is ignored (e.g. SIGHUP under `nohup`) ignored."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     fired = False
@@ -57,7 +58,12 @@ def install() -> Callable[[], None]:
         fired = True
         raise Terminated(signum)
 
-    previous = {sig: signal.signal(sig, handler) for sig in TERMINATING_SIGNALS}
+    # a signal the caller chose to ignore (`nohup` ignores SIGHUP) stays ignored
+    previous = {
+        sig: signal.signal(sig, handler)
+        for sig in TERMINATING_SIGNALS
+        if signal.getsignal(sig) is not signal.SIG_IGN
+    }
 
     def restore() -> None:
         for sig, old in previous.items():

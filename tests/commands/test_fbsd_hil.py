@@ -129,3 +129,21 @@ def test_a_closed_pipe_is_not_a_traceback(tmp_path):
         os.close(write_end)
     assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
     assert r.returncode == 128 + signal.SIGPIPE
+
+
+def test_an_ignored_sighup_stays_ignored(tmp_path):
+    """Under `nohup` SIGHUP is ignored on purpose: installing our handlers must not undo that."""
+    script = textwrap.dedent("""
+        import signal
+        from harness.termination import install
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        restore = install()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
+        restore()
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        print("ok")
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV, timeout=60)
+    assert r.stdout.strip() == "ok", r.stderr
