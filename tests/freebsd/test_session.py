@@ -71,3 +71,25 @@ def test_a_kernel_message_right_after_the_prompt_does_not_hide_it(tmp_path):
     finally:
         os.close(master)
         os.close(slave)
+
+
+KERNEL_CHATTY_GETTY = (
+    'printf "\\r\\nFreeBSD/amd64 (fbsd-hil) (ttyu0)\\r\\n\\r\\nlogin: "; read user; '
+    'printf "root@fbsd-hil:~ # "; read cmd; '
+    # sh's first prompt, and a kernel message right behind it in the same burst
+    'printf "# uhub0: 2 ports with 2 removable, self powered\\r\\n"; '
+    'PS1= exec /bin/sh -i'
+)
+
+
+def test_login_survives_a_kernel_message_right_after_the_shell_prompt():
+    spawn = pexpect.spawn(
+        "/bin/sh", ["-c", KERNEL_CHATTY_GETTY], env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"}
+    )
+    console = Console(spawn, name="chatty-getty")
+    try:
+        shell = ConsoleShell(console)
+        shell.login(30)
+        assert shell.run("echo ok").output == "ok\n"
+    finally:
+        console.close()
