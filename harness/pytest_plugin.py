@@ -139,12 +139,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "vm: needs libvirtd + QEMU")
     config.addinivalue_line("markers", "hil: needs a real FreeBSD guest")
     config.stash[_REPORTS] = []
+    _validate_options(config)
     # SIGTERM/SIGHUP (a CI timeout, `timeout`) end the session like Ctrl-C: fixtures are torn down, so
     # guests are destroyed and temporary files removed instead of leaking until the next `doctor`.
     from harness.termination import install
 
     config.stash[_RESTORE_SIGNALS] = install()
-    _validate_options(config)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
