@@ -138,6 +138,32 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "vm: needs libvirtd + QEMU")
     config.addinivalue_line("markers", "hil: needs a real FreeBSD guest")
     config.stash[_REPORTS] = []
+    _validate_options(config)
+    # SIGTERM/SIGHUP (a CI timeout, `timeout`) end the session like Ctrl-C: fixtures are torn down, so
+    # guests are destroyed and temporary files removed instead of leaking until the next `doctor`.
+    from harness.util.termination import install
+
+    config.stash[_RESTORE_SIGNALS] = install()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    restore = config.stash.get(_RESTORE_SIGNALS, None)
+    if restore is not None:
+        restore()
+
+
+_RESTORE_SIGNALS = pytest.StashKey[Callable[[], None]]()
+
+
+def _validate_options(config: pytest.Config) -> None:
+    """Bad --fbsd-* options end the session at once with one line, instead of one identical error per
+    test from the session fixtures."""
+    for option in ("--fbsd-kernel", "--fbsd-image"):
+        value = config.getoption(option)
+        if value and not Path(value).is_file():
+            what = "is a directory, not a file" if Path(value).is_dir() else "does not exist"
+            raise pytest.UsageError(f"fbsd-hil: {option} {value} {what}")
+    _kenv(config.getoption("--fbsd-kenv"))
 
 
 def fbsd_source_given(config: pytest.Config) -> bool:

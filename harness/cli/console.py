@@ -130,5 +130,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("name", help="libvirt domain name (printed by `fbsd-hil repro --keep`)")
     p.add_argument("--libvirt-uri", default=None, help="libvirt URI (default qemu:///system)")
-    p.add_argument("--pty", default=None, help=argparse.SUPPRESS)  # attach to a known pty path directly
+    p.add_argument(
+        "--pty",
+        default=None,
+        metavar="PATH",
+        help="open this pty directly instead of asking libvirt for the domain's serial pty",
+    )
     p.set_defaults(func=run)

@@ -17,34 +17,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "images", help="official FreeBSD images: list, fetch (verified, cached), path, prepare, GRUB ISOs"
     )
-    parser.add_argument("--cache", metavar="DIR", help="cache directory (default: $FBSD_HIL_CACHE, "
-                        "else $XDG_CACHE_HOME/fbsd-hil)")
-    parser.add_argument("--mirror", metavar="URL", help="base URL replacing https://download.freebsd.org "
-                        "(default: $FBSD_HIL_MIRROR)")
+    _add_cache_and_mirror(parser, default=None)
+    # `images fetch --mirror URL 14.3` (as the docs write it) works as well as `images --mirror URL fetch`:
+    # each action takes the options too, and only overrides the value when given.
+    common = argparse.ArgumentParser(add_help=False)
+    _add_cache_and_mirror(common, default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="images_command", metavar="ACTION")
 
-    p = sub.add_parser("list", help="the catalogue, and which images are cached")
+    p = sub.add_parser(
+        "list", parents=[common], help="the catalogue, and which images are cached")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_list)
 
-    p = sub.add_parser("fetch", help="download + verify + cache a release; prints the base image path")
+    p = sub.add_parser(
+        "fetch", parents=[common], help="download + verify + cache a release; prints the base image path")
     p.add_argument("release", nargs="?", help="X.Y or X.Y-FLAVOUR (default: the catalogue's default)")
     p.add_argument("--offline", action="store_true", help="use only the cache, never the network")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_fetch)
 
-    p = sub.add_parser("path", help="print the cached base image path (no network); exit 1 if missing")
-    p.add_argument("release", nargs="?")
+    p = sub.add_parser(
+        "path", parents=[common], help="print the cached base image path (no network); exit 1 if missing")
+    p.add_argument("release", nargs="?", help="X.Y or X.Y-FLAVOUR (default: the catalogue's default)")
     p.set_defaults(func=_path)
 
-    p = sub.add_parser("prepare", help="boot the base once and prepare it for the harness (needs libvirt)")
-    p.add_argument("release", nargs="?")
+    p = sub.add_parser(
+        "prepare", parents=[common], help="boot the base once and prepare it for the harness (needs libvirt)")
+    p.add_argument("release", nargs="?", help="X.Y or X.Y-FLAVOUR (default: the catalogue's default)")
     p.add_argument("--offline", action="store_true", help="do not download the base")
     p.add_argument("--disk-bus", choices=("virtio", "sata"), default="virtio",
                    help="bus of the boot and dump disks (dump device vtbd1 or ada1)")
     p.set_defaults(func=_prepare)
 
-    p = sub.add_parser("iso", help="make a GRUB ISO that boots a FreeBSD kernel file with kfreebsd")
+    p = sub.add_parser(
+        "iso", parents=[common], help="make a GRUB ISO that boots a FreeBSD kernel file with kfreebsd")
     p.add_argument("--kernel", required=True, type=Path, help="the kernel ELF file")
     p.add_argument("--kenv", action="append", default=[], metavar="K=V",
                    help="kernel environment (repeatable)")
@@ -58,6 +64,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_iso)
 
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+
+
+def _add_cache_and_mirror(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument("--cache", metavar="DIR", default=default, help="cache directory (default: "
+                        "$FBSD_HIL_CACHE, else $XDG_CACHE_HOME/fbsd-hil)")
+    parser.add_argument("--mirror", metavar="URL", default=default, help="base URL replacing "
+                        "https://download.freebsd.org (default: $FBSD_HIL_MIRROR)")
 
 
 def _catalogue(args: argparse.Namespace):

@@ -88,7 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--keep-images",
         action="store_true",
-        help="keep the live memory images and the dump disk of a passing run (a failing run keeps them)",
+        help="keep the live memory images and the dump disk of a passing run too (a failing run keeps them; `fbsd-hil verify RUN_DIR` needs them)",
     )
     p.add_argument("--offline", action="store_true", help="--release: use only the image cache")
     p.add_argument(
@@ -123,9 +123,11 @@ def run(args: argparse.Namespace) -> int:
     except ReproError as exc:
         print(f"fbsd-hil repro: FAILED at {exc.one_line()}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("fbsd-hil repro: interrupted (the guest was destroyed)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (harness.util.termination)
+        from harness.util.termination import describe, exit_status
+
+        print(f"fbsd-hil repro: interrupted by {describe(exc)} (the guest was destroyed)", file=sys.stderr)
+        return exit_status(exc)
     except Exception as exc:  # noqa: BLE001 - never a traceback for the user; the cause in one line
         print(f"fbsd-hil repro: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ from the payload itself), the method, sizes and timings.
 from __future__ import annotations
 
 import gzip
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -95,6 +96,15 @@ def parse_info_file(text: str) -> dict[str, str]:
     return out
 
 
+def _check_private_key(private_key: Any) -> None:
+    """A private key given as a path must exist before anything is extracted: a mistyped path was
+    silently ignored whenever the dump turned out not to be encrypted."""
+    if isinstance(private_key, str | os.PathLike) and not Path(private_key).is_file():
+        raise RetrieveError(
+            f"private key {os.fspath(private_key)} does not exist (want a PEM RSA private key)"
+        )
+
+
 # ----------------------------------------------------------------------------- (a) host
 def from_dump_disk(
     image: str | Path,
@@ -109,6 +119,7 @@ def from_dump_disk(
     from reader.errors import ReaderError
 
     image = Path(image)
+    _check_private_key(private_key)
     timings: dict[str, float] = {}
     if guest is not None:
         t = time.monotonic()
@@ -202,6 +213,7 @@ def via_savecore(
     `previous_bounds` is ``bounds - 1`` before the dump (None: none existed); a dump number not newer
     than that means rc's savecore did not run, so we run ``savecore -v crashdir dump_device`` ourselves.
     """
+    _check_private_key(private_key)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}

@@ -43,7 +43,9 @@ class ConsoleShell:
         self.console = console
         self.token = token or secrets.token_hex(4)
         self.prompt_text = f"__FBHP_{self.token}__# "
-        self.prompt = re.escape(self.prompt_text) + r"$"
+        # Not anchored at the end: a kernel message printed right after the prompt must not hide it
+        # (the token makes the prompt unique; its echo in the PS1 assignment is split by quotes).
+        self.prompt = re.escape(self.prompt_text)
         self.logged_in = False
 
     # ------------------------------------------------------------ login
@@ -80,7 +82,9 @@ class ConsoleShell:
                     )
                 # Any shell -> a plain sh with our own prompt and no pager.
                 self.console.sendline("exec /bin/sh")
-                self.console.expect({"sh": r"(?:^|\n)[^\r\n]*[#$] $"}, dl)
+                # sh's prompt, possibly followed by kernel messages printed right after it (only the
+                # echoed "exec /bin/sh" comes before it, so nothing else can look like a prompt here)
+                self.console.expect({"sh": r"(?:^|\n)[^\r\n]*[#$] (?:[^\r\n]*\r*\n)*$"}, dl)
                 # The quotes split the token in the echo, so only the real prompt matches.
                 head, tail = self.prompt_text[:5], self.prompt_text[5:]
                 self.console.sendline(f"PS1='{head}''{tail}'; export PAGER=cat TERM=dumb; unset ENV")

@@ -119,7 +119,10 @@ class VerificationReport:
         return d
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+        """The report as JSON; addresses are "0x..." strings (`harness.util.json_addresses`)."""
+        from harness.util.json_addresses import hex_addresses
+
+        return json.dumps(hex_addresses(self.to_dict()), indent=2, sort_keys=False)
 
     def write(self, path: str | os.PathLike[str]) -> Path:
         """Write the JSON report; refuses to overwrite an existing file (it may be a user's)."""

@@ -12,6 +12,10 @@ Why it is built this way:
   prompt ends the wait at once with `ConsoleFailure` and the evidence, instead of a timeout minutes later.
 - `run` wraps a shell command in unique markers whose echoed form differs from their output
   (``"__FBH""B_x__"``), so the terminal's echo of the command line can never match.
+- The kernel writes to the same serial line whenever it likes, between any two bytes of a command's
+  output, even inside a marker. The markers therefore tolerate a whole line cut into them, and a console
+  that knows its kernel's log lines (`kernel_lines`, e.g. Linux's ``[   14.114297] ...``) has them cut out
+  of what `run` matches and returns: unasked-for console output never breaks or pollutes a command.
 
 Works over any pexpect spawn object: `pexpect.fdpexpect.fdspawn` on a QEMU pty (`Console.open_pty`),
 `pexpect.spawn` of a local shell (the unit tests), or a replay double that implements `read_nonblocking`.
@@ -19,6 +23,7 @@ Works over any pexpect spawn object: `pexpect.fdpexpect.fdspawn` on a QEMU pty (
 
 from __future__ import annotations
 
+import bisect
 import codecs
 import itertools
 import os
@@ -149,6 +154,56 @@ def _compile(pattern: Regex) -> re.Pattern[str]:
     raise TypeError(f"console pattern must be str or re.Pattern, got {type(pattern).__name__}")
 
 
+class _WithoutInterjections:
+    """`raw` with every match of `ignore` cut out (`text`), and the way back from a position in `text`
+    to the same character in `raw`, so a wait can consume exactly what it matched."""
+
+    def __init__(self, raw: str, ignore: re.Pattern[str] | None) -> None:
+        self.raw = raw
+        self._text_starts: list[int] = [0]
+        self._raw_starts: list[int] = [0]
+        if ignore is None:
+            self.text = raw
+            return
+        pieces: list[str] = []
+        self._text_starts, self._raw_starts = [], []
+        pos = length = 0
+        for m in ignore.finditer(raw):
+            if m.start() > pos:
+                self._text_starts.append(length)
+                self._raw_starts.append(pos)
+                pieces.append(raw[pos : m.start()])
+                length += m.start() - pos
+            pos = max(pos, m.end())
+        self._text_starts.append(length)
+        self._raw_starts.append(pos)
+        pieces.append(raw[pos:])
+        self.text = "".join(pieces)
+
+    def raw_start(self, i: int) -> int:
+        """Index in `raw` of the character at `text[i]` (or of the end)."""
+        k = bisect.bisect_right(self._text_starts, i) - 1
+        return self._raw_starts[k] + (i - self._text_starts[k])
+
+    def raw_end(self, i: int) -> int:
+        """Index in `raw` just after the character `text[i - 1]` (0 for 0)."""
+        if i <= 0:
+            return 0
+        return self.raw_start(i - 1) + 1
+
+
+#: a line cut into a marker: anything up to a newline, not starting with a double quote (so the echo of
+#: the typed command, where the marker is split by ``""``, never matches even if the terminal wrapped it)
+_CUT = r"(?:(?:[^\r\n\"][^\r\n]*)?\r*\n)??"
+
+
+def _line_tolerant(literal: str) -> str:
+    """A regex for `literal` that still matches when whole lines (anything ending in a newline, e.g. a
+    kernel message) were cut into it between any two characters. The cuts are lazy: where the literal
+    itself is there, it is what matches."""
+    return _CUT.join(re.escape(ch) for ch in literal)
+
+
 def _describe(patterns: Mapping[str, re.Pattern[str]]) -> str:
     return ", ".join(f"{name}={rx.pattern!r}" for name, rx in patterns.items()) or "(nothing)"
 
@@ -170,8 +225,12 @@ class Console:
         newline: str = "\r",
         name: str = "console",
         settle: float = 0.05,
+        kernel_lines: Regex | None = None,
     ) -> None:
         self.spawn = spawn
+        #: lines the kernel prints on this console unasked, at any moment (e.g. Linux's
+        #: ``[   14.114297] hrtimer: ...``): cut out of what `run` matches and returns. None: unknown.
+        self.kernel_lines: re.Pattern[str] | None = None if kernel_lines is None else _compile(kernel_lines)
         self.newline = newline
         self.settle = settle
         self.name = name
@@ -326,35 +385,50 @@ class Console:
                 self._failures.update(saved)
 
     # ---------------------------------------------------------------- waiting
-    def expect(self, patterns: Mapping[str, Regex], deadline: Deadline | float) -> ConsoleMatch:
+    def expect(
+        self, patterns: Mapping[str, Regex], deadline: Deadline | float, *, ignore: Regex | None = None
+    ) -> ConsoleMatch:
         """Wait until one of `patterns` (name -> regex) appears, or fail with evidence.
 
         The earliest match in the unconsumed text wins; on a tie the caller's pattern beats an armed
         failure pattern. A failure raises `ConsoleFailure` (the text up to and including the failure
         is consumed, so the caller may go on waiting, e.g. for the debugger prompt after a panic).
+        Text matching `ignore` (unasked-for kernel lines) is invisible to `patterns` and left out of
+        the match's `before` and `text`; failure patterns still see everything.
         """
         wanted = {name: _compile(rx) for name, rx in patterns.items()}
+        ignore_rx = None if ignore is None else _compile(ignore)
         dl = as_deadline(deadline, "expect")
         with self._cond:
             while True:
                 failures = dict(self._failures)
-                best: tuple[int, int, str, re.Match[str]] | None = None
+                view = _WithoutInterjections(self._pending, ignore_rx)
+                # (raw start, rank, name, match, raw end)
+                best: tuple[int, int, str, re.Match[str], int] | None = None
                 for rank, group in ((0, wanted), (1, failures)):
                     for name, rx in group.items():
-                        m = rx.search(self._pending)
-                        if m is None:
-                            continue
-                        key = (m.start(), rank)
-                        if best is None or key < best[:2]:
-                            best = (m.start(), rank, name, m)
-                settle_until = self._settle_until(best[3], dl) if best is not None else None
+                        if rank == 0:
+                            m = rx.search(view.text)
+                            if m is None:
+                                continue
+                            start, end = view.raw_start(m.start()), view.raw_end(m.end())
+                            end = max(end, start)
+                        else:
+                            m = rx.search(self._pending)
+                            if m is None:
+                                continue
+                            start, end = m.start(), m.end()
+                        if best is None or (start, rank) < best[:2]:
+                            best = (start, rank, name, m, end)
+                settle_until = self._settle_until(best[4], dl) if best is not None else None
                 if settle_until is not None:
                     best = None  # the match touches the end of what arrived so far: let it settle
                 if best is not None:
-                    _, rank, name, m = best
-                    before = self._pending[: m.start()]
-                    text = self._pending[: m.end()]
-                    self._pending = self._pending[m.end() :]
+                    _, rank, name, m, raw_end = best
+                    source = view.text if rank == 0 else self._pending
+                    before = source[: m.start()]
+                    text = source[: m.end()]
+                    self._pending = self._pending[raw_end:]
                     if rank == 0:
                         return ConsoleMatch(name=name, match=m, before=before, text=text)
                     raise ConsoleFailure(
@@ -382,12 +456,12 @@ class Console:
                 else:
                     self._cond.wait(min(remaining, 1.0))
 
-    def _settle_until(self, m: re.Match[str], dl: Deadline) -> float | None:
+    def _settle_until(self, match_end: int, dl: Deadline) -> float | None:
         """When to look again, while a match ends exactly at the end of the received text and bytes
         arrived less than `settle` seconds ago: a greedy pattern such as ``panic: [^\\r\\n]*`` must
         see the whole line, not the piece of it that arrived first. Prompts (nothing follows) match
         after `settle` seconds of quiet. None: the match stands."""
-        if m.end() < len(self._pending) or self._closed_reason is not None or self.last_byte_at is None:
+        if match_end < len(self._pending) or self._closed_reason is not None or self.last_byte_at is None:
             return None
         until = self.last_byte_at + self.settle
         if time.monotonic() >= until or dl.expired():
@@ -463,22 +537,40 @@ class Console:
         The command line becomes ``echo "__FBH""B_<id>__"; CMD; printf "\\n__FBH""E_<id>_%s__\\n" $?``:
         the echo of what we typed never contains the joined markers, the output always does. After the
         end marker the shell `prompt` (if given) is awaited so the console is ready for the next command.
+
+        Kernel messages may land anywhere in between: a line cut into a marker is skipped, and lines
+        matching `kernel_lines` are cut out of the output (and of the prompt wait).
         """
         if "\n" in command or "\r" in command:
             raise ValueError(f"run() takes a single-line command, got {command!r}")
         dl = as_deadline(deadline, f"run {command!r}")
         token = f"{os.getpid():x}x{next(_counter)}x{secrets.token_hex(3)}"
-        begin = re.compile(rf"__FBHB_{token}__\r*\n")
-        end = re.compile(rf"\r*\n__FBHE_{token}_(\d+)__\r*\n")
-        # "cmd &" is already terminated: "cmd &;" would be a syntax error
-        sep = " " if command.rstrip().endswith("&") and not command.rstrip().endswith("&&") else ";"
-        self.sendline(f'echo "__FBH""B_{token}__"; {command}{sep} printf "\\n__FBH""E_{token}_%s__\\n" $?')
-        self.expect({"begin": begin}, dl)
-        m = self.expect({"end": end}, dl)
+        # Anything between a marker and its newline can only be a kernel message (the shell writes
+        # the marker and its newline in one go), so it is consumed with the marker.
+        begin = re.compile(_line_tolerant(f"__FBHB_{token}__") + r"[^\r\n]*\r*\n")
+        end = re.compile(
+            r"\r*\n"
+            + _line_tolerant(f"__FBHE_{token}_")
+            + r"(\d+)"
+            + _CUT
+            + _line_tolerant("__")
+            + r"[^\r\n]*\r*\n"
+        )
+        ignore = self.kernel_lines
+        if command.rstrip().endswith("&") and not command.rstrip().endswith("&&"):
+            # A background command runs in a subshell: csh would otherwise put the begin marker's echo
+            # into the background job too (printed after the end marker), and the job-control notice
+            # ("[1] 1234") stays out of the output. ("cmd &;" would be a syntax error anyway.)
+            typed = f"( {command.rstrip()} )"
+        else:
+            typed = command
+        self.sendline(f'echo "__FBH""B_{token}__"; {typed}; printf "\\n__FBH""E_{token}_%s__\\n" $?')
+        self.expect({"begin": begin}, dl, ignore=ignore)
+        m = self.expect({"end": end}, dl, ignore=ignore)
         output = m.before.replace("\r\n", "\n")
         result = CommandResult(command=command, output=output, status=int(m.match.group(1)))
         if prompt is not None:
-            self.expect({"prompt": prompt}, dl)
+            self.expect({"prompt": prompt}, dl, ignore=ignore)
         if check and not result.ok:
             raise CommandFailed(result, self.tail())
         return result

@@ -137,3 +137,55 @@ def test_relay_copies_both_ways_until_the_escape_byte():
     assert os.read(out_r, 100) == b"db> "
     for fd in (guest_side, host_side, in_r, in_w, out_r, out_w):
         os.close(fd)
+
+
+@pytest.mark.vm
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_repro_killed_by_sigterm_destroys_its_guest(tmp_path, sig):
+    """`timeout` or a cancelled CI job sends SIGTERM: the guest must not keep running afterwards (it did,
+    at 73% CPU, until the next `doctor`), and no traceback is printed."""
+    import signal
+
+    sys.path.insert(0, str(REPO / "tests" / "images"))
+    from harness.libvirt_conn import LibvirtUnavailable, connect
+    from images_tiny_kernel import build_tiny_kernel
+
+    try:
+        connect().close()
+    except LibvirtUnavailable as exc:
+        pytest.skip(f"libvirtd is not reachable: {str(exc).splitlines()[0]}")
+    kernel = build_tiny_kernel(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", "repro", "--kernel", str(kernel), "--boot-timeout", "300",
+         "--accel", "tcg", "--artifacts", str(tmp_path / "art")],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    name = None
+    stderr_lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 180
+        while name is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            stderr_lines.append(line)
+            if " started (" in line:
+                name = line.split("guest ", 1)[1].split(" started", 1)[0]
+        assert name, "".join(stderr_lines)
+        time.sleep(2)  # the guest is booting now
+        proc.send_signal(getattr(signal, sig))
+        _, rest = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = "".join(stderr_lines) + rest
+    assert proc.returncode == 128 + getattr(signal, sig), err
+    assert "Traceback" not in err and f"interrupted by {sig}" in err
+    conn = connect()
+    try:
+        assert name not in [d.name() for d in conn.listAllDomains()], f"{name} still defined/running"
+    finally:
+        conn.close()
+    from harness.reaper import REGISTRY_DIR
+
+    assert not (REGISTRY_DIR / f"{name}.json").exists(), "the guest's registry entry was left behind"

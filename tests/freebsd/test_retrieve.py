@@ -82,6 +82,15 @@ def test_host_extract_encrypted_with_our_key_pair(minidump, tmp_path):
         make_dump_keypair(tmp_path / "keys")
 
 
+def test_a_private_key_that_does_not_exist_is_one_clear_error(minidump, tmp_path):
+    """`--private-key /nope.pem` used to be ignored silently when the dump was not encrypted."""
+    image = tmp_path / "dump.raw"
+    cw.write_device_image(image, minidump.read_bytes(), media_size=64 << 20)
+    with pytest.raises(RetrieveError, match=r"private key .*nope\.pem does not exist"):
+        from_dump_disk(image, tmp_path / "out", private_key=tmp_path / "nope.pem")
+    assert not (tmp_path / "out").exists()
+
+
 def test_host_extract_of_an_empty_disk_says_so(tmp_path):
     image = tmp_path / "blank.raw"
     with open(image, "wb") as f:

@@ -50,3 +50,46 @@ def test_a_panic_during_a_command_ends_it_with_the_panic(console):
     # the trap line comes first and ends the wait; the echoed command line (same words) did not
     assert info.value.panic_message == "Fatal trap 12: page fault while in kernel mode"
     assert console.armed == {}
+
+
+def test_a_kernel_message_right_after_the_prompt_does_not_hide_it(tmp_path):
+    """FreeBSD prints kernel messages on the console whenever it likes; one that lands just after the
+    shell prompt (before the wait saw it) must not turn the prompt wait into a timeout."""
+    import os
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        console = Console.open_pty(os.ttyname(slave), tmp_path / "t.log")
+        try:
+            shell = ConsoleShell(console, token="feedf00d")
+            os.write(master, shell.prompt_text.encode() + b"uhub0: 2 ports with 2 removable\r\n")
+            shell.attach(10)
+            assert shell.logged_in
+        finally:
+            console.close()
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+KERNEL_CHATTY_GETTY = (
+    'printf "\\r\\nFreeBSD/amd64 (fbsd-hil) (ttyu0)\\r\\n\\r\\nlogin: "; read user; '
+    'printf "root@fbsd-hil:~ # "; read cmd; '
+    # sh's first prompt, and a kernel message right behind it in the same burst
+    'printf "# uhub0: 2 ports with 2 removable, self powered\\r\\n"; '
+    'PS1= exec /bin/sh -i'
+)
+
+
+def test_login_survives_a_kernel_message_right_after_the_shell_prompt():
+    spawn = pexpect.spawn(
+        "/bin/sh", ["-c", KERNEL_CHATTY_GETTY], env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"}
+    )
+    console = Console(spawn, name="chatty-getty")
+    try:
+        shell = ConsoleShell(console)
+        shell.login(30)
+        assert shell.run("echo ok").output == "ok\n"
+    finally:
+        console.close()

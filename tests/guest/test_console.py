@@ -304,4 +304,77 @@ def test_run_under_csh(tmp_path):
         assert (r.output, r.status) == ("hello\nworld\n", 0)
         assert con.run("false", prompt=prompt, deadline=10).status == 1
         assert con.run("printf abc", prompt=prompt, deadline=10).output == "abc"
-        assert con.run("sleep 0.1 &", prompt=prompt, deadline=10).status == 0
+        # csh backgrounds a whole `a; b &` list: the begin marker must not go into the background job
+        for _ in range(5):
+            r = con.run("sleep 0.1 &", prompt=prompt, deadline=10)
+            assert (r.status, r.output, r.command) == (0, "", "sleep 0.1 &")
+
+
+# ------------------------------------------------------------------ kernel messages cut into a command
+LINUX_LINE = rb"[   14.114297] hrtimer: interrupt took 16367028 ns" + b"\r\n"
+FREEBSD_LINE = b"uhub0: 2 ports with 2 removable, self powered\r\n"
+
+
+def _answer_one_command(guest: PtyGuest, reply) -> threading.Thread:
+    """Play the shell for one `Console.run`: read the typed line, then write `reply(token)`."""
+
+    def shell() -> None:
+        typed = b""
+        while b"\r" not in typed:
+            typed += guest.read_available(0.5)
+        token = re.search(rb'"__FBH""B_([0-9a-fx]+)__"', typed).group(1)
+        guest.write(typed.replace(b"\r", b"\r\n"))  # the terminal's echo
+        for piece in reply(token):
+            guest.write(piece)
+            time.sleep(0.02)
+
+    t = threading.Thread(target=shell, daemon=True)
+    t.start()
+    return t
+
+
+def test_kernel_lines_anywhere_in_a_command_are_cut_out(guest_pty, pty_console):
+    """The first `tox` on a busy host failed on a Linux printk inside `cat`'s output: a console that knows
+    its kernel's log lines gets exactly the command's output, whatever the kernel printed where."""
+    pty_console.kernel_lines = re.compile(rb"\[ *\d+\.\d{6}\] [^\r\n]*\r*\n".decode())
+    k = LINUX_LINE
+
+    def reply(token: bytes):
+        return [
+            b"__FBHB_" + token[:3] + k + token[3:] + b"__\r\n",
+            b"saved-st" + k + b"ate-marker\r\n",
+            k,
+            b"second line\r\n\r\n__FBHE_" + token + b"_" + k + b"0__\r\n",
+            b"PROMPT# " + k,
+        ]
+
+    _answer_one_command(guest_pty, reply)
+    r = pty_console.run("cat /tmp/marker", prompt=r"PROMPT# $", deadline=10)
+    assert (r.output, r.status) == ("saved-state-marker\nsecond line\n", 0)
+
+
+def test_a_kernel_line_cut_into_a_marker_does_not_break_the_command(guest_pty, pty_console):
+    """Without knowing the kernel's lines (FreeBSD prints them bare), a line cut into the begin or end
+    marker is skipped: the command still ends with its status instead of a timeout."""
+    k = FREEBSD_LINE
+
+    def reply(token: bytes):
+        return [
+            b"__FBH" + k + b"B_" + token + b"__" + k,
+            b"output\r\n",
+            b"\r\n__FBHE_" + token[:4] + k + token[4:] + b"_3" + k + b"__\r\n",
+            b"PROMPT# ",
+        ]
+
+    _answer_one_command(guest_pty, reply)
+    r = pty_console.run("false", prompt=r"PROMPT# $", deadline=10)
+    assert (r.output, r.status) == ("output\n", 3)
+
+
+def test_expect_ignore_consumes_through_the_match_only(guest_pty, pty_console):
+    guest_pty.write(b"a" + LINUX_LINE + b"bc" + LINUX_LINE + b"rest")
+    m = pty_console.expect({"abc": "abc"}, 10, ignore=rb"\[ *\d+\.\d{6}\] [^\r\n]*\r*\n".decode())
+    assert (m.before, m.text) == ("", "abc")
+    time.sleep(0.2)
+    assert pty_console.pending().endswith("rest")
+    assert "hrtimer" in pty_console.pending()  # unmatched text after the match is left as it came

@@ -35,6 +35,19 @@ def test_list_fetch_path(server, cache_dir, image, capsys):
     assert "14.3-BASIC-CI" in capsys.readouterr().out
 
 
+def test_cache_and_mirror_also_after_the_action(server, cache_dir, image, capsys):
+    """docs/images.md writes `images fetch --mirror URL 14.3`: the options work on either side."""
+    after = ["--cache", str(cache_dir), "--mirror", server.url]
+    assert main(["images", "fetch", *after, RELEASE, "--no-progress"]) == 0
+    fetched = capsys.readouterr().out.strip()
+    assert fetched.endswith(f"{image.xz_sha256}.qcow2")
+    # given before the action and not after it, the value before still counts
+    assert main(["images", "--cache", str(cache_dir), "--mirror", server.url, "path", RELEASE]) == 0
+    assert capsys.readouterr().out.strip() == fetched
+    assert main(["images", "--cache", "/nonexistent-cache", "path", *after, RELEASE]) == 0
+    assert capsys.readouterr().out.strip() == fetched
+
+
 def test_unknown_release_is_one_clear_line(cache_dir, capsys):
     assert main(["images", "--cache", str(cache_dir), "fetch", "9.9", "--offline"]) == 1
     err = capsys.readouterr().err

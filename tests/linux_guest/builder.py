@@ -36,6 +36,11 @@ PROMPT_RE = r"fbh-linux# "
 MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "ahci", "sd_mod")
 #: kernel command line for the serial console guest (nokaslr: fixed kernel physical placement)
 CMDLINE = "console=ttyS0,115200 nokaslr panic=0 loglevel=7 sysrq_always_enabled=1 tsc=reliable"
+#: console log level /init sets once booted: only KERN_ERR and worse (0-3) are printed on the console
+QUIET_CONSOLE_LOGLEVEL = 4
+#: a line the guest's kernel prints on the console unasked (printk with its timestamp), possibly in the
+#: middle of a command's output line
+KERNEL_LOG_LINE = r"\[ *\d+\.\d{6}\] [^\r\n]*\r*\n"
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 
 
@@ -147,6 +152,10 @@ mount -t devtmpfs dev /dev 2>/dev/null
 mkdir -p /tmp && mount -t tmpfs tmp /tmp
 for m in $(cat /lib/modules/order); do insmod /lib/modules/$m.ko 2>/dev/null; done
 echo 1 > /proc/sys/kernel/sysrq
+# From here on only errors and worse reach the console (panics, NMI reports and sysrq replies still do):
+# a warning such as "hrtimer: interrupt took ... ns" on a busy host must not land inside a command's
+# output. The boot messages before this point stay on the console.
+echo {QUIET_CONSOLE_LOGLEVEL} > /proc/sys/kernel/printk
 ip link set lo up 2>/dev/null
 if ip link show eth0 >/dev/null 2>&1; then
   ip link set eth0 up; ip addr add 10.0.2.15/24 dev eth0; ip route add default via 10.0.2.2

@@ -131,7 +131,10 @@ def build_mock_freebsd_kernel(cache: Path | None = None) -> Path:
         elf = Path(tmp) / out.name
         dbg = Path(tmp) / debug.name
         # relative source names and a fixed working directory: the DWARF is the same wherever it is built
-        _run([gcc, *CFLAGS, "-Wl,-T,mock.ld", "-o", str(elf), "start.S", "mock.c"], cwd=SRC)
+        # the DWARF names the sources relative to a fixed directory, not this checkout's path: the same
+        # sources give the same bytes from any clone (the cache is keyed by content only)
+        prefix_map = f"-ffile-prefix-map={SRC}=mock_freebsd_kernel/src"
+        _run([gcc, *CFLAGS, prefix_map, "-Wl,-T,mock.ld", "-o", str(elf), "start.S", "mock.c"], cwd=SRC)
         _run([objcopy, "--only-keep-debug", str(elf), str(dbg)])
         # the debug link holds the debug file's base name, as FreeBSD's kernel names kernel.debug
         _run([objcopy, "--strip-debug", f"--add-gnu-debuglink={dbg.name}", elf.name], cwd=Path(tmp))

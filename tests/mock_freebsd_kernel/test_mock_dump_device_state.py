@@ -197,6 +197,7 @@ def _boot(tmp_path: Path, kenv: dict[str, str]):
     from harness.domain_xml import ExtraDisk, GuestSpec, IsoBoot
     from harness.guest import Guest
     from harness.verify.pipeline import ReproConfig, _make_dump_disk, bare_kernel_kenv
+
     from images.grub_iso import build_kernel_iso
 
     mock = build_mock_kernel()

@@ -111,17 +111,80 @@ def test_summary_table_and_junit_properties(pytester: pytest.Pytester, tmp_path)
     assert props["verification_kind"] in ("mini", "full")
 
 
-def test_missing_kernel_file_is_an_error_not_a_skip(pytester: pytest.Pytester, tmp_path):
+@pytest.mark.parametrize("option", ["--fbsd-kernel", "--fbsd-image"])
+def test_missing_kernel_file_is_an_error_not_a_skip(pytester: pytest.Pytester, tmp_path, option):
+    """One line for the whole session, not one identical error per test (a new user saw 69)."""
     pytester.makepyfile("""
         import pytest
 
         @pytest.mark.hil
-        def test_x(fbsd_target):
+        @pytest.mark.parametrize("n", range(5))
+        def test_x(fbsd_target, n):
             pass
     """)
-    result = pytester.runpytest(f"--fbsd-kernel={tmp_path / 'nope'}")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*--fbsd-kernel*nope does not exist*"])
+    result = pytester.runpytest(f"{option}={tmp_path / 'nope'}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*fbsd-hil: {option} *nope does not exist"])
+    everything = result.stdout.str() + result.stderr.str()
+    assert everything.count("does not exist") == 1
+    assert "test_x" not in everything  # nothing ran, nothing errored one by one
+
+
+def test_bad_kenv_is_one_usage_error(pytester: pytest.Pytester):
+    pytester.makepyfile(HIL_TEST)
+    result = pytester.runpytest("--fbsd-kenv=novalue")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--fbsd-kenv wants KEY=VALUE*"])
+
+
+def test_sigterm_tears_the_session_down_like_ctrl_c(pytester: pytest.Pytester, tmp_path):
+    """A CI timeout sends SIGTERM: fixture teardown (which destroys guests) must still run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    marker = tmp_path / "torn-down"
+    started = tmp_path / "started"
+    pytester.makepyfile(f"""
+        import pathlib, time
+        import pytest
+
+        @pytest.fixture(scope="session")
+        def guest():
+            yield "guest"
+            pathlib.Path({str(marker)!r}).write_text("destroyed")
+
+        def test_long(guest):
+            pathlib.Path({str(started)!r}).write_text("running")
+            time.sleep(120)
+    """)
+    import os
+    from pathlib import Path
+
+    import harness
+
+    root = str(Path(harness.__file__).resolve().parents[1])  # this checkout's plugin, not an installed one
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", str(pytester.path)],
+        cwd=pytester.path,
+        env={**os.environ, "PYTHONPATH": root},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert started.exists(), "the test never started"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert marker.read_text() == "destroyed", out
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
 
 
 def _release_test(pytester: pytest.Pytester) -> None:
