@@ -88,7 +88,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--keep-images",
         action="store_true",
-        help="keep the live memory images and the dump disk of a passing run too (a failing run keeps them; `fbsd-hil verify RUN_DIR` needs them)",
+        help="keep the live memory images and the dump disk of a passing run too (a failing run keeps "
+        "them; `fbsd-hil verify RUN_DIR` needs them)",
     )
     p.add_argument("--offline", action="store_true", help="--release: use only the image cache")
     p.add_argument(
