@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parent / "src"
-SOURCES = ("start.S", "mock.c", "mock.ld")
+SOURCES = ("start.S", "mock.c", "mock.ld", "mock_release.h")
 #: ELF e_ident[EI_OSABI] of FreeBSD binaries (a FreeBSD kernel carries it; GRUB does not insist)
 ELFOSABI_FREEBSD = 9
 CFLAGS = [
@@ -59,12 +59,21 @@ def _gcc() -> str:
     return gcc
 
 
-def source_key(gcc: str | None = None) -> str:
+#: compiled in by ``current_kernel=True``: at GRUB's hand-over the mock behaves like a FreeBSD 13+
+#: kernel (preload_initkmdp(): only the module type "elf kernel"; otherwise a silent triple fault)
+CURRENT_KERNEL_DEFINE = "-DMOCK_CURRENT_KERNEL"
+
+
+def _flags(current_kernel: bool) -> list[str]:
+    return [*CFLAGS, CURRENT_KERNEL_DEFINE] if current_kernel else list(CFLAGS)
+
+
+def source_key(gcc: str | None = None, *, current_kernel: bool = False) -> str:
     """SHA-256 over the sources, the flags and `gcc --version` (what the cached ELF depends on)."""
     h = hashlib.sha256()
     for name in SOURCES:
         h.update(name.encode() + b"\0" + (SRC / name).read_bytes() + b"\0")
-    h.update(" ".join(CFLAGS).encode())
+    h.update(" ".join(_flags(current_kernel)).encode())
     version = subprocess.run([gcc or _gcc(), "--version"], capture_output=True, text=True, check=False).stdout
     h.update(version.encode())
     return h.hexdigest()
@@ -77,11 +86,16 @@ def default_cache() -> Path:
     return Path(base) / "mock-freebsd-kernel"
 
 
-def build_mock_freebsd_kernel(cache: Path | None = None) -> Path:
-    """Compile (or reuse) the mock kernel; returns the path of the ELF (``mock_freebsd_kernel``)."""
+def build_mock_freebsd_kernel(cache: Path | None = None, *, current_kernel: bool = False) -> Path:
+    """Compile (or reuse) the mock kernel; returns the path of the ELF (``mock_freebsd_kernel``).
+
+    ``current_kernel=True`` builds the variant that, like FreeBSD 13+ kernels, finds its preload
+    metadata only under the module type "elf kernel" and triple-faults without a word otherwise
+    (and calls itself 15.0-MOCK, writes minidump v3 by default).
+    """
     gcc = _gcc()
     cache = Path(cache) if cache is not None else default_cache()
-    key = source_key(gcc)
+    key = source_key(gcc, current_kernel=current_kernel)
     out = cache / key[:24] / "mock_freebsd_kernel"
     if out.is_file():
         return out
@@ -90,7 +104,7 @@ def build_mock_freebsd_kernel(cache: Path | None = None) -> Path:
         elf = Path(tmp) / "mock_freebsd_kernel"
         cmd = [
             gcc,
-            *CFLAGS,
+            *_flags(current_kernel),
             f"-Wl,-T,{SRC / 'mock.ld'}",
             "-o",
             str(elf),
@@ -111,4 +125,6 @@ def build_mock_freebsd_kernel(cache: Path | None = None) -> Path:
 
 
 if __name__ == "__main__":  # pragma: no cover - manual use: print the path of a built mock kernel
-    print(build_mock_freebsd_kernel())
+    import sys
+
+    print(build_mock_freebsd_kernel(current_kernel="--current-kernel" in sys.argv[1:]))
