@@ -7,8 +7,9 @@ or reset, and when), the GRUB ISO's record of what it booted (``boot.iso.json`` 
 ``__FreeBSD_version`` and which preload module types it looks its metadata up by). `explain_silence`
 puts them together; `wait_for_stage` uses it when GRUB handed over and nothing came after.
 
-QEMU only logs a triple fault with ``-d cpu_reset`` (CPU_LOG_RESET): guests that boot bare kernels add
-`HANDOVER_QEMU_ARGS` to their ``GuestSpec.extra_qemu_args``.
+QEMU only logs a triple fault with ``-d cpu_reset`` (CPU_LOG_RESET), and SeaBIOS only talks on COM1
+with ``-machine graphics=off`` (its serial console; the FreeBSD 12.1 transcripts were recorded that way):
+guests that boot bare kernels add `HANDOVER_QEMU_ARGS` to their ``GuestSpec.extra_qemu_args``.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from pathlib import Path
 
 from harness.freebsd.kernelfile import KernelFile, KernelFileError, inspect_kernel_file
 
-#: QEMU logs "Triple fault" (and the CPU state at every reset) into the domain log with these
-HANDOVER_QEMU_ARGS = ("-d", "cpu_reset")
+#: QEMU logs "Triple fault" (and the CPU state at every reset) into the domain log; SeaBIOS prints its
+#: banner and "No bootable device" / "Boot failed: ..." on COM1 (the boot failure patterns see them)
+HANDOVER_QEMU_ARGS = ("-d", "cpu_reset", "-machine", "graphics=off")
 _TRIPLE = re.compile(r"^Triple fault\s*$", re.M)
 _KILLED_BY_LIBVIRT = re.compile(r"terminating on signal 15 from pid \d+ \(([^)]*libvirtd[^)]*)\)")
 _REGISTER_DUMP = re.compile(

@@ -152,6 +152,7 @@ def run_repro(cfg: ReproConfig, progress: Progress = print) -> ReproOutcome:
     try:
         if cfg.kernel is not None:
             step = "grub iso"
+            from harness.freebsd.handover import HANDOVER_QEMU_ARGS
             from images.grub_iso import build_kernel_iso
 
             kenv = bare_kernel_kenv(cfg)
@@ -166,6 +167,7 @@ def run_repro(cfg: ReproConfig, progress: Progress = print) -> ReproOutcome:
                 disks=(ExtraDisk(dump_disk),),
                 uri=cfg.uri,
                 on_reboot="destroy",
+                extra_qemu_args=HANDOVER_QEMU_ARGS,  # QEMU logs a triple fault at the hand-over
             )
             source = GuestSource(spec, "/dev/vtbd0", cfg.kernel, f"--kernel {cfg.kernel}", kenv=kenv)
         else:
@@ -260,7 +262,8 @@ def _run_guest(
                 from harness.freebsd.stages import Stage, wait_for_stage
 
                 ev = wait_for_stage(
-                    guest.console, [Stage.ROOT_WAIT, Stage.MOUNTROOT_PROMPT], cfg.boot_seconds, guest=guest
+                    guest.console, [Stage.ROOT_WAIT, Stage.MOUNTROOT_PROMPT], cfg.boot_seconds, guest=guest,
+                    progress=progress,
                 )
                 progress(f"kernel up: {ev.stage.value} after {time.monotonic() - t:.1f}s")
             else:
