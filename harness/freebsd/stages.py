@@ -102,6 +102,10 @@ PROMPT_STAGES = frozenset(
 #: from module_path").
 BOOT_FAILURE_PATTERNS: dict[str, str] = {
     "firmware.no_boot": r"No bootable device|Boot failed: [^\r\n]*",
+    # fbsd-hil's grub.cfg echoes "GRUB: loading FreeBSD kernel", runs kfreebsd (+ modules, kenv) and
+    # echoes "GRUB: booting": an error line right before that echo is a load failure (seconds before
+    # GRUB gives up with "Failed to boot ...", after its "Press any key to continue" wait)
+    "grub.load_error": r"error: [^\r\n]*[\r\n]+GRUB: booting",
     "grub.boot_failed": r"Failed to boot both default and fallback entries\.?",
     "grub.rescue": r"Entering rescue mode\.\.\.",
     "loader.no_kernel": r"can't load '[^'\r\n]+'|Failed to load kernel '[^'\r\n]+'"
@@ -146,7 +150,7 @@ class BootFailed(FreeBSDStageError):
         self.failure = failure  # the BOOT_FAILURE_PATTERNS name
 
 
-_ERROR_LINE = re.compile(r"(?m)^[^\S\r\n]*(error: [^\r\n]+|ERROR: [^\r\n]+|can't load '[^\r\n]+)")
+_ERROR_LINE = re.compile(r"(?:^|[\r\n])[^\S\r\n]*(error: [^\r\n]+|ERROR: [^\r\n]+|can't load '[^\r\n]+)")
 _WHO = {"firmware": "the firmware (SeaBIOS) found nothing to boot", "grub": "GRUB could not boot the kernel",
         "loader": "FreeBSD's loader(8) could not load the kernel"}
 
@@ -158,8 +162,11 @@ def failure_error(exc, waiting_for: str, *, seconds: float | None = None) -> Fre
     matched = (getattr(exc, "matched", "") or "").strip()
     name = getattr(exc, "name", "") or ""
     if name in BOOT_FAILURE_PATTERNS:
-        before = _ANSI.sub("", getattr(exc, "before", "") or text)
-        errors = list(dict.fromkeys(m.group(1).strip() for m in _ERROR_LINE.finditer(before)))[-3:]
+        plain = _ANSI.sub("", text + ("" if matched in text else matched))
+        starts = [plain.rfind(a) for a in ("SeaBIOS (version", "come to GRUB!", "GRUB: loading", "BTX loader")]
+        region = plain[max(0, *starts):]
+        errors = list(dict.fromkeys(m.group(1).strip() for m in _ERROR_LINE.finditer(region)))[-3:]
+        matched = matched.split("\n")[0].strip() if name == "grub.load_error" else matched
         when = f" after {seconds:.1f} s" if seconds is not None else ""
         said = "; ".join([*errors, matched]) if matched not in errors else "; ".join(errors)
         return BootFailed(
