@@ -163,7 +163,8 @@ def failure_error(exc, waiting_for: str, *, seconds: float | None = None) -> Fre
     name = getattr(exc, "name", "") or ""
     if name in BOOT_FAILURE_PATTERNS:
         plain = _ANSI.sub("", text + ("" if matched in text else matched))
-        starts = [plain.rfind(a) for a in ("SeaBIOS (version", "come to GRUB!", "GRUB: loading", "BTX loader")]
+        anchors = ("SeaBIOS (version", "come to GRUB!", "GRUB: loading", "BTX loader")
+        starts = [plain.rfind(a) for a in anchors]
         region = plain[max(0, *starts):]
         errors = list(dict.fromkeys(m.group(1).strip() for m in _ERROR_LINE.finditer(region)))[-3:]
         matched = matched.split("\n")[0].strip() if name == "grub.load_error" else matched
