@@ -154,7 +154,10 @@ def explain_silence(
             kernel = inspect_kernel_file(kernel_path)
         except KernelFileError as exc:
             kernel_note = str(exc)
-    after = f" {now - handover_at:.1f} s after the hand-over" if handover_at is not None else ""
+    after = ""
+    if handover_at is not None:
+        dt = now - handover_at
+        after = f" {dt:.2f} s after the hand-over" if dt < 1 else f" {dt:.1f} s after the hand-over"
     end = f"before the console closed ({closed})" if closed else f"in {seconds:.0f} s"
     if verdict is not None and (verdict.triple_faults or verdict.stopped_by_libvirt):
         happened = f"{verdict.describe()}{after}"

@@ -217,7 +217,7 @@ def test_silence_of_a_current_kernel_behind_an_unfixed_grub_names_the_type_strin
                           closed="end of file on the console")
     first = msg.splitlines()[0]
     assert first.startswith("GRUB handed over but the kernel printed nothing before the console closed")
-    assert "QEMU logged a triple fault (CPU reset) 0.4 s after the hand-over" in first
+    assert "QEMU logged a triple fault (CPU reset) 0.40 s after the hand-over" in first
     assert 'only under the module type "elf kernel"' in first and '"elf64 kernel"' in first
     assert "kernel-type" in first
     assert "__FreeBSD_version 1500000 (15.0, ABI note)" in msg
@@ -257,3 +257,18 @@ def test_a_timeout_after_grub_is_still_a_stage_timeout(replay):
     with pytest.raises(StageTimeout) as exc:
         wait_for_stage(console, [Stage.ROOT_WAIT], 0.5)
     assert str(exc.value).startswith("GRUB handed over but the kernel printed nothing in ")
+
+
+def test_a_derivative_banner_gives_its_version_and_name():
+    from harness.freebsd.kernel import kernel_facts
+
+    text = (
+        "KDB: debugger backends: ddb\r\nKDB: current backend: ddb\r\n---<<BOOT>>---\r\n"
+        "Copyright (c) 2013-2024 The HardenedBSD Project.\r\nCopyright (c) 1992-2024 The FreeBSD Project.\r\n"
+        "FreeBSD is a registered trademark of The FreeBSD Foundation.\r\n"
+        "HardenedBSD 14.0-STABLE #0 hardened/14-stable/master-n0: Mon Jan  1 00:00:00 UTC 2024\r\n"
+    )
+    facts = kernel_facts(text)
+    assert (facts.os_name, facts.version, facts.major) == ("HardenedBSD", "14.0-STABLE", 14)
+    assert facts.has_ddb is True
+    assert facts.describe().startswith("HardenedBSD 14.0-STABLE")
