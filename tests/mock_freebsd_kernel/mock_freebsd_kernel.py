@@ -9,7 +9,9 @@ formats (kerneldumpheader v4 + amd64 minidump v2 or ELF full dump, written by th
 virtio-blk dump disk). See README.md for what it does and does not imitate.
 
 `build_mock_freebsd_kernel(cache)` compiles with the system gcc and caches the ELF under a key made
-of the source files' SHA-256 and the compiler version.
+of the source files' SHA-256 and the compiler version. ``current_kernel=True`` builds the variant that
+behaves like a FreeBSD 13+ kernel at GRUB's hand-over (boot metadata only under the module type
+"elf kernel"; otherwise a silent triple fault before any output).
 """
 
 from __future__ import annotations
