@@ -148,3 +148,23 @@ def test_an_image_that_is_not_a_disk_fails_in_seconds(tmp_path):
         _boot(tmp_path, DiskImageBoot(image=junk, format="raw"), [Stage.LOGIN], deadline=600)
     assert time.monotonic() - t < 60
     assert "SeaBIOS" in str(exc.value) and "not a bootable disk" in str(exc.value)
+
+
+def test_preparing_an_image_that_is_not_a_disk_fails_in_seconds(tmp_path):
+    """`images.prepare` (what `repro --image` runs first) boots the image to log in: a file that is no
+    bootable disk must end there at SeaBIOS's verdict, not after the 1200 s boot timeout."""
+    import os
+    import time
+
+    import images
+    from images.errors import PreparationError
+
+    _libvirt_or_skip()
+    junk = tmp_path / "not-a-disk.img"
+    junk.write_bytes(os.urandom(1 << 20))
+    junk.chmod(0o644)
+    t = time.monotonic()
+    with pytest.raises(PreparationError) as exc:
+        images.prepare(junk, cache=tmp_path / "cache", memory_mib=128, vcpus=1, accel="tcg", progress=False)
+    assert time.monotonic() - t < 60
+    assert "SeaBIOS" in str(exc.value) and "not a bootable disk" in str(exc.value)
