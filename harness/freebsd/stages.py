@@ -8,7 +8,10 @@ panic and reboot texts). Two users:
 * `recognise(text)` walks a finished transcript and lists every stage in order (tests, artifacts);
 * `wait_for_stage(console, targets, deadline)` waits on a live `Console` until one of `targets` shows
   up, with a kernel panic armed as a failure so that a panic during *any* wait ends it at once with the
-  panic text as evidence (`GuestPanicked`).
+  panic text as evidence (`GuestPanicked`), and the firmware's / GRUB's / loader(8)'s failure messages
+  (`BOOT_FAILURE_PATTERNS`) ending it with `BootFailed`. On the way to a boot stage it notes the boot
+  milestones (progress, the hand-over time); a kernel silent after GRUB's hand-over is explained by
+  `harness.freebsd.handover`.
 """
 
 from __future__ import annotations
@@ -255,14 +258,6 @@ def stage_sequence(text: str) -> list[Stage]:
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-#: What a kernel booted by GRUB (no loader(8)) needs to talk on COM1; see `harness.freebsd.kernel`.
-SERIAL_CONSOLE_HINT = (
-    "a kernel booted by GRUB only uses COM1 when its environment says so: add "
-    "hw.uart.console=io:1016,br:115200 (what loader(8) sets, stand/i386/libi386/comconsole.c; amd64 "
-    "GENERIC compiles in no device hints); a triple fault at the hand-over shows in the QEMU log"
-)
-
 
 def last_stage(text: str) -> StageEvent | None:
     """The last recognisable stage in `text` (None if nothing is recognisable)."""
