@@ -183,6 +183,8 @@ def _string_refs(data: bytes, source: str) -> list[tuple[int, int, bytes]]:
         raise GrubError(f"{source}: not an ELF GRUB module: {exc}") from exc
     except struct.error as exc:
         raise GrubError(f"{source}: truncated relocation data: {exc}") from exc
+    except (ValueError, IndexError, KeyError, AttributeError) as exc:  # pyelftools on a malformed file
+        raise GrubError(f"{source}: malformed ELF GRUB module ({type(exc).__name__}: {exc})") from exc
 
 
 def inspect_bsd_module(data: bytes, *, source: str = "bsd.mod") -> KernelTypeState:

@@ -154,6 +154,8 @@ def explain_silence(
             kernel = inspect_kernel_file(kernel_path)
         except KernelFileError as exc:
             kernel_note = str(exc)
+        except Exception as exc:  # noqa: BLE001 - evidence only: never hide the boot failure behind it
+            kernel_note = f"{kernel_path}: could not be read as an ELF kernel ({type(exc).__name__}: {exc})"
     after = ""
     if handover_at is not None:
         dt = now - handover_at

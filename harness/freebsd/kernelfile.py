@@ -159,7 +159,7 @@ def inspect_kernel_file(path: Path | str) -> KernelFile:
                 regions += [(p["p_offset"], p["p_filesz"]) for p in elf.iter_segments()
                             if p["p_type"] == "PT_NOTE"]
                 osreldate = _symbol_int(elf, data, "osreldate")
-            except (ELFError, struct.error, ValueError, IndexError) as exc:
+            except (ELFError, struct.error, ValueError, IndexError, KeyError, AttributeError) as exc:
                 raise KernelFileError(f"{path}: malformed ELF headers: {exc}") from exc
             abi_version = None
             for start, size in dict.fromkeys(regions):
