@@ -271,6 +271,7 @@ def _guest_spec(base: Path, dump_disk: Path, *, disk_bus: str, memory_mib: int, 
     """The preparation guest: the base (Guest puts a qcow2 overlay on it) and the raw dump disk, both
     on ``disk_bus`` so that the dump disk is the second disk of that bus (see DUMP_DEVICES)."""
     try:
+        from harness.freebsd.handover import HANDOVER_QEMU_ARGS
         from harness.vm.guest import DiskImageBoot, ExtraDisk, GuestSpec
     except ImportError as exc:  # pragma: no cover - depends on the guest layer being installed
         raise PreparationError(f"preparation needs the guest layer (harness.vm.guest): {exc}") from exc
@@ -282,6 +283,8 @@ def _guest_spec(base: Path, dump_disk: Path, *, disk_bus: str, memory_mib: int, 
         disks=(ExtraDisk(path=dump_disk, format="raw", bus=disk_bus),),
         uri=uri,
         name_prefix="fbsd-hil-prepare",
+        # SeaBIOS on COM1: a file that is no bootable disk fails at once ("Boot failed: ...", BootFailed)
+        extra_qemu_args=HANDOVER_QEMU_ARGS,
     )
 
 

@@ -10,7 +10,7 @@ the same report. Exit status as `repro`: 0 verified, 1 verification failed, 2 co
 input: one line names the file and what was expected).
 
 A live image is guest RAM as `repro` saves it: the RAM ranges of the QEMU machine type back to back
-(one flat range below 3.5 GiB on ``pc``; `harness.memory.ram_ranges`), so byte N of a small image is
+(one flat range below 3.5 GiB on ``pc``; `harness.vm.memory.ram_ranges`), so byte N of a small image is
 physical address N. A run directory names its machine type in ``domain.xml``.
 """
 
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 PROG = "fbsd-hil verify"
-#: what `repro` leaves in a run directory (harness/verify/pipeline.py)
+#: what `repro` leaves in a run directory (harness/run/evidence.py)
 RUN_LIVE_AFTER = "live-after.raw"
 RUN_LIVE_BEFORE = "live-before.raw"
 RUN_REPORT = "report.json"

@@ -25,8 +25,10 @@ from dataclasses import dataclass, replace
 _BACKENDS = re.compile(r"KDB: debugger backends:([^\r\n]*)")
 _CURRENT = re.compile(r"KDB: current backend: (\S+)")
 _COPYRIGHT = re.compile(r"Copyright \(c\) 1992-\d+ The FreeBSD Project\.")
-# "FreeBSD 12.1-STABLE DUMPTEST amd64", "FreeBSD 14.1-RELEASE releng/14.1-n267679-10e31f0946d8 GENERIC amd64"
-_VERSION = re.compile(r"(?m)^FreeBSD (\d+)\.(\d+)-([A-Z]+(?:-p\d+)?)\b([^\r\n]*)")
+# "FreeBSD 12.1-STABLE DUMPTEST amd64", "FreeBSD 14.1-RELEASE releng/14.1-n267679-10e31f0946d8 GENERIC amd64";
+# derivatives put their own name first ("HardenedBSD 14.0-STABLE ..."): the line is found by its shape
+# after the copyright banner, not by the word FreeBSD (newvers.sh: "${TYPE} ${RELEASE} ...")
+_VERSION = re.compile(r"(?m)^([A-Za-z][A-Za-z0-9_]*) (\d+)\.(\d+)-([A-Z]+(?:-p\d+)?)\b([^\r\n]*)")
 # Text that only a real (re)boot prints before the banner, never ddb's "show msgbuf".
 _BOOT_EVIDENCE = re.compile(
     r"SeaBIOS|GRUB: booting|Booting \[|BTX loader|Consoles: |KDB: debugger backends|GDB: |cpu_reset"
@@ -47,6 +49,7 @@ class KernelFacts:
     ident: str | None = None  # kernel config name, e.g. GENERIC
     machine: str | None = None
     gdb_ports: bool | None = None  # False after "GDB: no debug ports present"
+    os_name: str | None = None  # "FreeBSD", or a derivative's name from the version line
 
     @property
     def has_ddb(self) -> bool | None:
@@ -57,7 +60,7 @@ class KernelFacts:
 
     def describe(self) -> str:
         """One line for logs and errors."""
-        kernel = f"FreeBSD {self.version or '?'} {self.ident or ''}".strip()
+        kernel = f"{self.os_name or 'FreeBSD'} {self.version or '?'} {self.ident or ''}".strip()
         if self.backends is None:
             kdb = "debugger backends unknown (boot banner not seen)"
         elif not self.backends:
@@ -105,11 +108,12 @@ def kernel_facts(text: str) -> KernelFacts:
         gdb = False
     elif re.search(r"GDB: debug ports:", head):
         gdb = True
-    version = major = ident = machine = None
+    version = major = ident = machine = os_name = None
     if vm := _VERSION.search(text, start):
-        version = f"{vm.group(1)}.{vm.group(2)}-{vm.group(3)}"
-        major = int(vm.group(1))
-        rest = vm.group(4).split()
+        os_name = vm.group(1)
+        version = f"{vm.group(2)}.{vm.group(3)}-{vm.group(4)}"
+        major = int(vm.group(2))
+        rest = vm.group(5).split()
         if rest and rest[-1] in _MACHINES:
             machine = rest[-1]
             ident = rest[-2] if len(rest) >= 2 and not rest[-2].endswith(":") else None
@@ -122,4 +126,5 @@ def kernel_facts(text: str) -> KernelFacts:
         ident=ident,
         machine=machine,
         gdb_ports=gdb,
+        os_name=os_name,
     )

@@ -23,10 +23,11 @@ from harness.freebsd.stages import (
     STAGE_PATTERNS,
     TAIL_WINDOW,
     FreeBSDStageError,
-    GuestPanicked,
+    GuestPanicked,  # noqa: F401 - raised through failure_error; re-exported for callers
     Stage,
     StageTimeout,
     describe_timeout,
+    failure_error,
     last_stage,
 )
 from harness.util.deadline import Deadline, as_deadline
@@ -144,7 +145,6 @@ class ConsoleShell:
             for name in FAILURE_PATTERNS:
                 self.console.disarm(name)
 
-    def _panicked(self, exc, what: str) -> GuestPanicked:
-        m = re.search(STAGE_PATTERNS[Stage.PANIC], getattr(exc, "matched", "") or "")
-        message = m.group(1) if m else (getattr(exc, "matched", "") or str(exc)).strip()
-        return GuestPanicked(message.strip(), waiting_for=what, tail=getattr(exc, "tail", ""))
+    def _panicked(self, exc, what: str) -> FreeBSDStageError:
+        """`GuestPanicked`, or `BootFailed` when the firmware / a boot loader gave up."""
+        return failure_error(exc, what)

@@ -8,14 +8,18 @@ panic and reboot texts). Two users:
 * `recognise(text)` walks a finished transcript and lists every stage in order (tests, artifacts);
 * `wait_for_stage(console, targets, deadline)` waits on a live `Console` until one of `targets` shows
   up, with a kernel panic armed as a failure so that a panic during *any* wait ends it at once with the
-  panic text as evidence (`GuestPanicked`).
+  panic text as evidence (`GuestPanicked`), and the firmware's / GRUB's / loader(8)'s failure messages
+  (`BOOT_FAILURE_PATTERNS`) ending it with `BootFailed`. On the way to a boot stage it notes the boot
+  milestones (progress, the hand-over time); a kernel silent after GRUB's hand-over is explained by
+  `harness.freebsd.handover`.
 """
 
 from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from harness.util.deadline import Deadline, as_deadline
@@ -93,10 +97,29 @@ PROMPT_STAGES = frozenset(
     {Stage.LOADER_PROMPT, Stage.MOUNTROOT_PROMPT, Stage.LOGIN, Stage.SHELL, Stage.DDB_PROMPT}
 )
 
+#: Boot failures of the firmware and the boot loaders: each means nothing more will come, so a wait ends
+#: at once (`BootFailed`) instead of running out its whole deadline. Texts: SeaBIOS (src/boot.c: "Boot
+#: failed: ...", "No bootable device."), GRUB 2 (grub-core/normal/menu.c: "Failed to boot both default and
+#: fallback entries.", kern/main.c: "Entering rescue mode..."), FreeBSD's loader(8) (stand/common/boot.c:
+#: "can't load '%s'", stand/lua/config.lua: "Failed to load kernel '%s'", "No kernel set, failed to load
+#: from module_path").
+BOOT_FAILURE_PATTERNS: dict[str, str] = {
+    "firmware.no_boot": r"No bootable device|Boot failed: [^\r\n]*",
+    # fbsd-hil's grub.cfg echoes "GRUB: loading FreeBSD kernel", runs kfreebsd (+ modules, kenv) and
+    # echoes "GRUB: booting": an error line right before that echo is a load failure (seconds before
+    # GRUB gives up with "Failed to boot ...", after its "Press any key to continue" wait)
+    "grub.load_error": r"error: [^\r\n]*[\r\n]+GRUB: booting",
+    "grub.boot_failed": r"Failed to boot both default and fallback entries\.?",
+    "grub.rescue": r"Entering rescue mode\.\.\.",
+    "loader.no_kernel": r"can't load '[^'\r\n]+'|Failed to load kernel '[^'\r\n]+'"
+    r"|No kernel set, failed to load from module_path",
+}
+
 #: Console failure patterns, armed during every wait by `wait_for_stage` (names are Console names).
 FAILURE_PATTERNS: dict[str, str] = {
     "freebsd.panic": STAGE_PATTERNS[Stage.PANIC],
     "freebsd.fatal_trap": r"(?:^|[\r\n])Fatal (?:double fault|trap \d+: [^\r\n]*)",
+    **BOOT_FAILURE_PATTERNS,
 }
 
 
@@ -119,6 +142,43 @@ class GuestPanicked(FreeBSDStageError):
             f"FreeBSD kernel panicked while waiting for {waiting_for}: {panic_message}", tail=tail
         )
         self.panic_message = panic_message
+
+
+class BootFailed(FreeBSDStageError):
+    """The firmware or a boot loader gave up (no bootable device, GRUB or loader(8) could not load the
+    kernel): the message quotes its error lines."""
+
+    def __init__(self, message: str, *, failure: str, tail: str = "") -> None:
+        super().__init__(message, tail=tail)
+        self.failure = failure  # the BOOT_FAILURE_PATTERNS name
+
+
+_ERROR_LINE = re.compile(r"(?:^|[\r\n])[^\S\r\n]*(error: [^\r\n]+|ERROR: [^\r\n]+|can't load '[^\r\n]+)")
+_WHO = {"firmware": "the firmware (SeaBIOS) found nothing to boot", "grub": "GRUB could not boot the kernel",
+        "loader": "FreeBSD's loader(8) could not load the kernel"}
+
+
+def failure_error(exc, waiting_for: str, *, seconds: float | None = None) -> FreeBSDStageError:
+    """The error for a `ConsoleFailure` from `FAILURE_PATTERNS`: `BootFailed` for a boot failure, with
+    the loader's error lines, else `GuestPanicked` with the panic message."""
+    text = getattr(exc, "tail", "") or ""
+    matched = (getattr(exc, "matched", "") or "").strip()
+    name = getattr(exc, "name", "") or ""
+    if name in BOOT_FAILURE_PATTERNS:
+        plain = _ANSI.sub("", text + ("" if matched in text else matched))
+        anchors = ("SeaBIOS (version", "come to GRUB!", "GRUB: loading", "BTX loader")
+        starts = [plain.rfind(a) for a in anchors]
+        region = plain[max(0, *starts):]
+        errors = list(dict.fromkeys(m.group(1).strip() for m in _ERROR_LINE.finditer(region)))[-3:]
+        matched = matched.split("\n")[0].strip() if name == "grub.load_error" else matched
+        when = f" after {seconds:.1f} s" if seconds is not None else ""
+        said = "; ".join([*errors, matched]) if matched not in errors else "; ".join(errors)
+        return BootFailed(
+            f"{_WHO[name.split('.')[0]]}{when} (waiting for {waiting_for}): {said}", failure=name, tail=text
+        )
+    pm = re.search(STAGE_PATTERNS[Stage.PANIC], matched)
+    message = pm.group(1) if pm else matched or str(exc)
+    return GuestPanicked(message.strip(), waiting_for=waiting_for, tail=text)
 
 
 class StageTimeout(ConsoleTimeout):
@@ -199,14 +259,6 @@ def stage_sequence(text: str) -> list[Stage]:
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
-#: What a kernel booted by GRUB (no loader(8)) needs to talk on COM1; see `harness.freebsd.kernel`.
-SERIAL_CONSOLE_HINT = (
-    "a kernel booted by GRUB only uses COM1 when its environment says so: add "
-    "hw.uart.console=io:1016,br:115200 (what loader(8) sets, stand/i386/libi386/comconsole.c; amd64 "
-    "GENERIC compiles in no device hints); a triple fault at the hand-over shows in the QEMU log"
-)
-
-
 def last_stage(text: str) -> StageEvent | None:
     """The last recognisable stage in `text` (None if nothing is recognisable)."""
     events = recognise(text)
@@ -223,24 +275,51 @@ def kernel_silent_after_grub(text: str) -> bool:
 
 
 def describe_timeout(
-    text: str, seconds: float, waiting_for: str, log_tail: str | None = None, *, closed: str | None = None
+    text: str,
+    seconds: float,
+    waiting_for: str,
+    log_tail: str | None = None,
+    *,
+    closed: str | None = None,
+    guest=None,
+    handover_at: float | None = None,
 ) -> str:
     """One message for a stage wait that ran out (or whose console `closed`, with the reason): the last
-    stage seen, or GRUB's silent hand-over."""
+    stage seen, or, when GRUB handed over to a kernel that never spoke, what QEMU, the ISO record and the
+    kernel file say about why (`harness.freebsd.handover.explain_silence`)."""
     if kernel_silent_after_grub(text):
-        end = f"before the console closed ({closed})" if closed else f"in {seconds:.0f} s"
-        msg = (
-            f"GRUB handed over but the kernel printed nothing {end} (waiting for {waiting_for}); "
-            f"{SERIAL_CONSOLE_HINT}"
+        from harness.freebsd.handover import explain_silence
+
+        grub_boots = len(re.findall(r"come to GRUB!|GNU GRUB +version", text))
+        return explain_silence(
+            waiting_for=waiting_for, seconds=seconds, guest=guest, handover_at=handover_at, closed=closed,
+            log=log_tail if guest is None else None, grub_boots=max(grub_boots, 1),
         )
-    else:
-        last = last_stage(text)
-        seen = f"{last.stage.value} ({last.text.strip()[:100]!r})" if last else "nothing recognisable"
-        end = f"before the console closed ({closed})" if closed else f"within {seconds:.0f} s"
-        msg = f"no {waiting_for} {end}; last stage seen: {seen}"
+    last = last_stage(text)
+    seen = f"{last.stage.value} ({last.text.strip()[:100]!r})" if last else "nothing recognisable"
+    end = f"before the console closed ({closed})" if closed else f"within {seconds:.0f} s"
+    msg = f"no {waiting_for} {end}; last stage seen: {seen}"
     if log_tail:
         msg += "\n--- QEMU log tail ---\n" + log_tail.rstrip()
     return msg
+
+
+#: Boot milestones `wait_for_stage` notes on the way to a later boot stage (progress, hand-over time).
+BOOT_MILESTONES = (Stage.FIRMWARE, Stage.GRUB, Stage.LOADER, Stage.KERNEL)
+_BOOT_ORDER = list(Stage)
+_BOOT_TARGETS = frozenset({
+    Stage.LOADER, Stage.LOADER_MENU, Stage.LOADER_COUNTDOWN, Stage.LOADER_PROMPT, Stage.KERNEL,
+    Stage.ROOT_WAIT, Stage.MOUNTROOT_PROMPT, Stage.RC, Stage.LOGIN,
+})
+
+
+def _milestones_before(targets: list[Stage]) -> list[Stage]:
+    """The milestones worth noting while waiting for `targets` (only for waits on a boot stage)."""
+    boot = [t for t in targets if t in _BOOT_TARGETS]
+    if not boot:
+        return []
+    last = max(_BOOT_ORDER.index(t) for t in boot)
+    return [m for m in BOOT_MILESTONES if m not in targets and _BOOT_ORDER.index(m) < last]
 
 
 def wait_for_stage(
@@ -251,13 +330,17 @@ def wait_for_stage(
     patterns: Mapping[Stage, str] | None = None,
     allow_panic: bool = False,
     guest=None,
+    progress: Callable[[str], None] | None = None,
 ) -> StageEvent:
-    """Wait on `console` until one of `targets` appears; a panic ends the wait with `GuestPanicked`.
+    """Wait on `console` until one of `targets` appears; a panic ends the wait with `GuestPanicked`, a
+    firmware / GRUB / loader(8) failure with `BootFailed`.
 
     `patterns` overrides the regex of a stage (e.g. a SHELL prompt we set ourselves). With
     `allow_panic` (used when a panic is what we want, as a ddb trigger), PANIC may be a target and the
     panic failure patterns are not armed. Running out of time raises `StageTimeout` (a
-    `ConsoleTimeout`) naming the last stage seen; with `guest`, its QEMU log tail is added.
+    `ConsoleTimeout`) naming the last stage seen; with `guest`, its QEMU log tail is added. While waiting
+    for a boot stage, the boot milestones on the way (firmware, GRUB, loader, kernel) are noted and, with
+    `progress`, reported with the seconds since the wait began.
     """
     from harness.vm.console import ConsoleFailure
 
@@ -266,11 +349,29 @@ def wait_for_stage(
         raise ValueError("wait_for_stage needs at least one target stage")
     deadline = as_deadline(deadline, "wait for " + "/".join(t.value for t in targets))
     regexes = {t.value: (patterns or {}).get(t, STAGE_PATTERNS[t]) for t in targets}
-    armed = [] if allow_panic else list(FAILURE_PATTERNS)
+    milestones = _milestones_before(targets)
+    watch = dict(regexes)
+    watch.update({f"milestone:{m.value}": STAGE_PATTERNS[m] for m in milestones})
+    armed = list(BOOT_FAILURE_PATTERNS) if allow_panic else list(FAILURE_PATTERNS)
     for name in armed:
         console.arm_failure(name, FAILURE_PATTERNS[name])
+    started = time.monotonic()
+    reached: dict[Stage, float] = {}
+    handover_at: float | None = None
+    waiting = "/".join(t.value for t in targets)
     try:
-        m = console.expect(regexes, deadline)
+        while True:
+            m = console.expect(watch, deadline)
+            if not m.name.startswith("milestone:"):
+                break
+            stage = Stage(m.name.split(":", 1)[1])
+            now = time.monotonic()
+            if stage == Stage.GRUB:
+                handover_at = now  # the last GRUB line before silence is the hand-over
+            if stage not in reached:
+                reached[stage] = now
+                if progress is not None:
+                    progress(f"boot: {stage.value} after {now - started:.1f}s")
     except (StageTimeout, StageConsoleClosed):
         raise
     except (ConsoleTimeout, ConsoleClosed) as exc:
@@ -281,30 +382,22 @@ def wait_for_stage(
                 log = guest.log_tail()
             except Exception as log_exc:  # noqa: BLE001 - evidence only, never hide the timeout
                 log = f"(QEMU log unavailable: {log_exc})"
-        waiting = "/".join(t.value for t in targets)
         last = last_stage(text)
+        closed = None
         if isinstance(exc, ConsoleClosed):
-            reason = getattr(console, "closed_reason", None) or "end of file"
-            raise StageConsoleClosed(
-                describe_timeout(text, deadline.elapsed(), waiting, log, closed=str(reason)),
-                last_stage=last.stage if last else None,
-                cause=exc,
-            ) from exc
-        raise StageTimeout(
-            describe_timeout(text, deadline.elapsed(), waiting, log),
-            last_stage=last.stage if last else None,
-            cause=exc,
-        ) from exc
+            closed = str(getattr(console, "closed_reason", None) or "end of file")
+        message = describe_timeout(
+            text, deadline.elapsed(), waiting, log, closed=closed, guest=guest, handover_at=handover_at
+        )
+        if closed is not None:
+            raise StageConsoleClosed(message, last_stage=last.stage if last else None, cause=exc) from exc
+        raise StageTimeout(message, last_stage=last.stage if last else None, cause=exc) from exc
     except ConsoleFailure as exc:
-        text = getattr(exc, "tail", "") or ""
-        matched = getattr(exc, "matched", "") or ""
-        pm = re.search(STAGE_PATTERNS[Stage.PANIC], matched)
-        message = pm.group(1) if pm else matched.strip() or str(exc)
-        raise GuestPanicked(
-            message.strip(), waiting_for="/".join(t.value for t in targets), tail=text
-        ) from exc
+        raise failure_error(exc, waiting, seconds=time.monotonic() - started) from exc
     finally:
         for name in armed:
             console.disarm(name)
     stage = Stage(m.name)
+    if progress is not None:
+        progress(f"boot: {stage.value} after {time.monotonic() - started:.1f}s")
     return StageEvent(stage, -1, m.match.group(0).strip("\r\n"), _value(m.match))

@@ -71,6 +71,7 @@ def _wait_for_root(ctx: RunContext, booted: Booted) -> None:
         [Stage.ROOT_WAIT, Stage.MOUNTROOT_PROMPT],
         ctx.cfg.boot_seconds,
         guest=booted.guest,
+        progress=ctx.progress,
     )
     ctx.progress(f"kernel up: {ev.stage.value} after {time.monotonic() - t:.1f}s")
 

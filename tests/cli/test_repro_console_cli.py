@@ -147,8 +147,9 @@ def test_repro_killed_by_sigterm_destroys_its_guest(tmp_path, sig):
     import signal
 
     sys.path.insert(0, str(REPO / "tests" / "images"))
-    from harness.libvirt_conn import LibvirtUnavailable, connect
     from images_tiny_kernel import build_tiny_kernel
+
+    from harness.vm.libvirt_conn import LibvirtUnavailable, connect
 
     try:
         connect().close()
@@ -186,6 +187,6 @@ def test_repro_killed_by_sigterm_destroys_its_guest(tmp_path, sig):
         assert name not in [d.name() for d in conn.listAllDomains()], f"{name} still defined/running"
     finally:
         conn.close()
-    from harness.reaper import REGISTRY_DIR
+    from harness.vm.reaper import REGISTRY_DIR
 
     assert not (REGISTRY_DIR / f"{name}.json").exists(), "the guest's registry entry was left behind"

@@ -4,6 +4,7 @@ of a tiny freestanding kernel, with and without the fix."""
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 import subprocess
@@ -17,13 +18,17 @@ from images.grub_iso import (
     SYSTEM_GRUB_DIR,
     build_kernel_iso,
     grub_cfg,
+    inspect_bsd_module,
     inspect_relocator,
     normalise_kenv,
+    patch_bsd_module,
     patch_relocator,
     patched_grub_dir,
+    selected_fixes,
 )
 
 SYSTEM_RELOCATOR = SYSTEM_GRUB_DIR / "relocator.mod"
+SYSTEM_BSD = SYSTEM_GRUB_DIR / "bsd.mod"
 needs_grub = pytest.mark.skipif(
     not SYSTEM_RELOCATOR.is_file() or shutil.which("grub-mkrescue") is None,
     reason="needs Debian grub-pc-bin + grub-common (harness/data/debian-packages.txt)",
@@ -62,8 +67,11 @@ def test_system_relocator_has_the_known_defect_and_the_copy_is_fixed(tmp_path):
     assert len(diff) == 1, "exactly one byte (the displacement) changes"
     assert SYSTEM_RELOCATOR.read_bytes() == original, "the system module is never modified"
     assert sorted(p.name for p in moddir.iterdir()) == sorted(p.name for p in SYSTEM_GRUB_DIR.iterdir())
-    digest = hashlib.sha256(original).hexdigest()
-    assert moddir == tmp_path / "cache" / "grub" / digest / "i386-pc"
+    stamp_json = json.loads((moddir.parent / "fbsd-hil.json").read_text())
+    assert stamp_json["relocator_sha256"] == hashlib.sha256(original).hexdigest()
+    assert stamp_json["relocator_state"] == "defective"
+    assert stamp_json["fixes"] == ["relocator", "kernel-type"]
+    assert moddir.parent.parent == tmp_path / "cache" / "grub"
 
     stamp = moddir.stat().st_mtime_ns
     assert patched_grub_dir(cache=tmp_path / "cache") == moddir
@@ -88,6 +96,118 @@ def test_unknown_bytes_are_refused_and_a_correct_module_is_left_alone():
 
     with pytest.raises(GrubError, match="not an ELF GRUB module"):
         inspect_relocator(b"not an elf at all", source="junk.mod")
+
+
+def _type_string_refs(module: Path) -> list[str]:
+    """The strings the kfreebsd code passes as a module type, read with binutils (objdump -r) and the
+    section bytes, independently of images.grub_iso's own ELF walk."""
+    relocs = subprocess.run(["objdump", "-r", "-j", ".text", str(module)], capture_output=True, text=True,
+                            check=True).stdout
+    rodata = Path(str(module) + ".str")
+    subprocess.run(["objcopy", "-O", "binary", "-j", ".rodata.str1.1", str(module), str(rodata)], check=True)
+    strings = rodata.read_bytes()
+    text = Path(str(module) + ".text")
+    subprocess.run(["objcopy", "-O", "binary", "-j", ".text", str(module), str(text)], check=True)
+    code = text.read_bytes()
+    found = []
+    for m in re.finditer(r"^([0-9a-f]+) R_386_32\s+\.rodata\.str1\.1$", relocs, re.M):
+        addend = int.from_bytes(code[int(m[1], 16) : int(m[1], 16) + 4], "little")
+        value = strings[addend : strings.index(b"\0", addend)]
+        if value.endswith(b" kernel"):  # the string and what follows up to 13 bytes (padding shows)
+            found.append(strings[addend : addend + 13].decode("latin-1"))
+    return found
+
+
+@needs_grub
+def test_system_bsd_module_registers_elf64_kernel_and_the_copy_registers_elf_kernel(tmp_path):
+    original = SYSTEM_BSD.read_bytes()
+    found = inspect_bsd_module(original, source=str(SYSTEM_BSD))
+    assert found.state == "defective" and found.kernel_type == "elf64 kernel"
+    assert original[found.string_file_offset : found.string_file_offset + 13] == b"elf64 kernel\0"
+    copy = tmp_path / "orig-bsd.mod"
+    copy.write_bytes(original)
+    assert sorted(r.split("\0")[0] for r in _type_string_refs(copy)) == ["elf kernel", "elf64 kernel"]
+
+    moddir = patched_grub_dir(cache=tmp_path / "cache")
+    fixed = (moddir / "bsd.mod").read_bytes()
+    assert inspect_bsd_module(fixed).state == "patched"
+    refs = _type_string_refs(moddir / "bsd.mod")
+    assert sorted(r.split("\0")[0] for r in refs) == ["elf kernel", "elf kernel"], refs
+    assert "elf kernel\0\0\0" in refs, "the amd64 string is NUL-padded to its old 13 bytes"
+    diff = [i for i, (a, b) in enumerate(zip(original, fixed, strict=True)) if a != b]
+    assert diff and min(diff) >= found.string_file_offset and max(diff) < found.string_file_offset + 13
+    assert SYSTEM_BSD.read_bytes() == original, "the system module is never modified"
+    # idempotent: patching the patched module changes nothing; the stamp records the fix
+    again, state = patch_bsd_module(fixed)
+    assert again == fixed and state.state == "patched"
+    stamp = json.loads((moddir.parent / "fbsd-hil.json").read_text())
+    assert stamp["states"]["kernel-type"]["state"] == "defective"
+    assert stamp["states"]["kernel-type"]["string_file_offset"] == found.string_file_offset
+    assert stamp["amd64_kernel_type"] == "elf kernel"
+    assert stamp["bsd_sha256"] == hashlib.sha256(original).hexdigest()
+
+    only_relocator = patched_grub_dir(cache=tmp_path / "cache", fixes=["relocator"])
+    assert only_relocator != moddir, "each fix set has its own cached copy"
+    assert (only_relocator / "bsd.mod").read_bytes() == original
+    assert inspect_relocator((only_relocator / "relocator.mod").read_bytes()).state == "patched"
+
+
+@needs_grub
+def test_unknown_bsd_module_layouts_are_refused():
+    original = SYSTEM_BSD.read_bytes()
+    at = inspect_bsd_module(original).string_file_offset
+    renamed = bytearray(original)
+    renamed[at : at + 13] = b"elf65 kernel\0"  # a kernel type string we do not know
+    with pytest.raises(GrubError, match=r"other/bsd.mod: the kfreebsd module type strings are not laid out.*"
+                       r"refusing to patch it blindly"):
+        patch_bsd_module(bytes(renamed), source="other/bsd.mod")
+    with pytest.raises(GrubError, match="not GRUB's bsd module"):
+        inspect_bsd_module(SYSTEM_RELOCATOR.read_bytes(), source="relocator.mod")
+    with pytest.raises(GrubError, match="not an ELF GRUB module"):
+        inspect_bsd_module(b"\x7fELF garbage", source="junk.mod")
+    other = bytearray(original)
+    other[at : at + 13] = b"elf32 kernel\0"
+    with pytest.raises(GrubError, match="'elf32 kernel'"):
+        inspect_bsd_module(bytes(other))
+
+
+@needs_grub
+def test_a_bsd_module_that_already_registers_elf_kernel_is_left_alone(tmp_path):
+    """A GRUB whose amd64 branch passes "elf kernel" too: made by pointing the amd64 branch's
+    relocation (REL: the addend sits in the instruction) at the i386 branch's string."""
+    original = SYSTEM_BSD.read_bytes()
+    copy = tmp_path / "bsd.mod"
+    copy.write_bytes(original)
+    headers = subprocess.run(["objdump", "-h", str(copy)], capture_output=True, text=True, check=True).stdout
+    section = r"^\s*\d+\s+(\S+)\s+\S+\s+\S+\s+\S+\s+(\S+)"  # Idx Name Size VMA LMA File-off
+    offsets = {m[1]: int(m[2], 16) for m in re.finditer(section, headers, re.M)}
+    relocs = subprocess.run(["objdump", "-r", "-j", ".text", str(copy)], capture_output=True, text=True,
+                            check=True).stdout
+    strings = offsets[".rodata.str1.1"]
+    at64 = inspect_bsd_module(original).string_file_offset
+    at32 = original.index(b"\0elf kernel\0", strings) + 1
+    data = bytearray(original)
+    changed = 0
+    for m in re.finditer(r"^([0-9a-f]+) R_386_32\s+\.rodata\.str1\.1$", relocs, re.M):
+        place = offsets[".text"] + int(m[1], 16)
+        if int.from_bytes(original[place : place + 4], "little") == at64 - strings:
+            data[place : place + 4] = (at32 - strings).to_bytes(4, "little")
+            changed += 1
+    assert changed == 1
+    same, found = patch_bsd_module(bytes(data))
+    assert found.state == "correct" and found.kernel_type == "elf kernel" and same == bytes(data)
+
+
+def test_fix_selection(monkeypatch):
+    monkeypatch.delenv("FBSD_HIL_GRUB_FIXES", raising=False)
+    assert selected_fixes() == ("relocator", "kernel-type")
+    monkeypatch.setenv("FBSD_HIL_GRUB_FIXES", "relocator")
+    assert selected_fixes() == ("relocator",)
+    monkeypatch.setenv("FBSD_HIL_GRUB_FIXES", "none")
+    assert selected_fixes() == ()
+    assert selected_fixes(["kernel-type", "relocator"]) == ("relocator", "kernel-type")
+    with pytest.raises(GrubError, match="unknown GRUB fix 'bogus'"):
+        selected_fixes(["bogus"])
 
 
 def test_kenv_and_grub_cfg():

@@ -13,6 +13,9 @@ of the source files' SHA-256 and the compiler version. Like a FreeBSD kernel bui
 DWARF and split: the kernel keeps its `.symtab`, a GNU build ID and a `.gnu_debuglink` naming its
 separate debug file (`<kernel>.debug`, FreeBSD's `kernel.debug`), which holds the DWARF
 (`build_mock_freebsd_kernel_debug`, `mock_debug_path`, or both at once with `build_mock_kernel`).
+``current_kernel=True`` builds the variant that
+behaves like a FreeBSD 13+ kernel at GRUB's hand-over (boot metadata only under the module type
+"elf kernel"; otherwise a silent triple fault before any output).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 SRC = Path(__file__).resolve().parent / "src"
-SOURCES = ("start.S", "mock.c", "mock.ld")
+SOURCES = ("start.S", "mock.c", "mock.ld", "mock_release.h")
 #: ELF e_ident[EI_OSABI] of FreeBSD binaries (a FreeBSD kernel carries it; GRUB does not insist)
 ELFOSABI_FREEBSD = 9
 CFLAGS = [
@@ -91,12 +94,21 @@ def _gcc() -> str:
     return gcc
 
 
-def source_key(gcc: str | None = None) -> str:
+#: compiled in by ``current_kernel=True``: at GRUB's hand-over the mock behaves like a FreeBSD 13+
+#: kernel (preload_initkmdp(): only the module type "elf kernel"; otherwise a silent triple fault)
+CURRENT_KERNEL_DEFINE = "-DMOCK_CURRENT_KERNEL"
+
+
+def _flags(current_kernel: bool) -> list[str]:
+    return [*CFLAGS, CURRENT_KERNEL_DEFINE] if current_kernel else list(CFLAGS)
+
+
+def source_key(gcc: str | None = None, *, current_kernel: bool = False) -> str:
     """SHA-256 over the sources, the flags and `gcc --version` (what the cached ELF depends on)."""
     h = hashlib.sha256()
     for name in SOURCES:
         h.update(name.encode() + b"\0" + (SRC / name).read_bytes() + b"\0")
-    h.update(" ".join(CFLAGS).encode())
+    h.update(" ".join(_flags(current_kernel)).encode())
     version = subprocess.run([gcc or _gcc(), "--version"], capture_output=True, text=True, check=False).stdout
     h.update(version.encode())
     return h.hexdigest()
@@ -114,14 +126,18 @@ def mock_debug_path(kernel: Path) -> Path:
     return Path(str(kernel) + DEBUG_SUFFIX)
 
 
-def build_mock_freebsd_kernel(cache: Path | None = None) -> Path:
+def build_mock_freebsd_kernel(cache: Path | None = None, *, current_kernel: bool = False) -> Path:
     """Compile (or reuse) the mock kernel; returns the path of the ELF (``mock_freebsd_kernel``).
 
-    Its DWARF is in the separate file `mock_debug_path(kernel)`, built at the same time."""
+    ``current_kernel=True`` builds the variant that, like FreeBSD 13+ kernels, finds its preload
+    metadata only under the module type "elf kernel" and triple-faults without a word otherwise
+    (and calls itself 15.0-MOCK, writes minidump v3 by default). Its DWARF is in the separate file
+    `mock_debug_path(kernel)`, built at the same time.
+    """
     gcc = _gcc()
     objcopy = _objcopy()
     cache = Path(cache) if cache is not None else default_cache()
-    key = source_key(gcc)
+    key = source_key(gcc, current_kernel=current_kernel)
     out = cache / key[:24] / "mock_freebsd_kernel"
     debug = mock_debug_path(out)
     if out.is_file() and debug.is_file():
@@ -130,11 +146,11 @@ def build_mock_freebsd_kernel(cache: Path | None = None) -> Path:
     with tempfile.TemporaryDirectory(prefix="mock-kernel.", dir=out.parent) as tmp:
         elf = Path(tmp) / out.name
         dbg = Path(tmp) / debug.name
-        # relative source names and a fixed working directory: the DWARF is the same wherever it is built
         # the DWARF names the sources relative to a fixed directory, not this checkout's path: the same
         # sources give the same bytes from any clone (the cache is keyed by content only)
         prefix_map = f"-ffile-prefix-map={SRC}=mock_freebsd_kernel/src"
-        _run([gcc, *CFLAGS, prefix_map, "-Wl,-T,mock.ld", "-o", str(elf), "start.S", "mock.c"], cwd=SRC)
+        sources = ["start.S", "mock.c"]
+        _run([gcc, *_flags(current_kernel), prefix_map, "-Wl,-T,mock.ld", "-o", str(elf), *sources], cwd=SRC)
         _run([objcopy, "--only-keep-debug", str(elf), str(dbg)])
         # the debug link holds the debug file's base name, as FreeBSD's kernel names kernel.debug
         _run([objcopy, "--strip-debug", f"--add-gnu-debuglink={dbg.name}", elf.name], cwd=Path(tmp))
@@ -160,4 +176,6 @@ def build_mock_kernel(cache: Path | None = None) -> MockKernel:
 
 
 if __name__ == "__main__":  # pragma: no cover - manual use: print the path of a built mock kernel
-    print(build_mock_freebsd_kernel())
+    import sys
+
+    print(build_mock_freebsd_kernel(current_kernel="--current-kernel" in sys.argv[1:]))

@@ -185,7 +185,7 @@ def descx(lay: Layout, vq: int, i: int, member: str) -> int:
 def _needs_vm() -> None:
     if shutil.which("gcc") is None:
         pytest.skip("needs gcc (Debian package gcc) to build the mock kernel")
-    from harness.libvirt_conn import LibvirtUnavailable, connect, default_uri
+    from harness.vm.libvirt_conn import LibvirtUnavailable, connect, default_uri
 
     try:
         connect(default_uri()).close()
@@ -194,17 +194,16 @@ def _needs_vm() -> None:
 
 
 def _boot(tmp_path: Path, kenv: dict[str, str]):
-    from harness.domain_xml import ExtraDisk, GuestSpec, IsoBoot
-    from harness.guest import Guest
-    from harness.verify.pipeline import ReproConfig, _make_dump_disk, bare_kernel_kenv
-
+    from harness.run.config import ReproConfig
+    from harness.run.rundir import make_dump_disk as _make_dump_disk
+    from harness.run.sources.bare_kernel import bare_kernel_kenv
+    from harness.vm.domain_xml import ExtraDisk, GuestSpec, IsoBoot
+    from harness.vm.guest import Guest
     from images.grub_iso import build_kernel_iso
 
     mock = build_mock_kernel()
-    tmp_path.chmod(0o777)
     cfg = ReproConfig(kernel=mock.kernel, memory_mib=128, kenv=kenv)
     iso = build_kernel_iso(mock.kernel, bare_kernel_kenv(cfg), tmp_path / "boot.iso")
-    iso.chmod(0o644)
     disk = _make_dump_disk(tmp_path / "dump.raw", cfg.memory_mib)
     spec = GuestSpec(memory_mib=128, boot=IsoBoot(iso), disks=(ExtraDisk(disk),), on_reboot="destroy")
     return mock, disk, Guest(spec, tmp_path)

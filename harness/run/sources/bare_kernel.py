@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.freebsd.handover import HANDOVER_QEMU_ARGS
 from harness.freebsd.panicdump import PANIC_FLOW_KENV
 from harness.run.config import ReproConfig
 from harness.run.context import RunContext
@@ -43,5 +44,6 @@ def build(ctx: RunContext, dump_disk: Path) -> GuestSource:
         disks=(ExtraDisk(dump_disk),),
         uri=cfg.uri,
         on_reboot="destroy",
+        extra_qemu_args=HANDOVER_QEMU_ARGS,  # QEMU logs a triple fault at the hand-over
     )
     return GuestSource(spec, DUMP_DEV, cfg.kernel, f"--kernel {cfg.kernel}", kenv=kenv, dump_disk=dump_disk)

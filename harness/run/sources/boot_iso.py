@@ -21,13 +21,19 @@ CACHE_SUBDIR = "boot-iso"
 
 
 def iso_key(kernel: Path, kenv: Mapping[str, str]) -> str:
-    """sha256 over the kernel's bytes, the environment (sorted) and the ISO builder's own source."""
+    """sha256 over the kernel's bytes, the environment (sorted), the ISO builder's own source, the GRUB
+    fixes it applies (``$FBSD_HIL_GRUB_FIXES``) and the host's GRUB modules they are applied to."""
     h = hashlib.sha256()
     with open(kernel, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     h.update(b"\0kenv\0" + json.dumps(dict(kenv), sort_keys=True).encode())
     h.update(b"\0builder\0" + Path(images.grub_iso.__file__).read_bytes())
+    h.update(b"\0fixes\0" + ",".join(images.grub_iso.selected_fixes()).encode())
+    for module, _patch in images.grub_iso.GRUB_FIXES.values():
+        with contextlib.suppress(OSError):  # no GRUB here: the build itself says so
+            data = (images.grub_iso.SYSTEM_GRUB_DIR / module).read_bytes()
+            h.update(b"\0" + module.encode() + b"\0" + data)
     return h.hexdigest()
 
 

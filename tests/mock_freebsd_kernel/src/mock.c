@@ -92,10 +92,11 @@ struct msgbuf {
 struct pcb { u64 pcb_r15, pcb_r14, pcb_r13, pcb_r12, pcb_rbp, pcb_rsp, pcb_rbx, pcb_rip; u64 rest[48]; };
 struct dumperinfo { void *dumper; void *priv; u32 blocksize; u32 maxiosize; u64 mediaoffset, mediasize; };
 
-char version[] = "FreeBSD 12.1-MOCK mock_freebsd_kernel amd64 (fbsd-hil MockFreeBSDKernel stand-in, not FreeBSD)\n";
+#include "mock_release.h" /* MOCK_CURRENT_KERNEL: a 13+ kernel at hand-over (find_kernel_metadata()) */
+char version[] = "FreeBSD " MOCK_RELEASE " mock_freebsd_kernel amd64 (fbsd-hil MockFreeBSDKernel stand-in, not FreeBSD)\n";
 char ostype[] = "FreeBSD";
-char osrelease[] = "12.1-MOCK";
-int osreldate = 1201000;
+char osrelease[] = MOCK_RELEASE;
+int osreldate = MOCK_OSRELDATE;
 char hostname[] = "mock-freebsd-kernel";
 int hz = 100;
 u64 KPML4phys;
@@ -302,14 +303,64 @@ static const char *kern_getenv(const char *name)
 	return 0;
 }
 
-/* Walk the preload metadata GRUB built (struct {u32 type; u32 len;} + data, 8-byte aligned for amd64). */
-static void parse_metadata(u64 modulep)
+#define MODINFO_NAME 0x0001
+#define MODINFO_TYPE 0x0002
+
+/*
+ * The kernel's own entry in the preload metadata: the records from a MODINFO_NAME whose MODINFO_TYPE
+ * is `type` up to the next MODINFO_NAME. FreeBSD's loader(8) registers the kernel as "elf kernel";
+ * Debian 12's GRUB 2.06 kfreebsd registers an amd64 kernel as "elf64 kernel". 12.x kernels
+ * (hammer_time) accept either; kernels with preload_initkmdp() accept only "elf kernel" and panic
+ * "unable to find kernel metadata" before their console exists. MOCK_CURRENT_KERNEL imitates those.
+ */
+static u8 *preload_search_by_type(u8 *md, const char *type)
 {
-	u8 *p = pa_to_dmap(modulep);
+	u8 *module = 0;
+	for (int guard = 0; guard < 4096; guard++) {
+		u32 rtype = *(u32 *)md, len = *(u32 *)(md + 4);
+		if (rtype == MODINFO_END && len == 0) break;
+		if (rtype == MODINFO_NAME) module = md;
+		if (rtype == MODINFO_TYPE && module && seq((const char *)(md + 8), type)) return module;
+		md += 8 + ((len + 7) & ~7U);
+	}
+	return 0;
+}
+
+#ifdef MOCK_CURRENT_KERNEL
+/* An empty IDT and an exception: the CPU cannot deliver it, nor the double fault -> triple fault,
+ * QEMU resets the machine. A real kernel's early panic (no console, no IDT yet) ends the same way. */
+static void __attribute__((noreturn)) early_fault(const char *why)
+{
+	static struct __attribute__((packed)) { u16 limit; u64 base; } no_idt;
+	panicstr = (char *)why;
+	__asm__ volatile("lidt %0; ud2" : : "m"(no_idt));
+	for (;;) __asm__ volatile("cli; hlt");
+}
+#endif
+
+/* Called on GRUB's identity map before anything is printed; returns the kernel's metadata entry. */
+static u8 *find_kernel_metadata(u64 modulep)
+{
+	u8 *kmdp = preload_search_by_type((u8 *)modulep, "elf kernel");
+#ifdef MOCK_CURRENT_KERNEL
+	if (kmdp == 0) early_fault("unable to find kernel metadata");
+#else
+	if (kmdp == 0) kmdp = preload_search_by_type((u8 *)modulep, "elf64 kernel");
+	if (kmdp == 0) kmdp = (u8 *)modulep; /* the mock's old behaviour: walk everything */
+#endif
+	return kmdp;
+}
+
+/* Walk the kernel's preload metadata GRUB built (struct {u32 type; u32 len;} + data, 8-byte aligned for
+ * amd64), from its MODINFO_NAME record (physical `kmdp`) to the next module's. */
+static void parse_metadata(u64 kmdp)
+{
+	u8 *p = pa_to_dmap(kmdp);
 	for (int guard = 0; guard < 4096; guard++) {
 		u32 type = *(u32 *)p, len = *(u32 *)(p + 4);
 		u8 *data = p + 8;
 		if (type == MODINFO_END && len == 0) break;
+		if (type == MODINFO_NAME && p != pa_to_dmap(kmdp)) break;
 		if (type == (MODINFO_METADATA | MODINFOMD_ENVP)) {
 			const char *env = pa_to_dmap(*(u64 *)data);
 			unsigned long n = 0;
@@ -1722,8 +1773,9 @@ void mock_init(u64 modulep, u64 kernend)
 	outb(0x20, 0x11); outb(0xa0, 0x11); outb(0x21, 0x20); outb(0xa1, 0x28);
 	outb(0x21, 4); outb(0xa1, 2); outb(0x21, 1); outb(0xa1, 1); outb(0x21, 0xff); outb(0xa1, 0xff);
 
-	/* GRUB identity-maps low memory: read the SMAP first to size the direct map */
-	u8 *p = (u8 *)modulep;
+	/* GRUB identity-maps low memory: find our metadata and read the SMAP first to size the direct map */
+	u8 *kmdp = find_kernel_metadata(modulep);
+	u8 *p = kmdp;
 	for (int guard = 0; guard < 4096; guard++) {
 		u32 type = *(u32 *)p, len = *(u32 *)(p + 4);
 		if (type == MODINFO_END && len == 0) break;
@@ -1744,7 +1796,7 @@ void mock_init(u64 modulep, u64 kernend)
 	idtr.limit = sizeof(idt) - 1; idtr.base = (u64)idt;
 	__asm__ volatile("lidt %0" : : "m"(idtr));
 	build_page_tables();
-	parse_metadata(modulep);
+	parse_metadata((u64)kmdp);
 
 	memset(kheap_page(KH_STACK), 0, 4 * PAGE);
 	memset(kheap_page(KH_VRING), 0, (KH_ARENA - KH_VRING) * PAGE);
@@ -1783,6 +1835,9 @@ void mock_init(u64 modulep, u64 kernend)
 
 	const char *md = kern_getenv("debug.minidump");
 	if (md) do_minidump = md[0] != '0';
+#ifdef MOCK_CURRENT_KERNEL
+	mock_minidump_version = 3; /* 13.0+ kernels write minidump v3 */
+#endif
 	const char *mv = kern_getenv("mock.minidump_version");
 	if (mv && mv[0] == '3' && mv[1] == 0) mock_minidump_version = 3;
 	const char *cp = kern_getenv("mock.corrupt_dump_page");

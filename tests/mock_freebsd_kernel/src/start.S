@@ -187,4 +187,15 @@ trap_stubs:
 	.irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32,36
 	.quad	trap_stub_\n
 	.endr
+/* The ELF ABI tag note FreeBSD kernels carry: name "FreeBSD", type 1 (NT_FREEBSD_ABI_TAG), desc =
+ * __FreeBSD_version (sys/sys/elf_common.h); tools identify a FreeBSD kernel and its version by it. */
+#include "mock_release.h"
+	.section .note.tag, "a", @note
+	.balign	4
+	.long	8			/* namesz: "FreeBSD" + NUL */
+	.long	4			/* descsz */
+	.long	1			/* NT_FREEBSD_ABI_TAG */
+	.asciz	"FreeBSD"
+	.balign	4
+	.long	MOCK_OSRELDATE
 	.section .note.GNU-stack, "", @progbits
