@@ -99,6 +99,10 @@ def keep_boot_iso(spec: Any, run_dir: Path) -> None:
         return
     with contextlib.suppress(OSError):
         shutil.copyfile(iso, run_dir / "boot.iso")
+    record = Path(str(iso) + ".json")  # what the ISO boots, with the GRUB fixes it carries
+    if record.is_file():
+        with contextlib.suppress(OSError):
+            shutil.copyfile(record, run_dir / "boot.iso.json")
 
 
 def collect_on_failure(guest: Any, run_dir: Path, exc: BaseException | None = None) -> None:

@@ -148,6 +148,30 @@ def test_one_grub_iso_per_kernel_and_environment(tmp_path):
     ), "no temporary files left behind"
 
 
+def test_the_iso_record_travels_with_the_cached_iso(tmp_path):
+    """`build_kernel_iso` writes ``<iso>.json`` (kernel, kenv, GRUB fixes, the kernel type GRUB
+    registers); a silent kernel's diagnosis reads it beside the ISO the guest boots, so the cache keeps it
+    there, and a failed run keeps a copy beside its boot.iso."""
+    from types import SimpleNamespace
+
+    from harness.run.evidence import keep_boot_iso
+
+    kernel = tmp_path / "kernel"
+    kernel.write_bytes(b"k")
+
+    def build(k, kenv, out):
+        Path(out).write_bytes(b"ISO")
+        Path(str(out) + ".json").write_text('{"amd64_kernel_type": "elf kernel"}')
+        return Path(out)
+
+    iso, _ = cached_kernel_iso(kernel, {}, cache_dir=tmp_path / "cache", build=build)
+    assert Path(str(iso) + ".json").read_text() == '{"amd64_kernel_type": "elf kernel"}'
+    assert sorted(p.name for p in iso.parent.iterdir()) == [iso.name, iso.name + ".json"]
+    run = new_run_dir(tmp_path, "x")
+    keep_boot_iso(SimpleNamespace(boot=SimpleNamespace(iso=iso)), run)
+    assert (run / "boot.iso.json").read_text() == '{"amd64_kernel_type": "elf kernel"}'
+
+
 def test_a_failed_iso_build_leaves_nothing_in_the_cache(tmp_path):
     kernel = tmp_path / "kernel"
     kernel.write_bytes(b"k")
