@@ -283,7 +283,10 @@ def _device_facts(
         if va is not None:
             what = rs.is_request(va)
             if what is not None:
-                return f"{d:#x} = {what} (a request in flight)"
+                k = len(rs.in_flight)
+                return f"{d:#x} = {what} " + (
+                    "(the request in flight)" if k <= 1 else f"(one of the {k} requests in flight)"
+                )
         return unchanged(v)
 
     def ndescs_check(i: int) -> Callable[[Values], str | None]:
@@ -431,6 +434,8 @@ def _device_facts(
                 if not ok:
                     return None
                 what = segment_shape(p, ln, None, hdr_set, ack_set)
+                if (j == 0 or j == n - 1) and head is not None and head[0] in built:
+                    what = f"{what} of {built[head[0]][1]}"
                 twin = _table_twin(j)
                 if twin is not None and twin[:2] != (p, ln):
                     return None  # the sglist and the indirect table built from it disagree
