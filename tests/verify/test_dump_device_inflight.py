@@ -69,7 +69,7 @@ def _in_flight(world: ew.World, drv: iw.Driver) -> list[tuple[int, int]]:
     return out
 
 
-@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("k", [2, 3, 8])
 def test_k_requests_in_flight_are_explained_field_by_field(lay, k):
     world, drv = iw.build(lay, k)
     o = drv.o
