@@ -26,7 +26,7 @@ from harness.verify.dumpdevice.fieldfacts import (
 )
 from harness.verify.dumpdevice.images import ImageSet
 from harness.verify.dumpdevice.layouts import Layouts, StructLayout
-from harness.verify.dumpdevice.requests import _plural, bio_check, find_requests, request_facts
+from harness.verify.dumpdevice.requests import bio_check, find_requests, plural, request_facts
 from harness.verify.dumpdevice.rings import RequestBuffers
 
 DW = "DWARF"
@@ -260,7 +260,7 @@ def _device_facts(
                 if len(seen) == steps and heads <= set(seen) and cur == d:
                     return (
                         f"{d}: the free chain's head after {steps} descriptor(s) taken by the "
-                        f"{_plural(len(held), 'request')} in flight"
+                        f"{plural(len(held), 'request')} in flight"
                     )
         return unchanged(v)
 
@@ -460,7 +460,7 @@ def _device_facts(
             else ""
         )
         + (
-            f", {_plural(len(rs.borrowed), 'request')} from it in flight "
+            f", {plural(len(rs.borrowed), 'request')} from it in flight "
             f"({', '.join(f'{r:#x}' for r in rs.borrowed)})"
             if rs.borrowed
             else ""

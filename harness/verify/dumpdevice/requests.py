@@ -138,7 +138,7 @@ def find_requests(
     return rs
 
 
-def _plural(n: int, word: str) -> str:
+def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
@@ -169,7 +169,7 @@ def request_facts(
         return out
     head_va = softc + sc_t.off("vtblk_req_free.tqh_first")
     next_off, prev_off = rq_t.off("vbr_link.tqe_next"), rq_t.off("vbr_link.tqe_prev")
-    taken = _plural(len(borrowed), "request")
+    taken = plural(len(borrowed), "request")
     # value candidates per field: field VA -> {value: why}
     heads: dict[int, str] = {}
     tails: dict[int, str] = {}
