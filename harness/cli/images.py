@@ -24,42 +24,59 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_cache_and_mirror(common, default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="images_command", metavar="ACTION")
 
-    p = sub.add_parser(
-        "list", parents=[common], help="the catalogue, and which images are cached")
+    p = sub.add_parser("list", parents=[common], help="the catalogue, and which images are cached")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_list)
 
     p = sub.add_parser(
-        "fetch", parents=[common], help="download + verify + cache a release; prints the base image path")
+        "fetch", parents=[common], help="download + verify + cache a release; prints the base image path"
+    )
     p.add_argument("release", nargs="?", help="X.Y or X.Y-FLAVOUR (default: the catalogue's default)")
     p.add_argument("--offline", action="store_true", help="use only the cache, never the network")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_fetch)
 
     p = sub.add_parser(
-        "path", parents=[common], help="print the cached base image path (no network); exit 1 if missing")
+        "path", parents=[common], help="print the cached base image path (no network); exit 1 if missing"
+    )
     p.add_argument("release", nargs="?", help="X.Y or X.Y-FLAVOUR (default: the catalogue's default)")
     p.set_defaults(func=_path)
 
     p = sub.add_parser(
-        "prepare", parents=[common], help="boot the base once and prepare it for the harness (needs libvirt)")
+        "prepare", parents=[common], help="boot the base once and prepare it for the harness (needs libvirt)"
+    )
     p.add_argument("release", nargs="?", help="X.Y or X.Y-FLAVOUR (default: the catalogue's default)")
     p.add_argument("--offline", action="store_true", help="do not download the base")
-    p.add_argument("--disk-bus", choices=("virtio", "sata"), default="virtio",
-                   help="bus of the boot and dump disks (dump device vtbd1 or ada1)")
+    p.add_argument(
+        "--disk-bus",
+        choices=("virtio", "sata"),
+        default="virtio",
+        help="bus of the boot and dump disks (dump device vtbd1 or ada1)",
+    )
     p.set_defaults(func=_prepare)
 
     p = sub.add_parser(
-        "iso", parents=[common], help="make a GRUB ISO that boots a FreeBSD kernel file with kfreebsd")
+        "iso", parents=[common], help="make a GRUB ISO that boots a FreeBSD kernel file with kfreebsd"
+    )
     p.add_argument("--kernel", required=True, type=Path, help="the kernel ELF file")
-    p.add_argument("--kenv", action="append", default=[], metavar="K=V",
-                   help="kernel environment (repeatable)")
-    p.add_argument("--module", action="append", default=[], type=Path, metavar="PATH",
-                   help="kernel module (.ko) to load with kfreebsd_module_elf (repeatable)")
+    p.add_argument(
+        "--kenv", action="append", default=[], metavar="K=V", help="kernel environment (repeatable)"
+    )
+    p.add_argument(
+        "--module",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="PATH",
+        help="kernel module (.ko) to load with kfreebsd_module_elf (repeatable)",
+    )
     p.add_argument("--root", help="root to mount, e.g. ufs:/dev/gpt/rootfs (default: none, the kernel waits)")
     p.add_argument("--boot-flags", default="-h", help="kernel boot flags (default: -h, serial console)")
-    p.add_argument("--no-patch", action="store_true",
-                   help="use the system GRUB modules unpatched (Debian 12's triple-fault at handover)")
+    p.add_argument(
+        "--no-patch",
+        action="store_true",
+        help="use the system GRUB modules unpatched (Debian 12's triple-fault at handover)",
+    )
     p.add_argument("-o", "--output", required=True, type=Path, help="ISO file to create (never overwritten)")
     p.set_defaults(func=_iso)
 
@@ -67,10 +84,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_cache_and_mirror(parser: argparse.ArgumentParser, default) -> None:
-    parser.add_argument("--cache", metavar="DIR", default=default, help="cache directory (default: "
-                        "$FBSD_HIL_CACHE, else $XDG_CACHE_HOME/fbsd-hil)")
-    parser.add_argument("--mirror", metavar="URL", default=default, help="base URL replacing "
-                        "https://download.freebsd.org (default: $FBSD_HIL_MIRROR)")
+    parser.add_argument(
+        "--cache",
+        metavar="DIR",
+        default=default,
+        help="cache directory (default: $FBSD_HIL_CACHE, else $XDG_CACHE_HOME/fbsd-hil)",
+    )
+    parser.add_argument(
+        "--mirror",
+        metavar="URL",
+        default=default,
+        help="base URL replacing https://download.freebsd.org (default: $FBSD_HIL_MIRROR)",
+    )
 
 
 def _catalogue(args: argparse.Namespace):
@@ -127,8 +152,13 @@ def _list(args: argparse.Namespace) -> int:
 @_guard
 def _fetch(args: argparse.Namespace) -> int:
     catalogue = _catalogue(args)
-    path = fetch(_release(args, catalogue), cache=args.cache, offline=args.offline,
-                 progress=not args.no_progress and sys.stderr.isatty(), catalogue=catalogue)
+    path = fetch(
+        _release(args, catalogue),
+        cache=args.cache,
+        offline=args.offline,
+        progress=not args.no_progress and sys.stderr.isatty(),
+        catalogue=catalogue,
+    )
     print(path)
     return 0
 
@@ -145,8 +175,13 @@ def _prepare(args: argparse.Namespace) -> int:
     from images.preparation import prepare
 
     catalogue = _catalogue(args)
-    prepared = prepare(_release(args, catalogue), cache=args.cache, offline=args.offline,
-                       catalogue=catalogue, disk_bus=args.disk_bus)
+    prepared = prepare(
+        _release(args, catalogue),
+        cache=args.cache,
+        offline=args.offline,
+        catalogue=catalogue,
+        disk_bus=args.disk_bus,
+    )
     print(prepared.image)
     return 0
 
@@ -155,7 +190,15 @@ def _prepare(args: argparse.Namespace) -> int:
 def _iso(args: argparse.Namespace) -> int:
     from images.grub_iso import build_kernel_iso
 
-    out = build_kernel_iso(args.kernel, args.kenv, args.output, boot_flags=args.boot_flags, root=args.root,
-                           patch=not args.no_patch, cache=args.cache, modules=args.module)
+    out = build_kernel_iso(
+        args.kernel,
+        args.kenv,
+        args.output,
+        boot_flags=args.boot_flags,
+        root=args.root,
+        patch=not args.no_patch,
+        cache=args.cache,
+        modules=args.module,
+    )
     print(out)
     return 0

@@ -205,9 +205,7 @@ def inputs_from_run_dir(run_dir: Path) -> VerifyInputs:
         )
     before = run_dir / RUN_LIVE_BEFORE
     kernel = (
-        _existing(report.get("kernel"))
-        or _existing(run_dir / "kernel")
-        or _existing(config.get("kernel"))
+        _existing(report.get("kernel")) or _existing(run_dir / "kernel") or _existing(config.get("kernel"))
     )
     found = VerifyInputs(
         vmcore=vmcore,

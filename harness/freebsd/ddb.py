@@ -339,9 +339,7 @@ def parse_ps(text: str) -> list[PsProcess]:
     return procs
 
 
-_SHOW_THREAD = re.compile(
-    r"^\s*(\d+) \((0x[0-9a-fA-F]+)\) \(stack (0x[0-9a-fA-F]+)\)\s+(.*)$"
-)
+_SHOW_THREAD = re.compile(r"^\s*(\d+) \((0x[0-9a-fA-F]+)\) \(stack (0x[0-9a-fA-F]+)\)\s+(.*)$")
 
 
 def parse_show_threads(text: str) -> list[ShownThread]:

@@ -83,7 +83,8 @@ class KernelFile:
             source = "ABI note" if self.abi_tag_version is not None else "osreldate symbol"
             version = (
                 f"__FreeBSD_version {self.freebsd_version} ({self.release}, {source})"
-                if self.freebsd_version else "version unknown"
+                if self.freebsd_version
+                else "version unknown"
             )
             what = f"FreeBSD {self.machine} kernel, {version}"
         types = " and ".join(f'"{t}"' for t in self.preload_types) or "no preload type string"
@@ -154,10 +155,12 @@ def inspect_kernel_file(path: Path | str) -> KernelFile:
             machine = _MACHINES.get(machine_no, f"EM_{machine_no}")
             try:
                 elf = ELFFile(handle)
-                regions = [(s["sh_offset"], s["sh_size"]) for s in elf.iter_sections()
-                           if s["sh_type"] == "SHT_NOTE"]
-                regions += [(p["p_offset"], p["p_filesz"]) for p in elf.iter_segments()
-                            if p["p_type"] == "PT_NOTE"]
+                regions = [
+                    (s["sh_offset"], s["sh_size"]) for s in elf.iter_sections() if s["sh_type"] == "SHT_NOTE"
+                ]
+                regions += [
+                    (p["p_offset"], p["p_filesz"]) for p in elf.iter_segments() if p["p_type"] == "PT_NOTE"
+                ]
                 osreldate = _symbol_int(elf, data, "osreldate")
             except (ELFError, struct.error, ValueError, IndexError, KeyError, AttributeError) as exc:
                 raise KernelFileError(f"{path}: malformed ELF headers: {exc}") from exc

@@ -137,14 +137,17 @@ def choose_flow(
     has_ddb = facts.has_ddb
     if force == DumpFlow.DDB or (force is None and has_ddb is not False):
         why = (
-            "the kernel has the ddb backend" if has_ddb else "debugger backends unknown (boot banner not "
+            "the kernel has the ddb backend"
+            if has_ddb
+            else "debugger backends unknown (boot banner not "
             "seen); assuming ddb, enter_ddb fails clearly if it is missing"
         )
         cannot = []
         if has_ddb is False:
             cannot.append("the ddb flow was forced but the kernel printed no ddb backend at boot")
-        return FlowChoice(DumpFlow.DDB, trigger, why=f"{why}: enter ddb via {trigger.value}, then `dump`",
-                          cannot=cannot)
+        return FlowChoice(
+            DumpFlow.DDB, trigger, why=f"{why}: enter ddb via {trigger.value}, then `dump`", cannot=cannot
+        )
 
     reason = "no ddb backend" if has_ddb is False else "panic flow requested"
     method, fallback, cannot = _panic_method(has_ddb, trigger, has_shell=has_shell, state=state)
@@ -215,8 +218,10 @@ def _alt_panic_needs(
                     "kenv debug.kdb.alt_break_to_debugger=1"
                 )
             if alt_break_enabled is None:
-                needs.append("debug.kdb.alt_break_to_debugger=1 in the kernel environment (not checkable "
-                             "without a shell) for CR ~ Ctrl-P")
+                needs.append(
+                    "debug.kdb.alt_break_to_debugger=1 in the kernel environment (not checkable "
+                    "without a shell) for CR ~ Ctrl-P"
+                )
     return needs
 
 

@@ -154,8 +154,11 @@ class BootFailed(FreeBSDStageError):
 
 
 _ERROR_LINE = re.compile(r"(?:^|[\r\n])[^\S\r\n]*(error: [^\r\n]+|ERROR: [^\r\n]+|can't load '[^\r\n]+)")
-_WHO = {"firmware": "the firmware (SeaBIOS) found nothing to boot", "grub": "GRUB could not boot the kernel",
-        "loader": "FreeBSD's loader(8) could not load the kernel"}
+_WHO = {
+    "firmware": "the firmware (SeaBIOS) found nothing to boot",
+    "grub": "GRUB could not boot the kernel",
+    "loader": "FreeBSD's loader(8) could not load the kernel",
+}
 
 
 def failure_error(exc, waiting_for: str, *, seconds: float | None = None) -> FreeBSDStageError:
@@ -168,7 +171,7 @@ def failure_error(exc, waiting_for: str, *, seconds: float | None = None) -> Fre
         plain = _ANSI.sub("", text + ("" if matched in text else matched))
         anchors = ("SeaBIOS (version", "come to GRUB!", "GRUB: loading", "BTX loader")
         starts = [plain.rfind(a) for a in anchors]
-        region = plain[max(0, *starts):]
+        region = plain[max(0, *starts) :]
         errors = list(dict.fromkeys(m.group(1).strip() for m in _ERROR_LINE.finditer(region)))[-3:]
         matched = matched.split("\n")[0].strip() if name == "grub.load_error" else matched
         when = f" after {seconds:.1f} s" if seconds is not None else ""
@@ -204,7 +207,10 @@ class StageConsoleClosed(ConsoleClosed):
     def __init__(self, message: str, *, last_stage: Stage | None, cause: ConsoleClosed) -> None:
         self.last_stage = last_stage
         super().__init__(
-            message, phase=cause.phase, expectation=cause.expectation, tail=cause.tail,
+            message,
+            phase=cause.phase,
+            expectation=cause.expectation,
+            tail=cause.tail,
             transcript=cause.transcript,
         )
 
@@ -259,6 +265,7 @@ def stage_sequence(text: str) -> list[Stage]:
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
+
 def last_stage(text: str) -> StageEvent | None:
     """The last recognisable stage in `text` (None if nothing is recognisable)."""
     events = recognise(text)
@@ -292,8 +299,13 @@ def describe_timeout(
 
         grub_boots = len(re.findall(r"come to GRUB!|GNU GRUB +version", text))
         return explain_silence(
-            waiting_for=waiting_for, seconds=seconds, guest=guest, handover_at=handover_at, closed=closed,
-            log=log_tail if guest is None else None, grub_boots=max(grub_boots, 1),
+            waiting_for=waiting_for,
+            seconds=seconds,
+            guest=guest,
+            handover_at=handover_at,
+            closed=closed,
+            log=log_tail if guest is None else None,
+            grub_boots=max(grub_boots, 1),
         )
     last = last_stage(text)
     seen = f"{last.stage.value} ({last.text.strip()[:100]!r})" if last else "nothing recognisable"
@@ -307,10 +319,19 @@ def describe_timeout(
 #: Boot milestones `wait_for_stage` notes on the way to a later boot stage (progress, hand-over time).
 BOOT_MILESTONES = (Stage.FIRMWARE, Stage.GRUB, Stage.LOADER, Stage.KERNEL)
 _BOOT_ORDER = list(Stage)
-_BOOT_TARGETS = frozenset({
-    Stage.LOADER, Stage.LOADER_MENU, Stage.LOADER_COUNTDOWN, Stage.LOADER_PROMPT, Stage.KERNEL,
-    Stage.ROOT_WAIT, Stage.MOUNTROOT_PROMPT, Stage.RC, Stage.LOGIN,
-})
+_BOOT_TARGETS = frozenset(
+    {
+        Stage.LOADER,
+        Stage.LOADER_MENU,
+        Stage.LOADER_COUNTDOWN,
+        Stage.LOADER_PROMPT,
+        Stage.KERNEL,
+        Stage.ROOT_WAIT,
+        Stage.MOUNTROOT_PROMPT,
+        Stage.RC,
+        Stage.LOGIN,
+    }
+)
 
 
 def _milestones_before(targets: list[Stage]) -> list[Stage]:

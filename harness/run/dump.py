@@ -57,7 +57,10 @@ def dump_on_panic(ctx: RunContext, booted: Booted, entered: Entered) -> Crash:
     ctx.progress(f"panic flow: panicking via {choice.method.value}; the kernel writes its own dump")
     with ctx.timed("dump"):
         result = panic_dump(
-            booted.guest.console, choice, guest=booted.guest, shell=booted.shell,
+            booted.guest.console,
+            choice,
+            guest=booted.guest,
+            shell=booted.shell,
             memory_mib=ctx.cfg.memory_mib,
         )
     ctx.progress(
@@ -96,4 +99,3 @@ def dump(ctx: RunContext, booted: Booted, entered: Entered) -> Crash:
 def enter_and_dump(ctx: RunContext, booted: Booted, choice: FlowChoice) -> Crash:
     """The enter and dump steps together (what a run does between the boot and the after image)."""
     return dump(ctx, booted, enter(ctx, booted, choice))
-

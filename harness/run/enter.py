@@ -71,7 +71,10 @@ def enter_ddb_flow(ctx: RunContext, booted: Booted, choice: FlowChoice) -> Enter
     with ctx.timed("ddb"):
         t = time.monotonic()
         entry = enter_ddb(
-            booted.guest.console, choice.trigger, guest=booted.guest, shell=booted.shell,
+            booted.guest.console,
+            choice.trigger,
+            guest=booted.guest,
+            shell=booted.shell,
             memory_mib=ctx.cfg.memory_mib,
         )
         ddb = entry.ddb

@@ -115,6 +115,7 @@ def expected_kinds(flow: str) -> frozenset[str]:
     except KeyError:
         raise ValueError(f"unknown dump flow {flow!r}: expected one of {sorted(EXPECTED_BY_FLOW)}") from None
 
+
 PAGE_BYTES = 4096
 #: label of the message buffer's text range (`struct msgbuf` itself is labelled "struct msgbuf")
 MSGBUF_TEXT = "msgbuf"

@@ -146,9 +146,12 @@ def _probe_uncached(timeout: float) -> KvmVerdict:
         rc, out = _run_qemu(
             [
                 *common,
-                "-drive", f"file={disk},format=raw,if=ide",
-                "-serial", "stdio",
-                "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+                "-drive",
+                f"file={disk},format=raw,if=ide",
+                "-serial",
+                "stdio",
+                "-device",
+                "isa-debug-exit,iobase=0xf4,iosize=0x04",
             ],  # fmt: skip
             timeout=min(timeout, 30.0),
         )
@@ -164,10 +167,14 @@ def _probe_uncached(timeout: float) -> KvmVerdict:
     rc, out = _run_qemu(
         [
             *common,
-            "-smp", "2",
-            "-kernel", str(kernel),
-            "-append", "console=ttyS0 panic=-1 loglevel=4",
-            "-serial", "stdio",
+            "-smp",
+            "2",
+            "-kernel",
+            str(kernel),
+            "-append",
+            "console=ttyS0 panic=-1 loglevel=4",
+            "-serial",
+            "stdio",
         ],  # fmt: skip
         timeout=timeout,
     )

@@ -522,4 +522,3 @@ class Guest:
             )
         path = self.qmp("qom-get", path="/objects/pc.ram", property="mem-path")
         return memory_mod.PhysicalMemoryImage(path, memory_mod.image_layout(self.ram_ranges()))
-

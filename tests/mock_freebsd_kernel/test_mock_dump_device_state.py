@@ -381,3 +381,65 @@ def test_two_requests_in_flight(tmp_path):
             drv.kdb_thread,
             0,
         )
+
+
+# ----------------------------------------------------------------------------- verification (VM)
+def _repro(tmp_path: Path, *args: str) -> tuple[int, list[dict], str]:
+    """`fbsd-hil repro --kernel MOCK --json` as a user runs it: (exit status, every dump's report, stderr)."""
+    import json
+    import subprocess
+    import sys
+
+    mock = build_mock_kernel()
+    cmd = [
+        sys.executable,
+        "-m",
+        "harness",
+        "repro",
+        "--kernel",
+        str(mock.kernel),
+        "--memory",
+        "128",
+        "--accel",
+        "tcg",
+        "--artifacts",
+        str(tmp_path / "artifacts"),
+        "--boot-timeout",
+        "120",
+        "--json",
+        *args,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, check=False)
+    try:
+        out = json.loads(proc.stdout)
+    except ValueError:
+        raise AssertionError(f"no JSON report; exit {proc.returncode}\n{proc.stderr[-4000:]}") from None
+    return proc.returncode, out if isinstance(out, list) else [out], proc.stderr
+
+
+@pytest.mark.vm
+@pytest.mark.parametrize(
+    "args",
+    [("--minidump", "1", "--trigger", "break"), ("--dump-twice",)],
+    ids=["minidump", "minidump-then-full"],
+)
+def test_verification_explains_two_requests_in_flight(tmp_path, args):
+    """`mock.vtblk_inflight=2`: the dumped driver shows the dump request and one request taken off
+    vtblk_req_free in flight; the verifier names every such byte from DWARF (the free list minus the
+    borrowed request, its cookie, its cleared links) and passes a correct dump."""
+    _needs_vm()
+    rc, reports, stderr = _repro(tmp_path, "--kenv", f"{INFLIGHT_KNOB}=2", *args)
+    assert rc == 0, stderr[-4000:] + "\n" + "\n".join(r.get("status", "") for r in reports)
+    assert len(reports) == (2 if "--dump-twice" in args else 1)
+    for report in reports:
+        assert report["status"] == "PASSED", [d for d in report["differences"] if not d["explained"]]
+        assert report["pages_differing_unexplained"] == 0 and report["pages_dump_device_named"] >= 4
+        assert "1 request from it in flight" in report["dump_device"]["driver"][0]
+        text = "\n".join(e for d in report["differences"] for e in d["evidence"])
+        assert (
+            "DWARF: struct vtblk_softc.vtblk_req_free of vtblk0: " in text
+            and "head is the free list minus the 1 request taken off it" in text
+        ), text
+        assert "= a struct vtblk_request of vtblk0's vtblk_req_free" in text, text
+        assert "virtqueue.vq_free_cnt of vtblk0's queue: 254 = 256 - 2 descriptor(s)" in text, text
+        assert "0: cleared when the request was taken off vtblk_req_free" in text, text

@@ -30,7 +30,9 @@ struct sglist_seg { uint64_t ss_paddr; size_t ss_len; };
 struct sglist { unsigned sg_refs; unsigned short sg_maxseg; unsigned short sg_nseg; struct sglist_seg *sg_segs; };
 struct vtblk_softc {
 	uint64_t vtblk_features; void *vtblk_dev; struct sglist *vtblk_sglist; struct mtx vtblk_mtx;
-	struct virtqueue *vtblk_vq; int vtblk_request_count; struct vtblk_request vtblk_dump_request;
+	struct virtqueue *vtblk_vq; int vtblk_request_count;
+	struct { struct vtblk_request *tqh_first; struct vtblk_request **tqh_last; } vtblk_req_free;
+	struct vtblk_request vtblk_dump_request;
 };
 struct devclass {
 	struct { struct devclass *tqe_next; struct devclass **tqe_prev; } link; int maxunit; char *name;
@@ -55,6 +57,8 @@ int main(void)
 	M(vtblk_softc, vtblk_sglist); M(vtblk_softc, vtblk_dump_request); M(vtblk_request, vbr_hdr.sector);
 	M(vtblk_request, vbr_ack); M(vtblk_request, vbr_bp); M(sglist, sg_nseg); M(sglist, sg_segs);
 	M(sglist_seg, ss_len); M(devclass, devices); M(devclass, link.tqe_next); M(device, nameunit);
+	M(vtblk_softc, vtblk_req_free.tqh_first); M(vtblk_softc, vtblk_req_free.tqh_last);
+	M(vtblk_request, vbr_link.tqe_next); M(vtblk_request, vbr_link.tqe_prev);
 	M(device, softc);
 	printf("\"sizeof.vq_desc_extra\": [%zu, 0], \"sizeof.virtqueue\": [%zu, 0]\n}\n",
 	    sizeof(struct vq_desc_extra), sizeof(struct virtqueue));

@@ -55,8 +55,17 @@ def test_minidump_against_its_live_image_verifies(capsys, lldb_fixtures, mini_li
     live, root = mini_live
     report = tmp_path / "r.json"
     code, out, err = verify(
-        capsys, lldb_fixtures["mini"], "--live", live, "--kernel", lldb_fixtures["kernel"],
-        "--pml4", hex(root), "--zero-fill", "--report", report,
+        capsys,
+        lldb_fixtures["mini"],
+        "--live",
+        live,
+        "--kernel",
+        lldb_fixtures["kernel"],
+        "--pml4",
+        hex(root),
+        "--zero-fill",
+        "--report",
+        report,
     )
     assert (code, err) == (0, ""), out
     assert out.startswith("verification PASSED: mini dump")
@@ -69,8 +78,15 @@ def test_a_wrong_byte_fails_with_status_1(capsys, lldb_fixtures, mini, mini_live
     live, root = mini_live
     poke(live, mini.translate(mini.symbol("hz")), struct.pack("<i", 7))
     code, out, _ = verify(
-        capsys, lldb_fixtures["mini"], "--live", live, "--kernel", lldb_fixtures["kernel"],
-        "--pml4", hex(root), "--zero-fill",
+        capsys,
+        lldb_fixtures["mini"],
+        "--live",
+        live,
+        "--kernel",
+        lldb_fixtures["kernel"],
+        "--pml4",
+        hex(root),
+        "--zero-fill",
     )
     assert code == 1
     assert out.startswith("verification FAILED") and "kernel-data: hz" in out
@@ -92,7 +108,10 @@ def test_end_to_end_through_the_installed_entry_point(lldb_fixtures, full_live, 
     run = run_dir_of(tmp_path, lldb_fixtures, full_live)
     r = subprocess.run(
         [sys.executable, "-m", "harness", "verify", str(run), "--zero-fill"],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("verification PASSED: full dump")
@@ -106,7 +125,13 @@ def test_report_addresses_are_hex_strings(capsys, lldb_fixtures, full_live, tmp_
         va = vm.symbol("hz")
         poke(bad, vm.translate(va), b"\x07")
     code, out, _ = verify(
-        capsys, lldb_fixtures["full"], "--live", bad, "--kernel", lldb_fixtures["kernel"], "--zero-fill",
+        capsys,
+        lldb_fixtures["full"],
+        "--live",
+        bad,
+        "--kernel",
+        lldb_fixtures["kernel"],
+        "--zero-fill",
         "--json",
     )
     assert code == 1
@@ -162,7 +187,12 @@ def test_before_image_of_another_size_is_bad_input(capsys, lldb_fixtures, full_l
 
 def test_a_kernel_that_does_not_match_the_dump_is_bad_input(capsys, lldb_dir, lldb_fixtures, full_live):
     err = one_line_exit_2(
-        capsys, lldb_fixtures["full"], "--live", full_live, "--kernel", lldb_dir / "kernel-i386.elf",
+        capsys,
+        lldb_fixtures["full"],
+        "--live",
+        full_live,
+        "--kernel",
+        lldb_dir / "kernel-i386.elf",
         "--zero-fill",
     )
     assert "kernel-i386.elf" in err and "amd64" in err

@@ -26,6 +26,7 @@ from harness.verify.dumpdevice.fieldfacts import (
 )
 from harness.verify.dumpdevice.images import ImageSet
 from harness.verify.dumpdevice.layouts import Layouts, StructLayout
+from harness.verify.dumpdevice.requests import bio_check, find_requests, plural, request_facts
 from harness.verify.dumpdevice.rings import RequestBuffers
 
 DW = "DWARF"
@@ -42,8 +43,6 @@ NEEDED_STRUCTS = (
 )
 #: compilation units that define them in FreeBSD (searched first; any other unit is searched after)
 CU_HINTS = ("virtqueue.c", "virtio_blk.c", "subr_bus.c", "subr_sglist.c")
-#: how far from ddb's trap frame a pointer still lies in the stack ddb runs on (KSTACK_PAGES <= 16)
-STACK_SPAN = 16 * 4096
 
 Symbol = Callable[[str], "int | None"]
 
@@ -195,7 +194,6 @@ def _device_facts(
     max_ind = _opt_uint(images, o.vq, vq_t, "vq_max_indirect_size") or 0
     descx = o.vq + vq_t.off("vq_descx")
     req = o.softc + sc_t.off("vtblk_dump_request")
-    req_pa = images.pa_of(req)
     hdr_pa = images.pa_of(req + rq_t.off("vbr_hdr"))
     ack_pa = images.pa_of(req + rq_t.off("vbr_ack"))
     if hdr_pa is not None:
@@ -219,39 +217,51 @@ def _device_facts(
         if pa is not None:
             out.append(FieldFact(pa, size, what, DW, check))
 
-    def dumped_inflight() -> list[tuple[int, int]]:
-        """(descriptor head, ndescs) of every request the dumped copy shows outstanding."""
-        held = []
-        for i in range(num):
-            e = descx + i * dx_t.size
-            c = images.uint_va("dump", e + dx_t.off("cookie"), 8)
-            if c:
-                held.append((i, images.uint_va("dump", e + dx_t.off("ndescs"), 2) or 0))
-        return held
+    rs = find_requests(o.name, images, lay, softc=o.softc, vq=o.vq, num=num)
+    # the request header and status byte of every request in flight: the rings' chains name them too
+    for r in [req, *rs.borrowed]:
+        for member, group in (("vbr_hdr", b.headers), ("vbr_ack", b.statuses)):
+            p = images.pa_of(r + rq_t.off(member))
+            if p is not None:
+                group.add(p)
+                b.queue_of.setdefault(p, f"{o.device.short} queue {o.queue.index}")
 
     def free_cnt(v: Values) -> str | None:
-        held = dumped_inflight()
-        used = sum(n for _i, n in held)
+        held = rs.outstanding
+        used = sum(x.ndescs for x in held)
         if v.get("dump") == num - used:
             return f"{num - used} = {num} - {used} descriptor(s) held by {len(held)} request(s) in flight"
         return unchanged(v)
 
     def queued_cnt(v: Values) -> str | None:
-        d, held = v.get("dump"), dumped_inflight()
+        d, held = v.get("dump"), rs.outstanding
         if d is not None and d <= len(held):
             return f"{d} queued, {len(held)} request(s) in flight"
         return unchanged(v)
 
     def head_idx(v: Values) -> str | None:
-        start = v.get("before") if v.get("before") is not None else v.get("after")
-        held = dumped_inflight()
-        cur, steps = start, sum(n for _i, n in held)
-        for _ in range(steps):
-            if cur is None or cur >= o.queue.num:
-                return unchanged(v)
-            cur = images.uint("after", o.queue.desc + 16 * cur + 14, 2)
-        if cur is not None and v.get("dump") == cur and held:
-            return f"{cur}: the free chain's head after {steps} descriptor(s) taken by the request in flight"
+        """The free chain's head once the descriptors of the requests in flight were taken from it: walking
+        the chain (from the head before or after the dump, along the descriptor table of any image) over
+        exactly that many descriptors, every one of them the head of a request in flight, reaches it."""
+        d, held = v.get("dump"), rs.outstanding
+        steps = sum(x.ndescs for x in held)
+        heads = {x.head for x in held}
+        if not held or d is None:
+            return unchanged(v)
+        for start_img in ("before", "after"):
+            start = v.get(start_img)
+            for table in ("after", "before", "dump"):
+                cur, seen = start, []
+                for _ in range(steps):
+                    if cur is None or cur >= o.queue.num:
+                        break
+                    seen.append(cur)
+                    cur = images.uint(table, o.queue.desc + 16 * cur + 14, 2)
+                if len(seen) == steps and heads <= set(seen) and cur == d:
+                    return (
+                        f"{d}: the free chain's head after {steps} descriptor(s) taken by the "
+                        f"{plural(len(held), 'request')} in flight"
+                    )
         return unchanged(v)
 
     def used_cons(v: Values) -> str | None:
@@ -268,8 +278,15 @@ def _device_facts(
         d = v.get("dump")
         if d == 0:
             return "0 (no request)"
-        if d is not None and req_pa is not None and images.pa_of(d) == req_pa:
-            return f"{d:#x} = {o.name}'s vtblk_dump_request (the request in flight)"
+        pa = images.pa_of(d) if d else None
+        va = rs.pa_of.get(pa) if pa is not None else None
+        if va is not None:
+            what = rs.is_request(va)
+            if what is not None:
+                k = len(rs.in_flight)
+                return f"{d:#x} = {what} " + (
+                    "(the request in flight)" if k <= 1 else f"(one of the {k} requests in flight)"
+                )
         return unchanged(v)
 
     def ndescs_check(i: int) -> Callable[[Values], str | None]:
@@ -277,7 +294,7 @@ def _device_facts(
             d = v.get("dump")
             c = images.uint_va("dump", descx + i * dx_t.size + dx_t.off("cookie"), 8)
             if c and d is not None and 1 <= d <= max(max_ind, 1):
-                return f"{d} descriptor(s) for the request in flight"
+                return f"{d} descriptor(s) for a request in flight"
             if not c and d == 0:
                 return "0 (no request)"
             return unchanged(v)
@@ -328,23 +345,14 @@ def _device_facts(
         typ = images.uint_va("dump", req + rq_t.off("vbr_hdr.type"), 4)
         return sector_verdict(typ if typ is not None else 1, d, cap, extent)
 
-    def bp_check(v: Values) -> str | None:
-        d = v.get("dump")
-        if d == 0:
-            return "0"
-        if d is not None and any(abs(d - f) < STACK_SPAN for f in stacks):
-            f = min(stacks, key=lambda x: abs(d - x))
-            return f"{d:#x} = {f:#x} {'-' if d < f else '+'} {abs(d - f):#x}: a bio on {stacks[f]}"
-        return unchanged(v)
-
     def ack_check(v: Values) -> str | None:
         d = v.get("dump")
-        return unchanged(v) or STATUS_VALUES.get(d) if d is not None else None
+        return (unchanged(v) or STATUS_VALUES.get(d)) if d is not None else None
 
     add(req + rq_t.off("vbr_hdr.type"), 4, f"{base}.vbr_hdr.type of {o.name}", type_check)
     add(_at(req, rq_t, "vbr_hdr.ioprio"), 4, f"{base}.vbr_hdr.ioprio of {o.name}", ioprio_check)
     add(req + rq_t.off("vbr_hdr.sector"), 8, f"{base}.vbr_hdr.sector of {o.name}", sector_check)
-    add(_at(req, rq_t, "vbr_bp"), 8, f"{base}.vbr_bp of {o.name}", bp_check)
+    add(_at(req, rq_t, "vbr_bp"), 8, f"{base}.vbr_bp of {o.name}", bio_check(stacks))
     add(req + rq_t.off("vbr_ack"), 1, f"{base}.vbr_ack of {o.name}", ack_check)
 
     # the scatter/gather list the dump request is built in
@@ -356,8 +364,22 @@ def _device_facts(
     segs = _read_ptr(images, o.sglist + sg_t.off("sg_segs")) or 0
     nseg_va = o.sglist + sg_t.off("sg_nseg")
     nseg_size = sg_t.size_of("sg_nseg")
-    hdr_set = {hdr_pa} if hdr_pa is not None else set()
-    ack_set = {ack_pa} if ack_pa is not None else set()
+    # a request is built in the sglist: header (its vbr_hdr), data, status (its vbr_ack). The dumped copy
+    # holds the last request built: the dump request or one taken off the free list, in flight
+    built: dict[int, tuple[int, str]] = {}  # header PA -> (status PA, which request)
+    for r in [req, *rs.borrowed]:
+        hp, ap = images.pa_of(r + rq_t.off("vbr_hdr")), images.pa_of(r + rq_t.off("vbr_ack"))
+        if hp is not None and ap is not None:
+            built.setdefault(hp, (ap, "the dump request" if r == req else f"request {r:#x} (in flight)"))
+    hdr_set = set(built)
+    ack_set = {a for a, _w in built.values()}
+    # stale segments beyond the ones in use may name any request of the driver
+    stale_hdrs, stale_acks = set(hdr_set), set(ack_set)
+    for r in rs.pa_of.values():
+        for member, group in (("vbr_hdr", stale_hdrs), ("vbr_ack", stale_acks)):
+            p = images.pa_of(r + rq_t.off(member))
+            if p is not None:
+                group.add(p)
 
     def seg(j: int, image: str = "dump") -> tuple[int, int] | None:
         e = segs + j * seg_t.size
@@ -370,22 +392,24 @@ def _device_facts(
         if d is None or not 2 <= d <= max(maxseg, 2):
             return unchanged(v)
         first, last = seg(0), seg(d - 1)
-        if first and last and first[0] in hdr_set and first[1] == 16 and last[0] in ack_set and last[1] == 1:
-            return f"{d} segments (header, {d - 2} data, status) of at most {maxseg}"
+        if first and last and first[0] in built and first[1] == 16 and last == (built[first[0]][0], 1):
+            return f"{d} segments (header, {d - 2} data, status) of at most {maxseg}: {built[first[0]][1]}"
         return unchanged(v)
 
     seg_page = images.pa_of(segs) if segs else None
 
     def _table_twin(j: int) -> tuple[int, int] | None:
-        """Entry j of the dump request's indirect table when the dumped copy of the sglist's page holds
-        it too (one snapshot): the table is built from the sglist, so the two must agree."""
-        if seg_page is None:
+        """Entry j of the indirect table of the request the sglist holds (the table whose first entry is
+        the same header) when the dumped copy of the sglist's page holds it too (one snapshot): the table
+        is built from the sglist, so the two must agree."""
+        first_seg = seg(0)
+        if seg_page is None or first_seg is None:
             return None
         for table, entries in b.tables.items():
             if table // 4096 != seg_page // 4096 or j >= entries:
                 continue
             first = images.read("dump", table, 16)
-            if first is None or int.from_bytes(first[:8], "little") not in hdr_set:
+            if first is None or int.from_bytes(first[:8], "little") != first_seg[0]:
                 continue
             raw = images.read("dump", table + 16 * j, 12)
             if raw is not None:
@@ -400,20 +424,23 @@ def _device_facts(
                 return None
             p, ln = s
             if j < n:
+                head = seg(0)
                 if j == 0:
-                    ok = p in hdr_set and ln == 16
+                    ok = p in built and ln == 16
                 elif j == n - 1:
-                    ok = p in ack_set and ln == 1
+                    ok = head is not None and head[0] in built and p == built[head[0]][0] and ln == 1
                 else:
                     ok = segment_shape(p, ln, None, set(), set()) is not None
                 if not ok:
                     return None
                 what = segment_shape(p, ln, None, hdr_set, ack_set)
+                if (j == 0 or j == n - 1) and head is not None and head[0] in built:
+                    what = f"{what} of {built[head[0]][1]}"
                 twin = _table_twin(j)
                 if twin is not None and twin[:2] != (p, ln):
                     return None  # the sglist and the indirect table built from it disagree
                 return f"segment {j} of {n}: {what}" + (" = the indirect table's entry" if twin else "")
-            shape = segment_shape(p, ln, None, hdr_set, ack_set)
+            shape = segment_shape(p, ln, None, stale_hdrs, stale_acks)
             if unchanged(v):
                 return unchanged(v) + f" (beyond the {n} segments in use)"
             return f"stale {shape} beyond the {n} segments in use" if shape else None
@@ -423,8 +450,20 @@ def _device_facts(
     add(nseg_va, nseg_size, f"struct sglist.sg_nseg of {o.name}", nseg_check)
     for j in range(min(maxseg, 1024)):
         add(segs + j * seg_t.size, seg_t.size, f"struct sglist.sg_segs[{j}] of {o.name}", seg_check(j))
+    out += request_facts(rs, images, lay, softc=o.softc, stacks=stacks, capacity=cap, extent=extent)
     line = (
         f"{o.name}: softc {o.softc:#x}, struct virtqueue {o.vq:#x} (vq_ring.desc -> PA {o.queue.desc:#x} = "
         f"QEMU's {o.device.short} queue {o.queue.index}), sglist {o.sglist:#x}, dump request {req:#x}"
+        + (
+            f", vtblk_req_free ({', '.join(f'{len(e)} elements {i}' for i, e in rs.free_lists.items())})"
+            if rs.free_lists
+            else ""
+        )
+        + (
+            f", {plural(len(rs.borrowed), 'request')} from it in flight "
+            f"({', '.join(f'{r:#x}' for r in rs.borrowed)})"
+            if rs.borrowed
+            else ""
+        )
     )
     return out, line

@@ -178,14 +178,18 @@ class DumpDeviceExplainer:
 
 
 def _condense(lines: list[str]) -> list[str]:
-    """Fold runs of the same field over an array index ("used.ring[3]", "used.ring[4]", ...) into one line."""
-    groups: dict[str, list[str]] = {}
+    """Fold runs of the same field over an array index ("used.ring[3]", "used.ring[4]", ...) into one line
+    when they hold the same kind of value (reasons that differ only in numbers): a cookie naming the dump
+    request and one naming a request from the free list stay two lines."""
+    groups: dict[tuple[str, str], list[str]] = {}
     for line in lines:
-        key = re.sub(r"\[\d+\]", "[i]", line.split(": ", 2)[1] if line.count(": ") >= 2 else line)
-        groups.setdefault(key, []).append(line)
+        parts = line.split(": ", 2)
+        what = re.sub(r"\[\d+\]", "[i]", parts[1] if len(parts) == 3 else line)
+        why = re.sub(r"0x[0-9a-f]+|\d+", "N", parts[2]) if len(parts) == 3 else ""
+        groups.setdefault((what, why), []).append(line)
     out = []
-    for key, members in groups.items():
-        out.append(members[0] if len(members) == 1 else f"{members[0]} (and {len(members) - 1} more {key})")
+    for (what, _why), members in groups.items():
+        out.append(members[0] if len(members) == 1 else f"{members[0]} (and {len(members) - 1} more {what})")
     if len(out) > MAX_EVIDENCE:
         out = out[:MAX_EVIDENCE] + [f"... {len(out) - MAX_EVIDENCE} more fields"]
     return out
