@@ -26,6 +26,16 @@ def _kenv(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want a whole number of MiB, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"want at least 1 MiB, got {value}")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "repro",
@@ -44,7 +54,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--kenv", action="append", default=[], metavar="K=V", help="kernel environment (repeatable)"
     )
+    p.add_argument(
+        "--force-kernel",
+        action="store_true",
+        help="boot a --kernel file that does not look like an amd64 FreeBSD kernel (no FreeBSD ABI note)",
+    )
     p.add_argument("--memory", type=int, default=512, metavar="MiB", help="guest memory (default 512)")
+    p.add_argument(
+        "--dump-disk-mib",
+        type=_positive_int,
+        default=None,
+        metavar="MiB",
+        help="dump disk size (default: memory + 128 MiB, room for a full dump)",
+    )
     p.add_argument("--vcpus", type=int, default=1, help="guest CPUs (default 1)")
     p.add_argument("--minidump", choices=("1", "0"), default="1", help="1: minidump (default), 0: full dump")
     p.add_argument(
@@ -195,6 +217,8 @@ def _config(args: argparse.Namespace, kenv: dict[str, str], trigger: str):
         offline=args.offline,
         boot_seconds=args.boot_timeout,
         dump_twice=args.dump_twice,
+        dump_disk_mib=args.dump_disk_mib,
+        force_kernel=args.force_kernel,
     )
 
 

@@ -45,6 +45,8 @@ from harness.freebsd.ddb import (
     Ddb,
     DumpFailed,
     DumpResult,
+    NoProgress,
+    Witness,
     describe_progress,
     dump_deadline_seconds,
     expect_while_printing,
@@ -285,6 +287,7 @@ def panic_dump(
     nmi_probe_seconds: float = NMI_PROBE_SECONDS,
     stall_seconds: float = DUMP_STALL_SECONDS,
     check: bool = True,
+    witness: Witness | None = None,
 ) -> DumpResult:
     """Panic the kernel by `choice.method`, parse the dump it writes by itself and (with `hold`) press a
     key to abort the automatic reboot, so the guest stays at "Press a key on the console to reboot" with
@@ -292,7 +295,8 @@ def panic_dump(
     ``uptime``). A kernel with ddb that stops at ``db>`` on the way is continued (``c``).
 
     Every wait is bounded: `panic_seconds` from the trigger to ``panic:``, `deadline` (default: the
-    size-based dump deadline) for the dump, `stall_seconds` of console silence, `KEY_WINDOW_SECONDS` for
+    size-based dump deadline) for the dump, `stall_seconds` of console silence (with a `witness` of the
+    dump disk's writes: `DUMP_HANG_SECONDS` without output or writes), `KEY_WINDOW_SECONDS` for
     the key press. Anything but a complete dump raises `PanicDumpError` (after the key press, so the guest
     is still there for evidence) unless `check` is False.
     """
@@ -307,7 +311,7 @@ def panic_dump(
     suspended = console.suspended(*armed) if armed and hasattr(console, "suspended") else None
     with suspended if suspended is not None else _nothing():
         run.trigger(panic_seconds, nmi_probe_seconds)
-        end = run.await_own_dump(stall_seconds)
+        end = run.await_own_dump(stall_seconds, witness)
         held = run.leave_countdown(end) if end.name == "countdown" and not hold else run.hold(end)
 
     result = run.result(held=held)
@@ -396,18 +400,21 @@ class _PanicRun:
         return self.total.sub(panic_seconds, f"{self.method.value} -> panic")
 
     # 2. the kernel's own dump, up to the reboot countdown / the held state
-    def await_own_dump(self, stall_seconds: float):
+    def await_own_dump(self, stall_seconds: float, witness: Witness | None = None):
         from harness.vm.console import ConsoleClosed, ConsoleTimeout
 
         continued = 0
         while True:
             try:
                 m = expect_while_printing(
-                    self.console, self.ends, self.total, stall_seconds, "automatic dump after panic"
+                    self.console, self.ends, self.total, stall_seconds, "automatic dump after panic",
+                    witness=witness,
                 )
-            except (ConsoleTimeout, ConsoleClosed) as exc:
+            except (ConsoleTimeout, ConsoleClosed, NoProgress) as exc:
                 why = (
-                    f"no console output for {stall_seconds:g} s"
+                    f"the guest hung: {exc}"
+                    if isinstance(exc, NoProgress)
+                    else f"no console output for {stall_seconds:g} s"
                     if isinstance(exc, ConsoleTimeout) and not self.total.expired()
                     else f"not within {self.total.seconds:g} s"
                     if isinstance(exc, ConsoleTimeout)

@@ -56,6 +56,10 @@ class ReproConfig:
     panic_before_image: bool = True
     #: dump twice in one ddb session: a minidump, then ``write/l do_minidump 0`` and a full dump
     dump_twice: bool = False
+    #: the dump disk's size in MiB (None: big enough for a full dump of `memory_mib`)
+    dump_disk_mib: int | None = None
+    #: boot a kernel file that does not look like FreeBSD (`harness.run.kernel_check`)
+    force_kernel: bool = False
 
     def source_kind(self) -> str:
         """The key of `harness.run.sources.SOURCES` this configuration boots."""

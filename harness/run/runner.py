@@ -13,6 +13,7 @@ import json
 from harness.run import boot, dump, dump_twice, enter, evidence, verify
 from harness.run.config import Progress, ReproConfig, ReproError, ReproOutcome
 from harness.run.context import RunContext
+from harness.run.kernel_check import check_kernel_file
 from harness.run.retrieve import retrieval
 from harness.run.rundir import make_dump_disk, make_private, new_run_dir
 from harness.run.sources import GuestSource, build_source
@@ -26,11 +27,13 @@ def run_repro(cfg: ReproConfig, progress: Progress = print) -> ReproOutcome:
             "minidumps on and --retrieve disk",
             step="setup",
         )
+    if cfg.kernel is not None:
+        check_kernel_file(cfg.kernel, force=cfg.force_kernel)
     run_dir = new_run_dir(cfg.artifacts, f"repro-{'mini' if cfg.minidump else 'full'}-{cfg.trigger}")
     ctx = RunContext(cfg, run_dir, progress)
     _write_config(ctx)
     try:
-        dump_disk = make_dump_disk(run_dir / "dump-disk.raw", cfg.memory_mib)
+        dump_disk = make_dump_disk(run_dir / "dump-disk.raw", cfg.memory_mib, cfg.dump_disk_mib)
         source = build_source(ctx, dump_disk)
         with boot.started(ctx, source) as guest:
             return _run_guest(ctx, guest, source)
