@@ -460,7 +460,12 @@ class Ddb:
             return self.console.expect({"db": PROMPT}, as_deadline(deadline, "ddb prompt")).before
 
     def _raw(
-        self, cmd: str, deadline: Deadline, stall_seconds: float | None = None, witness: Witness | None = None
+        self,
+        cmd: str,
+        deadline: Deadline,
+        stall_seconds: float | None = None,
+        witness: Witness | None = None,
+        hang_seconds: float = DUMP_HANG_SECONDS,
     ) -> str:
         if not self.active:
             raise DdbError(f"ddb {cmd!r}: the session was left (continue/reset)", tail=self.console.tail())
@@ -470,7 +475,8 @@ class Ddb:
             m = self.console.expect({"db": PROMPT}, deadline)
         else:
             m = expect_while_printing(
-                self.console, {"db": PROMPT}, deadline, stall_seconds, f"ddb {cmd}", witness=witness
+                self.console, {"db": PROMPT}, deadline, stall_seconds, f"ddb {cmd}", witness=witness,
+                hang_seconds=hang_seconds,
             )
         return m.before.replace("\r\n", "\n").replace("\r", "")
 
@@ -481,6 +487,7 @@ class Ddb:
         *,
         stall_seconds: float | None = None,
         witness: Witness | None = None,
+        hang_seconds: float = DUMP_HANG_SECONDS,
     ) -> str:
         """Run one ddb command, return its output (echo and prompt stripped). With `stall_seconds`, a
         console silent that long ends the wait early (for long commands that print progress); with a
@@ -492,7 +499,7 @@ class Ddb:
             if not self._pager_off:
                 self._raw("set $lines 0", dl)
                 self._pager_off = True
-            out = self._raw(cmd, dl, stall_seconds, witness)
+            out = self._raw(cmd, dl, stall_seconds, witness, hang_seconds)
         return out.rstrip("\n")
 
     # ------------------------------------------------------------ typed helpers
@@ -551,12 +558,13 @@ class Ddb:
         check: bool = True,
         stall_seconds: float = DUMP_STALL_SECONDS,
         witness: Witness | None = None,
+        hang_seconds: float = DUMP_HANG_SECONDS,
     ) -> DumpResult:
         """Run ``dump`` and parse the result; with `check`, anything but "Dump complete" raises DumpFailed.
 
         Bounded three ways: `deadline` (default `dump_deadline_seconds` of the guest's memory),
         `stall_seconds` without any console output and, with a `witness` of the dump disk's writes
-        (`dump_disk_witness`), `DUMP_HANG_SECONDS` with neither output nor writes (a hung guest). A
+        (`dump_disk_witness`), `hang_seconds` with neither output nor writes (a hung guest). A
         guest that resets or dies mid-dump closes the console: that ends the wait at once."""
         from harness.vm.console import ConsoleClosed, ConsoleTimeout
 
@@ -564,7 +572,9 @@ class Ddb:
         dl = as_deadline(seconds, "ddb dump")
         started = time.monotonic()
         try:
-            out = self.command("dump", dl, stall_seconds=stall_seconds, witness=witness)
+            out = self.command(
+                "dump", dl, stall_seconds=stall_seconds, witness=witness, hang_seconds=hang_seconds
+            )
         except (ConsoleTimeout, ConsoleClosed, NoProgress) as exc:
             partial = self.console.pending() if hasattr(self.console, "pending") else ""
             result = parse_dump_output(partial, time.monotonic() - started)
