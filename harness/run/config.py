@@ -60,6 +60,8 @@ class ReproConfig:
     dump_disk_mib: int | None = None
     #: boot a kernel file that does not look like FreeBSD (`harness.run.kernel_check`)
     force_kernel: bool = False
+    #: start from this saved booted guest instead of booting (`harness.run.saved_boot`)
+    saved_boot: Path | None = None
 
     def source_kind(self) -> str:
         """The key of `harness.run.sources.SOURCES` this configuration boots."""
@@ -70,6 +72,8 @@ class ReproConfig:
         return "release"
 
     def source(self) -> str:
+        if self.saved_boot:
+            return f"saved boot {self.saved_boot} of kernel {self.kernel}"
         if self.kernel:
             return f"kernel {self.kernel}"
         if self.image:
