@@ -15,10 +15,11 @@ Progress = Callable[[str], None]
 class ReproError(RuntimeError):
     """A step failed; ``evidence`` names the directory holding transcript, domain XML and logs."""
 
-    def __init__(self, message: str, *, step: str, evidence: Path | None = None) -> None:
+    def __init__(self, message: str, *, step: str, evidence: Path | None = None, tail: str = "") -> None:
         super().__init__(message)
         self.step = step
         self.evidence = evidence
+        self.tail = tail  # the console text that shows what happened (kept as console-tail.txt)
 
     def one_line(self) -> str:
         first = str(self).strip().splitlines()[0] if str(self).strip() else type(self).__name__

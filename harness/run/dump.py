@@ -80,9 +80,7 @@ def incomplete_dump_fails(ctx: RunContext) -> Iterator[None]:
         yield
     except DumpFailed as exc:
         first = str(exc).splitlines()[0]
-        err = ReproError(f"dump incomplete: {first}", step=ctx.step, evidence=ctx.dir)
-        err.tail = exc.tail
-        raise err from exc
+        raise ReproError(f"dump incomplete: {first}", step=ctx.step, evidence=ctx.dir, tail=exc.tail) from exc
 
 
 def disk_writes(booted: Booted):
