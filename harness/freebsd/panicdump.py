@@ -40,6 +40,7 @@ import time
 from dataclasses import dataclass, field
 
 from harness.freebsd.ddb import (
+    DUMP_HANG_SECONDS,
     DUMP_STALL_SECONDS,
     PROMPT,
     Ddb,
@@ -292,6 +293,7 @@ def panic_dump(
     stall_seconds: float = DUMP_STALL_SECONDS,
     check: bool = True,
     witness: Witness | None = None,
+    hang_seconds: float = DUMP_HANG_SECONDS,
 ) -> DumpResult:
     """Panic the kernel by `choice.method`, parse the dump it writes by itself and (with `hold`) press a
     key to abort the automatic reboot, so the guest stays at "Press a key on the console to reboot" with
@@ -300,7 +302,7 @@ def panic_dump(
 
     Every wait is bounded: `panic_seconds` from the trigger to ``panic:``, `deadline` (default: the
     size-based dump deadline) for the dump, `stall_seconds` of console silence (with a `witness` of the
-    dump disk's writes: `DUMP_HANG_SECONDS` without output or writes), `KEY_WINDOW_SECONDS` for
+    dump disk's writes: `hang_seconds` without output or writes), `KEY_WINDOW_SECONDS` for
     the key press. Anything but a complete dump raises `PanicDumpError` (after the key press, so the guest
     is still there for evidence) unless `check` is False.
     """
@@ -315,7 +317,7 @@ def panic_dump(
     suspended = console.suspended(*armed) if armed and hasattr(console, "suspended") else None
     with suspended if suspended is not None else _nothing():
         run.trigger(panic_seconds, nmi_probe_seconds)
-        end = run.await_own_dump(stall_seconds, witness)
+        end = run.await_own_dump(stall_seconds, witness, hang_seconds)
         held = run.leave_countdown(end) if end.name == "countdown" and not hold else run.hold(end)
 
     result = run.result(held=held)
@@ -413,7 +415,9 @@ class _PanicRun:
         return self.total.sub(panic_seconds, f"{self.method.value} -> panic")
 
     # 2. the kernel's own dump, up to the reboot countdown / the held state
-    def await_own_dump(self, stall_seconds: float, witness: Witness | None = None):
+    def await_own_dump(
+        self, stall_seconds: float, witness: Witness | None = None, hang_seconds: float = DUMP_HANG_SECONDS
+    ):
         from harness.vm.console import ConsoleClosed, ConsoleTimeout
 
         continued = 0
@@ -421,7 +425,7 @@ class _PanicRun:
             try:
                 m = expect_while_printing(
                     self.console, self.ends, self.total, stall_seconds, "automatic dump after panic",
-                    witness=witness,
+                    witness=witness, hang_seconds=hang_seconds,
                 )
             except (ConsoleTimeout, ConsoleClosed, NoProgress) as exc:
                 why = (

@@ -13,7 +13,7 @@ import pytest
 
 from harness.freebsd.ddb import Ddb, DumpFailed, NoProgress, dump_disk_witness
 from harness.freebsd.replay import RecordedTranscript
-from tests.freebsd.conftest import load
+from tests.freebsd.conftest import TRANSCRIPTS, load
 
 
 def _mini_cut_at(marker: bytes, tail: bytes = b"") -> RecordedTranscript:
@@ -92,3 +92,26 @@ def test_dump_disk_witness_follows_the_host_file(tmp_path):
     assert witness() != before
     assert dump_disk_witness(None) is None
     assert dump_disk_witness(tmp_path / "gone")() is None
+
+
+def test_a_guest_that_hangs_during_its_own_dump_after_a_panic(replay):
+    """The panic flow (a kernel without ddb dumps by itself): the same hang rule, while waiting for the
+    kernel's own dump to end (edited 12.1 recording, cut after the dump's first percentage)."""
+    from harness.freebsd.panicdump import PanicDumpError, panic_dump, select_flow
+
+    full = RecordedTranscript.load(TRANSCRIPTS.parent / "freebsd-edited", "edited-noddb-altpanic")
+    cut = full.serial.index(b"..76%")
+    hung = RecordedTranscript(
+        "noddb-hung", full.serial[:cut], [g for g in full.gates if g.offset < cut], full.timeline
+    )
+    console, _spawn = replay(hung)
+    console.expect({"wait": r"mountroot: waiting for device"}, 10)
+    choice = select_flow(console, "alt_break", kenv={"debug.kdb.alt_break_to_debugger": "1"})
+    t = time.monotonic()
+    with pytest.raises(PanicDumpError) as info:
+        panic_dump(console, choice, memory_mib=512, deadline=120, witness=lambda: 0, hang_seconds=1.0)
+    assert time.monotonic() - t < 60
+    message = str(info.value).splitlines()[0]
+    assert "no reboot countdown after the panic (the guest hung: no console output and no write to the " \
+        "dump disk for 1 s)" in message
+    assert "last progress: minidump of 42 MB, 38%" in message
