@@ -94,17 +94,16 @@ def save_booted(cfg: ReproConfig, dest: Path, progress: Progress = print) -> Sav
 
 @contextmanager
 def restored(ctx: RunContext) -> Iterator[tuple[Any, boot.Booted]]:
-    """A new guest from ``ctx.cfg.saved_boot``, as the boot step leaves it: (guest, Booted). The guest's
-    copy of the dump disk is also ``ctx.dir/dump-disk.raw`` (a hard link: evidence like any run's)."""
+    """A new guest from ``ctx.cfg.saved_boot``, as the boot step leaves it: (guest, Booted). Its copy of
+    the dump disk is ``ctx.dir/dump-disk.raw``, evidence like any run's (kept on failure)."""
     ctx.enter("restore")
     saved = SavedBoot.load(ctx.cfg.saved_boot)
     _check_same_boot(saved.cfg, ctx.cfg)
+    disk = ctx.dir / "dump-disk.raw"  # the guest's own copy of the saved (empty) dump disk
     with ctx.timed("boot"):
-        guest = savestate.restore(saved.state, ctx.dir, keep=ctx.cfg.keep)
+        guest = savestate.restore(saved.state, ctx.dir, keep=ctx.cfg.keep, copies={saved.dump_target: disk})
     with guest:
         save_text(ctx.dir / "domain.xml", guest.domain_xml)
-        disk = ctx.dir / "dump-disk.raw"
-        os.link(guest.disk_paths()[saved.dump_target], disk)
         source = dataclasses.replace(saved.source, dump_disk=disk)
         ctx.progress(
             f"guest {guest.name} restored from {saved.dir} in {ctx.timings['boot']:.1f}s (booted to "
