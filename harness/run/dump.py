@@ -44,7 +44,7 @@ def dump_in_ddb(ctx: RunContext, booted: Booted, entered: Entered) -> Crash:
     ctx.enter("dump")
     ctx.progress("ddb: dump")
     with ctx.timed("dump"), incomplete_dump_fails(ctx):
-        result = entered.ddb.dump(witness=disk_writes(booted))
+        result = entered.ddb.dump(witness=disk_writes(ctx, booted))
     ctx.progress(f"dump complete: {result.kind} dump, {result.dump_mb} MB in {result.seconds:.1f}s")
     return Crash(entered.choice, result, entered.registers, entered.values, before, before_path, entered.ddb)
 
@@ -61,7 +61,7 @@ def dump_on_panic(ctx: RunContext, booted: Booted, entered: Entered) -> Crash:
     with ctx.timed("dump"), incomplete_dump_fails(ctx):
         result = panic_dump(
             booted.guest.console, choice, guest=booted.guest, shell=booted.shell,
-            memory_mib=ctx.cfg.memory_mib, witness=disk_writes(booted),
+            memory_mib=ctx.cfg.memory_mib, witness=disk_writes(ctx, booted),
         )
     ctx.progress(
         f"dump complete: {result.kind} dump, {result.dump_mb} MB in {result.seconds:.1f}s; kernel held "
@@ -83,11 +83,13 @@ def incomplete_dump_fails(ctx: RunContext) -> Iterator[None]:
         raise ReproError(f"dump incomplete: {first}", step=ctx.step, evidence=ctx.dir, tail=exc.tail) from exc
 
 
-def disk_writes(booted: Booted):
-    """What changes while the guest writes its dump disk (None: no dump disk on this host to watch - a
-    remote libvirt's QEMU writes its own copy - so only the console's silence counts)."""
+def disk_writes(ctx: RunContext, booted: Booted):
+    """What changes while the guest writes its dump disk, for the hang rule (`DUMP_HANG_SECONDS`). None
+    - only the console's silence counts - without a dump disk on this host to watch (a remote libvirt's
+    QEMU writes its own copy) and for compressed dumps (the kernel may compress zero-filled memory for
+    a long while between two writes)."""
     source = booted.source
-    if source is None or not getattr(booted.guest, "local", True):
+    if source is None or not getattr(booted.guest, "local", True) or ctx.cfg.compression != "none":
         return None
     return dump_disk_witness(source.dump_disk)
 

@@ -66,7 +66,7 @@ def dump_again_full(ctx: RunContext, booted: Booted, first: Crash, first_live: L
     was = first.ddb.set_minidump(False)
     ctx.progress(f"ddb: write/l {MINIDUMP_SWITCH} 0 (was {was}); dump")
     with ctx.timed("dump"), incomplete_dump_fails(ctx):
-        result = first.ddb.dump(witness=disk_writes(booted))
+        result = first.ddb.dump(witness=disk_writes(ctx, booted))
     ctx.progress(f"second dump: {result.kind} dump, {result.dump_mb} MB in {result.seconds:.1f}s")
     note = (
         f"second dump of the session: `write/l {MINIDUMP_SWITCH} 0` in ddb after the first "
