@@ -402,7 +402,7 @@ def fbsd_guest(fbsd_target: FbsdTarget, fbsd_artifacts, tmp_path_factory, reques
 
     cfg = run_config(fbsd_target, HilCase("mini", "nmi", "disk", "none"), tmp_path_factory.mktemp("fbsd-hil"))
     ctx = RunContext(cfg, new_run_dir(cfg.artifacts, "guest"), progress=lambda _msg: None)
-    source = build_source(ctx, make_dump_disk(ctx.dir / "dump-disk.raw", cfg.memory_mib))
+    source = build_source(ctx, make_dump_disk(ctx.dir / "dump-disk.raw", cfg.memory_mib, cfg.dump_disk_mib))
     with boot.started(ctx, source) as guest:
         try:
             guest.shell = boot.boot(ctx, guest, source).shell

@@ -26,6 +26,16 @@ def _kenv(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want a whole number of MiB, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"want at least 1 MiB, got {value}")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "repro",
@@ -41,12 +51,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument(
         "--kernel", type=Path, metavar="PATH", help="a FreeBSD kernel file, booted from a GRUB ISO"
     )
+    src.add_argument(
+        "--from-saved-boot",
+        type=Path,
+        metavar="DIR",
+        help="restore a kernel booted and saved by --save-boot instead of booting (kernel, memory, kenv "
+        "as saved)",
+    )
+    p.add_argument(
+        "--save-boot",
+        type=Path,
+        metavar="DIR",
+        help="with --kernel: boot to root_wait, save the guest into DIR (new) and stop; runs from it start "
+        "in about a second (--from-saved-boot DIR)",
+    )
     p.add_argument(
         "--kenv", action="append", default=[], metavar="K=V", help="kernel environment (repeatable)"
     )
-    p.add_argument("--memory", type=int, default=512, metavar="MiB", help="guest memory (default 512)")
-    p.add_argument("--vcpus", type=int, default=1, help="guest CPUs (default 1)")
-    p.add_argument("--minidump", choices=("1", "0"), default="1", help="1: minidump (default), 0: full dump")
+    p.add_argument(
+        "--force-kernel",
+        action="store_true",
+        help="boot a --kernel file that does not look like an amd64 FreeBSD kernel (no FreeBSD ABI note)",
+    )
+    p.add_argument("--memory", type=int, default=None, metavar="MiB", help="guest memory (default 512)")
+    p.add_argument(
+        "--dump-disk-mib",
+        type=_positive_int,
+        default=None,
+        metavar="MiB",
+        help="dump disk size (default: memory + 128 MiB, room for a full dump)",
+    )
+    p.add_argument("--vcpus", type=int, default=None, help="guest CPUs (default 1)")
+    p.add_argument("--minidump", choices=("1", "0"), default=None, help="1: minidump (default), 0: full dump")
     p.add_argument(
         "--trigger",
         choices=TRIGGERS,
@@ -111,7 +147,11 @@ def run(args: argparse.Namespace) -> int:
     if (why := _refusal(args, trigger)) is not None:
         print(f"fbsd-hil repro: {why}", file=sys.stderr)
         return 2
-    cfg = _config(args, kenv, trigger)
+    try:
+        cfg = _saved_boot_config(args, trigger) if args.from_saved_boot else _config(args, kenv, trigger)
+    except ReproError as exc:
+        print(f"fbsd-hil repro: {exc.one_line()}", file=sys.stderr)
+        return 2
     if (code := _ensure_libvirt(args.libvirt_uri)) is not None:
         return code
     started = time.monotonic()
@@ -120,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"[{time.monotonic() - started:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
     try:
+        if args.save_boot is not None:
+            return _save_boot(cfg, args.save_boot, progress)
         outcome = run_repro(cfg, progress)
     except ReproError as exc:
         print(f"fbsd-hil repro: FAILED at {exc.one_line()}", file=sys.stderr)
@@ -149,7 +191,19 @@ def run(args: argparse.Namespace) -> int:
 
 def _refusal(args: argparse.Namespace, trigger: str) -> str | None:
     """Why these options cannot run (one line), before anything boots; None when they can."""
-    if args.kernel is not None and trigger in ("sysctl", "panic"):
+    bare = args.kernel is not None or args.from_saved_boot is not None
+    if args.save_boot is not None and (args.kernel is None or args.save_boot.exists()):
+        return (
+            f"--save-boot {args.save_boot} exists; refusing to overwrite it"
+            if args.kernel is not None
+            else "--save-boot saves a bare --kernel boot (an image's shell and SSH session cannot be saved)"
+        )
+    fixed = [o for o, v in (("--kenv", args.kenv), ("--memory", args.memory), ("--minidump", args.minidump),
+                            ("--vcpus", args.vcpus), ("--dump-disk-mib", args.dump_disk_mib),
+                            ("--force-kernel", args.force_kernel or None)) if v is not None and v != []]
+    if args.from_saved_boot is not None and fixed:
+        return f"--from-saved-boot restores what was saved; {', '.join(fixed)} was fixed at boot"
+    if bare and trigger in ("sysctl", "panic"):
         return (
             f"--trigger {trigger} runs a sysctl in a shell; a bare --kernel boot has no "
             "userland: use nmi, break or alt-break"
@@ -160,17 +214,40 @@ def _refusal(args: argparse.Namespace, trigger: str) -> str | None:
         return f"image {args.image} does not exist"
     if args.report is not None and args.report.exists():
         return f"{args.report} exists; refusing to overwrite it"
-    if args.dump_twice and (args.minidump != "1" or args.retrieve != "disk" or args.flow == "panic"):
+    if args.dump_twice and (args.minidump == "0" or args.retrieve != "disk" or args.flow == "panic"):
         return (
             "--dump-twice makes a minidump, switches minidumps off in ddb and dumps again, both read from "
             "the dump disk: it needs --minidump 1, --retrieve disk and the ddb flow"
         )
-    if args.retrieve == "ssh" and args.kernel is not None:
+    if args.retrieve == "ssh" and bare:
         return (
             "--retrieve ssh reboots into userland and runs savecore; a bare --kernel boot "
             "has no userland: use --retrieve disk, or --image/--release"
         )
     return None
+
+
+def _saved_boot_config(args: argparse.Namespace, trigger: str):
+    """A run from a saved boot: the kernel, its environment and memory are the saved ones."""
+    from harness.run.saved_boot import SavedBoot
+
+    return SavedBoot.load(args.from_saved_boot.resolve()).config(
+        trigger=trigger,
+        retrieve=args.retrieve,
+        flow=None if args.flow == "auto" else args.flow,
+        artifacts=args.artifacts.resolve(),
+        keep=args.keep,
+        keep_images=args.keep_images,
+        dump_twice=args.dump_twice,
+    )
+
+
+def _save_boot(cfg, dest: Path, progress) -> int:
+    from harness.run.saved_boot import save_booted
+
+    saved = save_booted(cfg, dest.resolve(), progress)
+    print(f"booted to root_wait in {saved.boot_seconds:.1f}s; saved: fbsd-hil repro --from-saved-boot {dest}")
+    return 0
 
 
 def _config(args: argparse.Namespace, kenv: dict[str, str], trigger: str):
@@ -181,11 +258,11 @@ def _config(args: argparse.Namespace, kenv: dict[str, str], trigger: str):
         image=args.image.resolve() if args.image else None,
         release=args.release,
         kenv=kenv,
-        memory_mib=args.memory,
-        vcpus=args.vcpus,
+        memory_mib=512 if args.memory is None else args.memory,
+        vcpus=1 if args.vcpus is None else args.vcpus,
         accel=args.accel,
         uri=args.libvirt_uri,
-        minidump=args.minidump == "1",
+        minidump=args.minidump != "0",
         trigger=trigger,
         retrieve=args.retrieve,
         flow=None if args.flow == "auto" else args.flow,
@@ -195,6 +272,8 @@ def _config(args: argparse.Namespace, kenv: dict[str, str], trigger: str):
         offline=args.offline,
         boot_seconds=args.boot_timeout,
         dump_twice=args.dump_twice,
+        dump_disk_mib=args.dump_disk_mib,
+        force_kernel=args.force_kernel,
     )
 
 

@@ -15,10 +15,13 @@ Dump console texts (`parse_dump_output`) follow ``sys/kern/kern_dump.c``,
 
 from __future__ import annotations
 
+import os
 import re
 import time
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from harness.freebsd.stages import STAGE_PATTERNS, FreeBSDStageError, Stage
 from harness.util.deadline import Deadline, as_deadline
@@ -57,20 +60,73 @@ def dump_deadline_seconds(memory_mib: int | None) -> float:
 DUMP_STALL_SECONDS = 180.0
 
 
-def expect_while_printing(console, patterns, deadline: Deadline, stall_seconds: float, what: str):
+#: A dump that neither prints nor writes its dump disk for this long has hung (or the guest stopped): a
+#: dump in progress writes one request of at most 64 KiB at a time, milliseconds apart even under TCG.
+#: Needs a witness of the disk writes (`dump_disk_witness`); without one only `DUMP_STALL_SECONDS` applies.
+DUMP_HANG_SECONDS = 10.0
+
+Witness = Callable[[], object]
+
+
+class NoProgress(Exception):
+    """Neither the console nor the witness (the dump disk) changed for `seconds`: the guest hung."""
+
+    def __init__(self, seconds: float, *, what: str, tail: str) -> None:
+        super().__init__(f"no console output and no write to the dump disk for {seconds:g} s")
+        self.what = what
+        self.seconds = seconds
+        self.tail = tail
+
+
+def dump_disk_witness(path: Path | str | None) -> Witness | None:
+    """What changes while a guest writes its dump disk: the host file's size, blocks and mtime."""
+    if path is None:
+        return None
+
+    def witness() -> object:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return st.st_size, st.st_blocks, st.st_mtime_ns
+
+    return witness
+
+
+def expect_while_printing(
+    console,
+    patterns,
+    deadline: Deadline,
+    stall_seconds: float,
+    what: str,
+    *,
+    witness: Witness | None = None,
+    hang_seconds: float = DUMP_HANG_SECONDS,
+):
     """`console.expect(patterns, deadline)`, but give up with ConsoleTimeout once the console has been
-    silent for `stall_seconds` (the thing we wait for has stopped making progress)."""
+    silent for `stall_seconds` (the thing we wait for has stopped making progress). With `witness`
+    (`dump_disk_witness`), a console silent for `hang_seconds` while the witness stays the same raises
+    `NoProgress` much sooner: a guest that neither prints nor writes has hung."""
     from harness.vm.console import ConsoleTimeout
 
+    started = changed_at = time.monotonic()
+    seen = witness() if witness is not None else None
+    poll = min(stall_seconds, 30.0, hang_seconds / 4 if witness is not None else 30.0)
     while True:
-        step = deadline.sub(min(stall_seconds, 30.0), what)
+        step = deadline.sub(poll, what)
         try:
             return console.expect(patterns, step)
-        except ConsoleTimeout:
+        except ConsoleTimeout as exc:
             if deadline.expired():
                 raise
+            now = time.monotonic()
             last = getattr(console, "last_byte_at", None)
-            quiet = time.monotonic() - last if last is not None else step.seconds
+            quiet = now - max(last, started) if last is not None else now - started
+            if witness is not None:
+                if (now_seen := witness()) != seen:
+                    seen, changed_at = now_seen, now
+                if quiet >= hang_seconds and now - changed_at >= hang_seconds:
+                    raise NoProgress(hang_seconds, what=what, tail=exc.tail) from exc
             if quiet >= stall_seconds:
                 raise
 
@@ -401,7 +457,14 @@ class Ddb:
         with self._quiet_failures():
             return self.console.expect({"db": PROMPT}, as_deadline(deadline, "ddb prompt")).before
 
-    def _raw(self, cmd: str, deadline: Deadline, stall_seconds: float | None = None) -> str:
+    def _raw(
+        self,
+        cmd: str,
+        deadline: Deadline,
+        stall_seconds: float | None = None,
+        witness: Witness | None = None,
+        hang_seconds: float = DUMP_HANG_SECONDS,
+    ) -> str:
         if not self.active:
             raise DdbError(f"ddb {cmd!r}: the session was left (continue/reset)", tail=self.console.tail())
         self.console.sendline(cmd)
@@ -409,14 +472,24 @@ class Ddb:
         if stall_seconds is None:
             m = self.console.expect({"db": PROMPT}, deadline)
         else:
-            m = expect_while_printing(self.console, {"db": PROMPT}, deadline, stall_seconds, f"ddb {cmd}")
+            m = expect_while_printing(
+                self.console, {"db": PROMPT}, deadline, stall_seconds, f"ddb {cmd}", witness=witness,
+                hang_seconds=hang_seconds,
+            )
         return m.before.replace("\r\n", "\n").replace("\r", "")
 
     def command(
-        self, cmd: str, deadline: Deadline | float | None = None, *, stall_seconds: float | None = None
+        self,
+        cmd: str,
+        deadline: Deadline | float | None = None,
+        *,
+        stall_seconds: float | None = None,
+        witness: Witness | None = None,
+        hang_seconds: float = DUMP_HANG_SECONDS,
     ) -> str:
         """Run one ddb command, return its output (echo and prompt stripped). With `stall_seconds`, a
-        console silent that long ends the wait early (for long commands that print progress)."""
+        console silent that long ends the wait early (for long commands that print progress); with a
+        `witness` too, `DUMP_HANG_SECONDS` without output or witness change (`expect_while_printing`)."""
         if "\n" in cmd or "\r" in cmd:
             raise ValueError(f"ddb command must be one line, got {cmd!r}")
         dl = as_deadline(self.command_seconds if deadline is None else deadline, f"ddb {cmd}")
@@ -424,7 +497,7 @@ class Ddb:
             if not self._pager_off:
                 self._raw("set $lines 0", dl)
                 self._pager_off = True
-            out = self._raw(cmd, dl, stall_seconds)
+            out = self._raw(cmd, dl, stall_seconds, witness, hang_seconds)
         return out.rstrip("\n")
 
     # ------------------------------------------------------------ typed helpers
@@ -482,29 +555,38 @@ class Ddb:
         *,
         check: bool = True,
         stall_seconds: float = DUMP_STALL_SECONDS,
+        witness: Witness | None = None,
+        hang_seconds: float = DUMP_HANG_SECONDS,
     ) -> DumpResult:
         """Run ``dump`` and parse the result; with `check`, anything but "Dump complete" raises DumpFailed.
 
-        Bounded twice: `deadline` (default `dump_deadline_seconds` of the guest's memory) and
-        `stall_seconds` without any console output."""
+        Bounded three ways: `deadline` (default `dump_deadline_seconds` of the guest's memory),
+        `stall_seconds` without any console output and, with a `witness` of the dump disk's writes
+        (`dump_disk_witness`), `hang_seconds` with neither output nor writes (a hung guest). A
+        guest that resets or dies mid-dump closes the console: that ends the wait at once."""
         from harness.vm.console import ConsoleClosed, ConsoleTimeout
 
         seconds = dump_deadline_seconds(self.memory_mib) if deadline is None else deadline
         dl = as_deadline(seconds, "ddb dump")
         started = time.monotonic()
         try:
-            out = self.command("dump", dl, stall_seconds=stall_seconds)
-        except (ConsoleTimeout, ConsoleClosed) as exc:
+            out = self.command(
+                "dump", dl, stall_seconds=stall_seconds, witness=witness, hang_seconds=hang_seconds
+            )
+        except (ConsoleTimeout, ConsoleClosed, NoProgress) as exc:
             partial = self.console.pending() if hasattr(self.console, "pending") else ""
             result = parse_dump_output(partial, time.monotonic() - started)
             waited = time.monotonic() - started
-            why = (
-                f": no console output for {stall_seconds:g} s"
-                if isinstance(exc, ConsoleTimeout) and not dl.expired()
-                else f" within {dl.seconds:g} s"
-            )
+            if isinstance(exc, NoProgress):
+                why = f": the guest hung ({exc})"
+            elif isinstance(exc, ConsoleClosed):
+                why = ": the console closed (the guest reset, crashed or was destroyed mid-dump)"
+            elif not dl.expired():
+                why = f": no console output for {stall_seconds:g} s"
+            else:
+                why = f" within {dl.seconds:g} s"
             raise DumpFailed(
-                f"ddb dump did not return to db>{why} (waited {waited:.0f} s, {type(exc).__name__}); "
+                f"ddb dump did not return to db>{why} (waited {waited:.0f} s); "
                 f"last progress: {describe_progress(result)}",
                 result,
                 tail=exc.tail,

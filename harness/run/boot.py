@@ -35,6 +35,8 @@ class Booted:
     kernel_source: str = ""
     #: savecore retrieval: ``bounds - 1`` in /var/crash before the dump (None: no bounds file)
     bounds_before: int | None = None
+    #: the boot banner's facts when the console no longer shows it (a guest restored from a saved boot)
+    facts: Any = None  # harness.freebsd.kernel.KernelFacts
 
 
 @contextmanager

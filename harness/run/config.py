@@ -15,10 +15,11 @@ Progress = Callable[[str], None]
 class ReproError(RuntimeError):
     """A step failed; ``evidence`` names the directory holding transcript, domain XML and logs."""
 
-    def __init__(self, message: str, *, step: str, evidence: Path | None = None) -> None:
+    def __init__(self, message: str, *, step: str, evidence: Path | None = None, tail: str = "") -> None:
         super().__init__(message)
         self.step = step
         self.evidence = evidence
+        self.tail = tail  # the console text that shows what happened (kept as console-tail.txt)
 
     def one_line(self) -> str:
         first = str(self).strip().splitlines()[0] if str(self).strip() else type(self).__name__
@@ -56,6 +57,12 @@ class ReproConfig:
     panic_before_image: bool = True
     #: dump twice in one ddb session: a minidump, then ``write/l do_minidump 0`` and a full dump
     dump_twice: bool = False
+    #: the dump disk's size in MiB (None: big enough for a full dump of `memory_mib`)
+    dump_disk_mib: int | None = None
+    #: boot a kernel file that does not look like FreeBSD (`harness.run.kernel_check`)
+    force_kernel: bool = False
+    #: start from this saved booted guest instead of booting (`harness.run.saved_boot`)
+    saved_boot: Path | None = None
 
     def source_kind(self) -> str:
         """The key of `harness.run.sources.SOURCES` this configuration boots."""
@@ -66,6 +73,8 @@ class ReproConfig:
         return "release"
 
     def source(self) -> str:
+        if self.saved_boot:
+            return f"saved boot {self.saved_boot} of kernel {self.kernel}"
         if self.kernel:
             return f"kernel {self.kernel}"
         if self.image:

@@ -9,13 +9,16 @@ cannot be named from outside, and only this image tells such a page from a wrong
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.freebsd.ddb import DumpFailed, dump_disk_witness
 from harness.freebsd.panicdump import DumpFlow, FlowChoice, panic_dump
 from harness.run.boot import Booted
+from harness.run.config import ReproError
 from harness.run.context import RunContext
 from harness.run.enter import Entered, enter
 
@@ -40,8 +43,8 @@ def dump_in_ddb(ctx: RunContext, booted: Booted, entered: Entered) -> Crash:
     before = booted.guest.memory_image(before_path)
     ctx.enter("dump")
     ctx.progress("ddb: dump")
-    with ctx.timed("dump"):
-        result = entered.ddb.dump()
+    with ctx.timed("dump"), incomplete_dump_fails(ctx):
+        result = entered.ddb.dump(witness=disk_writes(ctx, booted))
     ctx.progress(f"dump complete: {result.kind} dump, {result.dump_mb} MB in {result.seconds:.1f}s")
     return Crash(entered.choice, result, entered.registers, entered.values, before, before_path, entered.ddb)
 
@@ -55,13 +58,10 @@ def dump_on_panic(ctx: RunContext, booted: Booted, entered: Entered) -> Crash:
         before = booted.guest.memory_image(before_path)  # paused for the copy, running again afterwards
         ctx.enter("panic dump")
     ctx.progress(f"panic flow: panicking via {choice.method.value}; the kernel writes its own dump")
-    with ctx.timed("dump"):
+    with ctx.timed("dump"), incomplete_dump_fails(ctx):
         result = panic_dump(
-            booted.guest.console,
-            choice,
-            guest=booted.guest,
-            shell=booted.shell,
-            memory_mib=ctx.cfg.memory_mib,
+            booted.guest.console, choice, guest=booted.guest, shell=booted.shell,
+            memory_mib=ctx.cfg.memory_mib, witness=disk_writes(ctx, booted),
         )
     ctx.progress(
         f"dump complete: {result.kind} dump, {result.dump_mb} MB in {result.seconds:.1f}s; kernel held "
@@ -69,6 +69,29 @@ def dump_on_panic(ctx: RunContext, booted: Booted, entered: Entered) -> Crash:
     )
     notes = _panic_notes(choice, result, before)
     return Crash(choice, result, before=before, before_path=before_path, notes=notes)
+
+
+@contextmanager
+def incomplete_dump_fails(ctx: RunContext) -> Iterator[None]:
+    """A dump that did not complete (partition too small, an I/O error, the guest hung, reset or died
+    mid-dump) fails the step as "dump incomplete": there is nothing whole to verify. The console tail
+    that shows it is kept in the run directory (`evidence.collect_on_failure`)."""
+    try:
+        yield
+    except DumpFailed as exc:
+        first = str(exc).splitlines()[0]
+        raise ReproError(f"dump incomplete: {first}", step=ctx.step, evidence=ctx.dir, tail=exc.tail) from exc
+
+
+def disk_writes(ctx: RunContext, booted: Booted):
+    """What changes while the guest writes its dump disk, for the hang rule (`DUMP_HANG_SECONDS`). None
+    - only the console's silence counts - without a dump disk on this host to watch (a remote libvirt's
+    QEMU writes its own copy) and for compressed dumps (the kernel may compress zero-filled memory for
+    a long while between two writes)."""
+    source = booted.source
+    if source is None or not getattr(booted.guest, "local", True) or ctx.cfg.compression != "none":
+        return None
+    return dump_disk_witness(source.dump_disk)
 
 
 def _panic_notes(choice: FlowChoice, result: Any, before: Any) -> list[str]:

@@ -16,7 +16,7 @@ from harness.freebsd.panicdump import DumpFlow, FlowChoice
 from harness.run.boot import Booted
 from harness.run.config import ReproUnsupported
 from harness.run.context import RunContext
-from harness.run.dump import Crash
+from harness.run.dump import Crash, disk_writes, incomplete_dump_fails
 from harness.run.verify import LiveAfter
 from harness.verify.symbols import KernelSymbols, KernelSymbolsError
 
@@ -65,8 +65,8 @@ def dump_again_full(ctx: RunContext, booted: Booted, first: Crash, first_live: L
     booted.guest.resume()  # paused for the first extraction; the kernel still sits in ddb
     was = first.ddb.set_minidump(False)
     ctx.progress(f"ddb: write/l {MINIDUMP_SWITCH} 0 (was {was}); dump")
-    with ctx.timed("dump"):
-        result = first.ddb.dump()
+    with ctx.timed("dump"), incomplete_dump_fails(ctx):
+        result = first.ddb.dump(witness=disk_writes(ctx, booted))
     ctx.progress(f"second dump: {result.kind} dump, {result.dump_mb} MB in {result.seconds:.1f}s")
     note = (
         f"second dump of the session: `write/l {MINIDUMP_SWITCH} 0` in ddb after the first "

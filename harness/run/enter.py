@@ -59,7 +59,7 @@ def choose_flow(ctx: RunContext, booted: Booted) -> FlowChoice:
         ctx.cfg.trigger.replace("-", "_"),
         shell=booted.shell,
         kenv=source.kenv if source is not None else None,
-        facts=kernel_facts_with_shell(booted.guest.console, booted.shell),
+        facts=booted.facts or kernel_facts_with_shell(booted.guest.console, booted.shell),
         force=ctx.cfg.flow,
     )
     ctx.progress(choice.describe())

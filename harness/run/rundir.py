@@ -40,9 +40,10 @@ def new_run_dir(root: Path, label: str) -> Path:
     raise ReproError(f"no free run directory under {root}", step="setup")
 
 
-def make_dump_disk(path: Path, memory_mib: int) -> Path:
-    """A sparse private raw disk big enough for a full dump: RAM + 64 KiB reserve + headers, rounded up."""
-    size = (max(memory_mib, 128) + 128) << 20
+def make_dump_disk(path: Path, memory_mib: int, size_mib: int | None = None) -> Path:
+    """A sparse private raw disk big enough for a full dump: RAM + 64 KiB reserve + headers, rounded up
+    (`size_mib`: exactly that size instead, e.g. a disk too small to see how a run reports it)."""
+    size = (size_mib if size_mib is not None else max(memory_mib, 128) + 128) << 20
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
     try:
         os.ftruncate(fd, size)

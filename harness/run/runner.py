@@ -2,6 +2,8 @@
 
     source -> boot -> enter -> dump -> capture live memory -> retrieve -> verify -> evidence
 
+(or, with ``cfg.saved_boot``, restore a saved booted guest instead of source and boot).
+
 Any failure becomes a `ReproError` naming the step it happened in and the run directory that holds
 the evidence; a passing or failing verification is an outcome, not an error.
 """
@@ -10,9 +12,11 @@ from __future__ import annotations
 
 import json
 
-from harness.run import boot, dump, dump_twice, enter, evidence, verify
+from harness.run import boot, dump, dump_twice, enter, evidence, saved_boot, verify
+from harness.run.boot import Booted
 from harness.run.config import Progress, ReproConfig, ReproError, ReproOutcome
 from harness.run.context import RunContext
+from harness.run.kernel_check import check_kernel_file
 from harness.run.retrieve import retrieval
 from harness.run.rundir import make_dump_disk, make_private, new_run_dir
 from harness.run.sources import GuestSource, build_source
@@ -26,11 +30,16 @@ def run_repro(cfg: ReproConfig, progress: Progress = print) -> ReproOutcome:
             "minidumps on and --retrieve disk",
             step="setup",
         )
+    if cfg.kernel is not None:
+        check_kernel_file(cfg.kernel, force=cfg.force_kernel)
     run_dir = new_run_dir(cfg.artifacts, f"repro-{'mini' if cfg.minidump else 'full'}-{cfg.trigger}")
     ctx = RunContext(cfg, run_dir, progress)
     _write_config(ctx)
     try:
-        dump_disk = make_dump_disk(run_dir / "dump-disk.raw", cfg.memory_mib)
+        if cfg.saved_boot is not None:
+            with saved_boot.restored(ctx) as (guest, booted):
+                return _run_guest(ctx, guest, booted.source, booted)
+        dump_disk = make_dump_disk(run_dir / "dump-disk.raw", cfg.memory_mib, cfg.dump_disk_mib)
         source = build_source(ctx, dump_disk)
         with boot.started(ctx, source) as guest:
             return _run_guest(ctx, guest, source)
@@ -42,18 +51,19 @@ def run_repro(cfg: ReproConfig, progress: Progress = print) -> ReproOutcome:
         raise ReproError(f"{type(exc).__name__}: {exc}", step=ctx.step, evidence=run_dir) from exc
 
 
-def _run_guest(ctx: RunContext, guest, source: GuestSource) -> ReproOutcome:
+def _run_guest(ctx: RunContext, guest, source: GuestSource, booted: Booted | None = None) -> ReproOutcome:
     try:
-        return _steps(ctx, guest, source)
+        return _steps(ctx, guest, source, booted)
     except Exception as exc:
         evidence.keep_boot_iso(source.spec, ctx.dir)
         evidence.collect_on_failure(guest, ctx.dir, exc)
         raise
 
 
-def _steps(ctx: RunContext, guest, source: GuestSource) -> ReproOutcome:
+def _steps(ctx: RunContext, guest, source: GuestSource, booted: Booted | None = None) -> ReproOutcome:
+    """The steps after the guest started; `booted`: already booted (restored from a saved boot)."""
     fetch = retrieval(ctx.cfg.retrieve)
-    booted = boot.boot(ctx, guest, source)
+    booted = booted or boot.boot(ctx, guest, source)
     fetch.before_dump(ctx, booted)
     choice = enter.choose_flow(ctx, booted)
     if ctx.cfg.dump_twice:

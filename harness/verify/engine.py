@@ -615,9 +615,10 @@ def verify_dump(
                 explained,
                 reason,
                 a.va,
-                unexplained=[_unexplained_entry(pa, a.va, *u) for u in a.unexplained[:16]],
+                unexplained=[_unexplained_entry(symbols, pa, a.va, *u) for u in a.unexplained[:16]],
                 consistent_bytes=a.consistent_bytes,
                 dump_device=dump_device,
+                symbol=_name_of(symbols, a.va + a.first_offset if a.va is not None else None),
                 evidence=list(dev.evidence) if dev is not None and (dump_device or dev.refuted.any()) else [],
             )
         )
@@ -710,19 +711,25 @@ def _dump_device_explainer(
     return explainer
 
 
-def _unexplained_entry(pa: int, va: int | None, off: int, n: int, kind: str, label: str) -> dict[str, Any]:
+def _unexplained_entry(
+    symbols: KernelSymbols | None, pa: int, va: int | None, off: int, n: int, kind: str, label: str
+) -> dict[str, Any]:
     """One run of bytes no rule explains, for the report: where, how many, what memory it is."""
     return {
         "address": f"{pa + off:#x}",
         "va": f"{va + off:#x}" if va is not None else None,
+        "symbol": _name_of(symbols, va + off if va is not None else None),
         "offset": off,
         "bytes": n,
         "what": f"{kind}: {label}" if label else kind,
     }
 
 
-def _describe_va(symbols: KernelSymbols | None, va: int) -> str:
-    return symbols.describe(va) if symbols is not None else ""
+def _name_of(symbols: KernelSymbols | None, va: int | None) -> str:
+    """`symbol+0xoff` from the kernel's symbol table for a kernel VA it names, else ""."""
+    if symbols is None or va is None:
+        return ""
+    return symbols.name_of(va) or ""
 
 
 def _check_minidump_complete(
@@ -790,6 +797,7 @@ def _check_minidump_complete(
             {
                 "pa": f"{p * PAGE_SIZE:#x}",
                 "va": f"{va:#x}" if va else None,
+                "symbol": _name_of(symbols, va),
                 "what": what_,
                 "counted": strict or (p, va, what_) in must,
             }

@@ -33,6 +33,13 @@ class Difference:
     dump_device: str = ""
     #: why each named field may differ ("DWARF: struct virtqueue.vq_free_cnt of vtblk0's queue: ...")
     evidence: list[str] = field(default_factory=list)
+    #: the kernel symbol at the first differing byte (`name+0xoff`, from the kernel's symbol table);
+    #: "" where no symbol names the address (heap, stacks) or there is no symbol table
+    symbol: str = ""
+
+    def where(self) -> str:
+        """The page for people: physical address, and the kernel symbol at its first differing byte."""
+        return f"{self.address:#014x}" + (f" [{self.symbol}]" if self.symbol else "")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -177,7 +184,7 @@ class VerificationReport:
         if named:
             lines.append(f"  dump-device state (named, {len(named)} pages): the dump device's own I/O state")
             for d in named[:6]:
-                lines.append(f"    {d.address:#014x} ({d.differing_bytes} B)")
+                lines.append(f"    {d.where()} ({d.differing_bytes} B)")
                 lines.extend(f"        {e}" for e in d.evidence[:6])
         if unnamed:
             why = self.dump_device.get("no_dwarf_reason", "")
@@ -186,23 +193,25 @@ class VerificationReport:
                 + (f" - {why}" if why else "")
             )
             for d in unnamed[:6]:
-                lines.append(f"    {d.address:#014x} ({d.differing_bytes} B) {d.attribution}")
+                lines.append(f"    {d.where()} ({d.differing_bytes} B) {d.attribution}")
                 lines.extend(f"        {e}" for e in d.evidence[:4])
         # the failures first: a summary that hides the one bad page behind "... more" helps nobody
         shown = sorted([d for d in self.differences if not d.dump_device], key=lambda x: x.explained)[:8]
         for d in shown:
             mark = "ok " if d.explained else "BAD"
             lines.append(
-                f"  {mark} {d.address:#014x} +{d.first_differing_offset:#05x} ({d.differing_bytes} B) "
+                f"  {mark} {d.address:#014x} +{d.first_differing_offset:#05x}"
+                + (f" [{d.symbol}]" if d.symbol else "")
+                + f" ({d.differing_bytes} B) "
                 f"{d.attribution}" + (f" - {d.reason}" if d.reason else "")
             )
             for u in d.unexplained[:3]:  # where exactly the dump is wrong
-                lines.append(f"        wrong: {u['address']} ({u['bytes']} B) {u['what']}")
+                lines.append(f"        wrong: {_where(u)} ({u['bytes']} B) {u['what']}")
         others = len(self.differences) - len(device)
         if others > 8:
             lines.append(f"  ... {others - 8} more differing pages in the JSON report")
         for m in [m for m in self.missing if m.get("counted", True)][:5]:
-            lines.append(f"  MISSING pa {m['pa']} (va {m.get('va')}) {m.get('what', '')}")
+            lines.append(f"  MISSING pa {m['pa']} (va {_where(m, 'va')}) {m.get('what', '')}")
         bad = [c for c in self.crosschecks if not c.ok]
         lines.append(f"  cross-checks {len(self.crosschecks) - len(bad)}/{len(self.crosschecks)} agree")
         for c in bad[:5]:
@@ -213,3 +222,9 @@ class VerificationReport:
         if t:
             lines.append("  timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()))
         return "\n".join(lines)
+
+
+def _where(entry: dict[str, Any], key: str = "address") -> str:
+    """An address of a JSON entry, with the kernel symbol naming it when the report has one."""
+    symbol = entry.get("symbol")
+    return f"{entry.get(key)} [{symbol}]" if symbol else str(entry.get(key))

@@ -128,6 +128,17 @@ class KernelSymbols:
             return Section(f"({s.kind} of {s.name})", s.start, max(s.size, 1), s.kind)
         return None
 
+    def name_of(self, va: int) -> str | None:
+        """`symbol+0xoff` for an address inside a symbol's extent or in an allocated section of the
+        kernel image (for reports); None elsewhere (heap, stacks, the direct map: no symbol names it)."""
+        s = self.symbol_at(va)
+        if s is not None and s.start <= va < s.start + max(s.size, 1):
+            off = va - s.start
+            return f"{s.name}+{off:#x}" if off else s.name
+        if any(va in sec for sec in self.sections):
+            return self.describe(va)
+        return None
+
     def describe(self, va: int) -> str:
         s = self.symbol_at(va)
         if s is None:

@@ -158,21 +158,33 @@ def save(guest, dest: Path) -> SavedState:
     return saved
 
 
-def restore(saved: SavedState, workdir: str | os.PathLike[str], *, keep: bool = False, conn=None):
-    """A new running `Guest` started from `saved` (paused restore, console attached, then resumed)."""
+def restore(
+    saved: SavedState,
+    workdir: str | os.PathLike[str],
+    *,
+    keep: bool = False,
+    conn=None,
+    copies: dict[str, Path] | None = None,
+):
+    """A new running `Guest` started from `saved` (paused restore, console attached, then resumed).
+
+    `copies`: target -> where to put this guest's copy of that copied disk (the caller's file: it
+    outlives the guest, e.g. a run's dump disk kept as evidence); other copies go into the guest's dir."""
     from harness.vm.guest import Guest
 
     guest = Guest(saved.spec, workdir, keep=keep, conn=conn)
     try:
         guest.dir.mkdir(parents=True, exist_ok=False)
-        _restore_into(guest, saved, same_guest=False)
+        _restore_into(guest, saved, same_guest=False, copies=copies or {})
     except BaseException:
         guest.close()
         raise
     return guest
 
 
-def _restore_into(guest, saved: SavedState, *, same_guest: bool) -> None:
+def _restore_into(
+    guest, saved: SavedState, *, same_guest: bool, copies: dict[str, Path] | None = None
+) -> None:
     from harness.vm import guest as guest_mod
 
     libvirt = import_libvirt()
@@ -181,7 +193,8 @@ def _restore_into(guest, saved: SavedState, *, same_guest: bool) -> None:
     xml = guest.conn.saveImageGetXMLDesc(str(saved.state_file), libvirt.VIR_DOMAIN_SAVE_IMAGE_XML_SECURE)
     root = ET.fromstring(xml)
     root.find("name").text = guest.name
-    _point_disks_at_copies(root, guest, saved, _disk_copies(guest, saved, tag, same_guest=same_guest))
+    new_paths = _disk_copies(guest, saved, tag, same_guest=same_guest, copies=copies or {})
+    _point_disks_at_copies(root, guest, saved, new_paths)
     if not same_guest and guest.spec.network is not None:
         # the saved guest may still hold its forward port: a new guest forwards from its own port
         guest.ssh_port = guest_mod.free_local_port()
@@ -201,7 +214,9 @@ def _restore_into(guest, saved: SavedState, *, same_guest: bool) -> None:
     guest.resumed_at = time.monotonic()
 
 
-def _disk_copies(guest, saved: SavedState, tag: str, *, same_guest: bool) -> dict[str, Path]:
+def _disk_copies(
+    guest, saved: SavedState, tag: str, *, same_guest: bool, copies: dict[str, Path]
+) -> dict[str, Path]:
     """A private overlay (or sparse copy) of each saved disk for this guest: target -> path."""
     from harness.vm import guest as guest_mod
 
@@ -214,6 +229,11 @@ def _disk_copies(guest, saved: SavedState, tag: str, *, same_guest: bool) -> dic
             guest_mod.create_overlay(d.frozen, path, d.format)
             if d.boot:
                 guest.overlay = path
+        elif d.target in copies:  # the caller's file: not the guest's to delete
+            path = Path(copies[d.target])
+            _sparse_copy(d.frozen, path)
+            new_paths[d.target] = path
+            continue
         else:
             path = guest.dir / f"{d.target}-{tag}.{d.format}"
             _sparse_copy(d.frozen, path)

@@ -29,7 +29,25 @@ def fbsd_hil(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProc
 
 def test_repro_needs_exactly_one_source():
     r = fbsd_hil("repro")
-    assert r.returncode == 2 and "one of the arguments --image --release --kernel is required" in r.stderr
+    assert r.returncode == 2
+    assert "one of the arguments --image --release --kernel --from-saved-boot is required" in r.stderr
+
+
+def test_saved_boots_are_one_line_refusals(tmp_path):
+    r = fbsd_hil("repro", "--from-saved-boot", str(tmp_path), "--artifacts", str(tmp_path / "a"))
+    assert r.returncode == 2
+    assert r.stderr.strip() == (
+        f"fbsd-hil repro: saved boot: {tmp_path / 'saved-boot.pickle'}: not a saved boot written by "
+        "save_booted: [Errno 2] No such file or directory: "
+        f"'{tmp_path / 'saved-boot.pickle'}'"
+    )
+    r = fbsd_hil("repro", "--from-saved-boot", str(tmp_path), "--memory", "256", "--kenv", "a=1")
+    assert r.returncode == 2
+    assert r.stderr.strip() == (
+        "fbsd-hil repro: --from-saved-boot restores what was saved; --kenv, --memory was fixed at boot"
+    )
+    r = fbsd_hil("repro", "--release", "14.3", "--save-boot", str(tmp_path / "s"))
+    assert r.returncode == 2 and "--save-boot saves a bare --kernel boot" in r.stderr
 
 
 def test_repro_missing_kernel_is_one_line(tmp_path):

@@ -111,6 +111,8 @@ def test_a_page_dropped_from_the_bitmap_is_missing(lldb_fixtures, live_of_the_go
     assert not r.passed and r.missing_pages == 1
     (m,) = [m for m in r.missing if m["counted"]]
     assert m["pa"] == f"{pa:#x}" and m["what"].startswith("kernel image")
+    assert m["symbol"] and m["symbol"] in m["what"]  # the missing page's VA named from the symbol table
+    assert f"(va {m['va']} [{m['symbol']}])" in r.summary()
 
 
 def test_two_swapped_pages_fail(lldb_fixtures, live_of_the_good_dump, tmp_path):

@@ -89,11 +89,17 @@ def test_changed_kernel_data_byte_is_detected_and_attributed(mini, mini_live):
         {
             "address": f"{pa:#x}",
             "va": f"{mini.symbol('hz'):#x}",
+            "symbol": "hz",  # the address named from the kernel's symbol table
             "offset": pa & 0xFFF,
             "bytes": 2,
             "what": "kernel-data: hz",
         }
     ]
+    assert d.symbol == "hz"  # the first differing byte, named
+    summary = r.summary()
+    assert f"BAD {d.address:#014x} +{d.first_differing_offset:#05x} [hz] (" in summary
+    assert f"wrong: {pa:#x} [hz] (2 B) kernel-data: hz" in summary
+    assert '"symbol": "hz"' in r.to_json()
 
 
 def _unmapped_dumped_page(mini, path, root) -> int:
@@ -187,7 +193,9 @@ def test_missing_page_table_page_is_missing(mini, mini_live):
     poke(path, pd_pa + 8 * free, struct.pack("<Q", new_pt | 0x3))
     r = _verify(mini, path, pml4_pa=root)
     assert not r.passed and r.missing_pages == 1
-    assert r.missing[0] == {"pa": f"{new_pt:#x}", "va": None, "what": "page-table page", "counted": True}
+    assert r.missing[0] == {
+        "pa": f"{new_pt:#x}", "va": None, "symbol": "", "what": "page-table page", "counted": True
+    }
 
 
 def test_change_in_a_page_nobody_maps_is_unattributed(mini, mini_live):

@@ -178,6 +178,7 @@ int mock_corrupt_dump_page; /* kenv mock.corrupt_dump_page=1 (the pattern page) 
 u64 mock_corrupt_pa;
 u64 mock_drop_pa;        /* kenv mock.drop_dump_page=0x<PA>: leave that page out of a minidump */
 int mock_bad_parity;     /* kenv mock.bad_dump_header=parity: both headers fail the parity check */
+int mock_fault_in_dump;  /* kenv mock.fault_in_dump=hang|reset: halfway through a dump, hang or reset */
 u64 mock_pattern_pa;
 
 /* page tables (page aligned, in .bss) */
@@ -954,9 +955,20 @@ static void vtblk_attach_all(void)
 static struct { struct vtblk_softc *dev; u64 mediasize, dumpoff, extent, written, total; int last_pct; int full; u64 chunk_left; } dump_state;
 static char dumpdev_name[64];
 
+/* mock.fault_in_dump: a guest that hangs (interrupts off, no more output or writes) or resets mid-dump */
+static void dump_fault_halfway(void)
+{
+	if (!mock_fault_in_dump || dump_state.written * 2 < dump_state.total) return;
+	if (mock_fault_in_dump == 2) {
+		outb(0xcf9, 0x02); outb(0xcf9, 0x06);  /* PCI reset control: hard reset */
+	}
+	for (;;) __asm__ volatile("cli; hlt");
+}
+
 static int dump_append_pa(u64 pa, u64 len)
 {
 	while (len) {
+		dump_fault_halfway();
 		u64 n = len > dumper.maxiosize ? dumper.maxiosize : len;
 		int err = vtblk_dump(dump_state.dev, pa, dump_state.dumpoff, n);
 		if (err) return err;
@@ -1858,6 +1870,11 @@ void mock_init(u64 modulep, u64 kernend)
 	if (bh && seq(bh, "parity")) {
 		mock_bad_parity = 1;
 		kprintf("mock: will write dump headers with a wrong parity (mock.bad_dump_header=parity)\n");
+	}
+	const char *fd = kern_getenv("mock.fault_in_dump");
+	if (fd && (seq(fd, "hang") || seq(fd, "reset"))) {
+		mock_fault_in_dump = seq(fd, "hang") ? 1 : 2;
+		kprintf("mock: will %s halfway through a dump (mock.fault_in_dump=%s)\n", fd, fd);
 	}
 	const char *pw = kern_getenv("kern.panic_reboot_wait_time");
 	if (pw) panic_reboot_wait_time = pw[0] == '-' ? -1 : (int)(pw[0] - '0') * (pw[1] ? 10 : 1) + (pw[1] ? pw[1] - '0' : 0);
