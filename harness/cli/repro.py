@@ -127,6 +127,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="keep the live memory images and the dump disk of a passing run too (a failing run keeps "
         "them; `fbsd-hil verify RUN_DIR` needs them)",
     )
+    p.add_argument(
+        "--kernel-debug",
+        type=Path,
+        metavar="PATH",
+        help="the kernel's DWARF (kernel.debug) when it is not beside --kernel: names the dump device's "
+        "driver state field by field",
+    )
     p.add_argument("--offline", action="store_true", help="--release: use only the image cache")
     p.add_argument(
         "--boot-timeout", type=float, default=600.0, metavar="S", help="seconds to boot (default 600)"
@@ -255,6 +262,7 @@ def _config(args: argparse.Namespace, kenv: dict[str, str], trigger: str):
 
     return ReproConfig(
         kernel=args.kernel.resolve() if args.kernel else None,
+        kernel_debug=args.kernel_debug.resolve() if args.kernel_debug else None,
         image=args.image.resolve() if args.image else None,
         release=args.release,
         kenv=kenv,

@@ -46,6 +46,7 @@ class VerifyInputs:
     live: Path
     before: Path | None = None
     kernel: Path | None = None
+    kernel_debug: Path | None = None
     machine: str = "pc"
     flow: str = "ddb"
     pml4_pa: int | None = None
@@ -87,6 +88,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         metavar="PATH",
         help="the kernel ELF the dump was made by (symbols for attribution; must match the dump)",
+    )
+    p.add_argument(
+        "--kernel-debug",
+        type=Path,
+        metavar="PATH",
+        help="the kernel's DWARF (kernel.debug) when it is not beside the kernel: names the dump device's "
+        "driver state field by field",
     )
     p.add_argument(
         "--report",
@@ -181,6 +189,8 @@ def inputs_from_args(args: argparse.Namespace) -> VerifyInputs:
         found.machine = args.machine
     if args.device_state is not None:
         found.device_state = _file(args.device_state, "device state file")
+    if args.kernel_debug is not None:
+        found.kernel_debug = _file(args.kernel_debug, "kernel debug file")
     found.pml4_pa = args.pml4
     found.strict = args.strict
     found.zero_fill = args.zero_fill
@@ -212,6 +222,7 @@ def inputs_from_run_dir(run_dir: Path) -> VerifyInputs:
         live=live,
         before=before if before.is_file() else None,
         kernel=kernel,
+        kernel_debug=_existing(config.get("kernel_debug")),
         machine=_machine_of(run_dir / "domain.xml") or "pc",
         flow=report.get("flow") if report.get("flow") in ("ddb", "panic") else "ddb",
     )
@@ -376,6 +387,7 @@ def verify(inputs: VerifyInputs) -> Any:
                 vm,
                 live,
                 kernel=inputs.kernel,
+                kernel_debug=inputs.kernel_debug,
                 before=before,
                 pml4_pa=inputs.pml4_pa,
                 strict=inputs.strict,

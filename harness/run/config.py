@@ -34,6 +34,9 @@ class ReproUnsupported(ReproError):
 @dataclass
 class ReproConfig:
     kernel: Path | None = None
+    #: the kernel's DWARF (FreeBSD's kernel.debug) when it is not beside the kernel; names the dump
+    #: device's driver state (harness.verify.dumpdevice)
+    kernel_debug: Path | None = None
     image: Path | None = None
     release: str | None = None
     kenv: dict[str, str] = field(default_factory=dict)

@@ -67,6 +67,7 @@ def judge(
     kw = dict(
         before=crash.before,
         kernel=kernel,
+        kernel_debug=ctx.cfg.kernel_debug,
         ddb_values=values,
         ddb_registers=ddb_regs,
         timings=ctx.timings,

@@ -267,3 +267,29 @@ def test_bad_pml4_is_an_argument_error(capsys, lldb_fixtures, full_live):
         main(["verify", str(lldb_fixtures["full"]), "--live", str(full_live), "--pml4", "0x123"])
     assert info.value.code == 2
     assert "not a page-aligned physical address" in capsys.readouterr().err
+
+
+def test_kernel_debug_reaches_the_verifier(capsys, lldb_fixtures, full_live, tmp_path, monkeypatch):
+    """`--kernel-debug` (or the one a repro run was given, from its config.json) is what names the dump
+    device's driver state; it reaches `verify_dump`, and a missing file is one line."""
+    import harness.verify.engine
+
+    seen: dict[str, object] = {}
+    real = harness.verify.engine.verify_dump
+
+    def spy(*args, **kw):
+        seen["kernel_debug"] = kw.get("kernel_debug")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(harness.verify.engine, "verify_dump", spy)
+    debug = tmp_path / "kernel.debug"
+    debug.write_bytes(b"\x7fELF")
+    run = run_dir_of(tmp_path, lldb_fixtures, full_live)
+    verify(capsys, run, "--zero-fill", "--kernel-debug", debug)
+    assert seen["kernel_debug"] == debug.resolve()
+    (run / "config.json").write_text(json.dumps({"kernel_debug": str(debug)}))
+    seen.clear()
+    verify(capsys, run, "--zero-fill")
+    assert seen["kernel_debug"] == debug.resolve()
+    err = one_line_exit_2(capsys, run, "--zero-fill", "--kernel-debug", tmp_path / "nope.debug")
+    assert "nope.debug" in err
