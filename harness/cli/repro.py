@@ -42,6 +42,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--kernel", type=Path, metavar="PATH", help="a FreeBSD kernel file, booted from a GRUB ISO"
     )
     p.add_argument(
+        "--root-image",
+        type=Path,
+        metavar="IMG",
+        help="with --kernel: a UFS root image loaded as the kernel's md root (type=mfs_root) and booted "
+        "single-user; its shell runs the sysctl/panic triggers and dumpon (the file is never written)",
+    )
+    p.add_argument(
         "--kenv", action="append", default=[], metavar="K=V", help="kernel environment (repeatable)"
     )
     p.add_argument("--memory", type=int, default=512, metavar="MiB", help="guest memory (default 512)")
@@ -149,10 +156,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _refusal(args: argparse.Namespace, trigger: str) -> str | None:
     """Why these options cannot run (one line), before anything boots; None when they can."""
-    if args.kernel is not None and trigger in ("sysctl", "panic"):
+    root_image = getattr(args, "root_image", None)
+    if root_image is not None and args.kernel is None:
+        return "--root-image goes with --kernel (the kernel that mounts it as its md root)"
+    if root_image is not None and not root_image.is_file():
+        return f"root image {root_image} does not exist"
+    if args.kernel is not None and root_image is None and trigger in ("sysctl", "panic"):
         return (
             f"--trigger {trigger} runs a sysctl in a shell; a bare --kernel boot has no "
-            "userland: use nmi, break or alt-break"
+            "userland: use nmi, break or alt-break, or give a --root-image"
         )
     if args.kernel is not None and not args.kernel.is_file():
         return f"kernel file {args.kernel} does not exist"
@@ -178,6 +190,7 @@ def _config(args: argparse.Namespace, kenv: dict[str, str], trigger: str):
 
     return ReproConfig(
         kernel=args.kernel.resolve() if args.kernel else None,
+        root_image=args.root_image.resolve() if getattr(args, "root_image", None) else None,
         image=args.image.resolve() if args.image else None,
         release=args.release,
         kenv=kenv,

@@ -33,6 +33,7 @@ class ReproUnsupported(ReproError):
 @dataclass
 class ReproConfig:
     kernel: Path | None = None
+    root_image: Path | None = None  # with `kernel`: a UFS root image loaded as md0, single-user
     image: Path | None = None
     release: str | None = None
     kenv: dict[str, str] = field(default_factory=dict)
@@ -60,12 +61,14 @@ class ReproConfig:
     def source_kind(self) -> str:
         """The key of `harness.run.sources.SOURCES` this configuration boots."""
         if self.kernel is not None:
-            return "kernel"
+            return "kernel" if self.root_image is None else "kernel_root_image"
         if self.image is not None:
             return "image"
         return "release"
 
     def source(self) -> str:
+        if self.kernel and self.root_image:
+            return f"kernel {self.kernel} with root image {self.root_image}"
         if self.kernel:
             return f"kernel {self.kernel}"
         if self.image:
