@@ -19,7 +19,8 @@ from harness.freebsd.session import ConsoleShell
 from harness.freebsd.stages import Stage, mountroot_failure, recognise, wait_for_stage
 from harness.vm.console import Console
 
-LOG = Path(__file__).resolve().parents[1] / "data" / "transcripts" / "freebsd-12.1-mfsroot" / "boot-test.console.log"
+TRANSCRIPTS = Path(__file__).resolve().parents[1] / "data" / "transcripts"
+LOG = TRANSCRIPTS / "freebsd-12.1-mfsroot" / "boot-test.console.log"
 
 #: NOT recorded: `enter_ddb` asks the shell which KDB backends exist; the answer is the one the recorded
 #: boot banner gives ("KDB: debugger backends: ddb" / "KDB: current backend: ddb").
@@ -106,5 +107,8 @@ def test_a_command_the_recording_does_not_have_is_a_mismatch(boots, console_of):
 
 def test_a_root_that_does_not_mount_is_named_from_the_kernel_words():
     # vfs_mountroot.c's message before the mountroot> prompt (text of the 12.x source, not a recording)
-    text = "Trying to mount root from ufs:/dev/md0 []...\r\nMounting from ufs:/dev/md0 failed with error 19.\r\n"
+    text = (
+        "Trying to mount root from ufs:/dev/md0 []...\r\n"
+        "Mounting from ufs:/dev/md0 failed with error 19.\r\n"
+    )
     assert mountroot_failure(text) == "Mounting from ufs:/dev/md0 failed with error 19."
