@@ -81,7 +81,10 @@ STAGE_PATTERNS: dict[Stage, str] = {
     Stage.DDB_THREAD: r"\[ thread pid (\d+) tid (\d+) \]",
     Stage.DDB_STOPPED: r"(?:Stopped|Breakpoint|Watchpoint) at\s+([^\r\n]*)",
     Stage.DDB_PROMPT: r"(?:^|\n)db> $",
-    Stage.PANIC: r"(?:^|[\r\n]|> )panic: ([^\r\n]*)",
+    # After `sysctl debug.kdb.panic=1` the panic follows sysctl's "debug.kdb.panic: 0" on the same line
+    # (12.1: "debug.kdb.enter: 0KDB: enter: sysctl debug.kdb.enter" in the mfsroot boot test), and CR ~ ^P
+    # typed at a shell prompt leaves the tty's echo of "~" before it
+    Stage.PANIC: r"(?:^|[\r\n]|> |~|debug\.kdb\.panic: \d+)panic: ([^\r\n]*)",
     Stage.DUMP_PROGRESS: r"Dumping (\d+) out of (\d+) MB:|Dumping (\d+) MB \((\d+) chunks\)",
     Stage.DUMP_COMPLETE: r"Dump complete|Textdump complete\.",
     # kern_shutdown.c shutdown_panic()/shutdown_reset(): the countdown (kern.panic_reboot_wait_time, 15 s

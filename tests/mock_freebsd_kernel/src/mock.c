@@ -1637,7 +1637,7 @@ static void db_trap(struct trapframe *tf)
 			const char *fn = db_func_name(tf->tf_rip, &off);
 			if (fn) printf_("%s() at ", fn); else printf_("%#lx() at ", tf->tf_rip);
 			db_print_loc(tf->tf_rip);
-			printf_("/frame %#lx\n", tf->tf_rbp);
+			printf_("/frame %#lx\n", tf->tf_rbp ? tf->tf_rbp : tf->tf_rsp); /* code without a frame pointer */
 		} else if (seq(cmd, "ps")) {
 			db_ps();
 		} else if (seq(cmd, "show") && seq(args, "threads")) {
@@ -1744,6 +1744,8 @@ void mock_trap(struct trapframe *tf)
 	if (vec >= 32) return; /* other legacy PIC lines are masked: only spurious interrupts land here */
 	if (vec == 3 && kdb_trap_action == 1) { db_enter(tf, "sysctl debug.kdb.enter"); return; } /* kdb_enter() */
 	if (vec == 3 && kdb_trap_action == 2) { mock_panic(tf, "kdb_sysctl_panic"); return; }
+	if (vec == 3 && kdb_trap_action == 3) { db_enter(tf, "Break to debugger"); return; }
+	if (vec == 3 && kdb_trap_action == 4) { mock_panic(tf, "Panic sequence on console"); return; }
 	if (vec == 2) {
 		printf_("NMI ISA 20, EISA ff\n");
 		printf_("NMI/cpu0 ... going to debugger\n");

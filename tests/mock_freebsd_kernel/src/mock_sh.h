@@ -21,7 +21,8 @@
  * for the knobs listed in sysctl_knobs[]. `sysctl debug.kdb.enter=1` does what kdb_sysctl_enter() does:
  * "KDB: enter: sysctl debug.kdb.enter" and a breakpoint trap into ddb (the trap frame is the shell's:
  * the mock has no processes, so ddb shows the idle thread as curthread); `sysctl debug.kdb.panic=1`
- * panics with "kdb_sysctl_panic" through the same trap. Anything else: "sh: CMD: not found", status 127.
+ * panics with "kdb_sysctl_panic" through the same trap; a serial BREAK and CR ~ ^B / CR ~ ^P typed while
+ * the shell waits for a line enter ddb ("Break to debugger") / panic ("Panic sequence on console"). Anything else: "sh: CMD: not found", status 127.
  */
 
 #define MODINFO_ADDR 0x0003
@@ -32,7 +33,7 @@
 static u64 mfs_root_pa, mfs_root_size;
 static char mfs_root_name[64];
 static int root_rw;
-static int kdb_trap_action; /* what the next breakpoint trap is for: 1 enter ddb, 2 panic */
+static int kdb_trap_action; /* the next breakpoint trap: 1 sysctl enter, 2 sysctl panic, 3 break, 4 ALT panic */
 
 /* The root image module GRUB loaded (type "mfs_root"), found on GRUB's identity map like the kernel. */
 static void find_mfs_root(u64 modulep)
@@ -266,6 +267,41 @@ static int sh_line(char *line, int status, char **prompt)
 	}
 }
 
+/* The console while the shell reads a line: a serial BREAK and the ALT break / ALT panic sequences
+ * (CR ~ ^B, CR ~ ^P) reach the debugger as they do through FreeBSD's uart driver at any time; the other
+ * characters go to the shell (the CR of the sequence ends a line, as on a real tty). */
+static int sh_alt_state;
+static int sh_getc(void)
+{
+	for (;;) {
+		u8 lsr = inb(COM1 + 5);
+		if (!(lsr & 0x11)) { __asm__ volatile("pause"); continue; }
+		u8 c = inb(COM1);
+		if ((lsr & 0x10) && break_to_debugger) { kdb_breakpoint(3); continue; }
+		if (!(lsr & 1)) continue;
+		if (alt_break_to_debugger) {
+			if (sh_alt_state == 2 && c == 0x02) { sh_alt_state = 0; kdb_breakpoint(3); continue; }
+			if (sh_alt_state == 2 && c == 0x10) { sh_alt_state = 0; kdb_breakpoint(4); continue; }
+			sh_alt_state = c == '\r' ? 1 : (sh_alt_state == 1 && c == '~') ? 2 : 0;
+		}
+		return c;
+	}
+}
+
+static int sh_readline(char *buf, int max)
+{
+	static int last_cr;
+	int n = 0;
+	for (;;) {
+		int c = sh_getc();
+		if (c == '\n' && last_cr) { last_cr = 0; continue; }
+		last_cr = c == '\r';
+		if (c == '\r' || c == '\n') { printf_("\n"); buf[n] = 0; return n; }
+		if ((c == 8 || c == 127) && n > 0) { n--; printf_("\b \b"); continue; }
+		if (c >= 32 && c < 127 && n < max - 1) { buf[n++] = (char)c; putc_((char)c); }
+	}
+}
+
 /* init(8) single-user: "Enter full pathname of shell or RETURN for /bin/sh: ", then sh's "# " prompt */
 static void __attribute__((noreturn)) mock_single_user(void)
 {
@@ -282,7 +318,7 @@ static void __attribute__((noreturn)) mock_single_user(void)
 	}
 	for (;;) {
 		puts_(prompt);
-		db_readline(line, sizeof(line));
+		sh_readline(line, sizeof(line));
 		char *newprompt = 0;
 		status = sh_line(line, status, &newprompt);
 		if (newprompt) {
