@@ -8,6 +8,7 @@ same command, so `wait_for_stage`, `ConsoleShell.single_user`/`run`/`start`, `en
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,31 @@ def test_a_root_that_does_not_mount_is_named_from_the_kernel_words():
         "Mounting from ufs:/dev/md0 failed with error 19.\r\n"
     )
     assert mountroot_failure(text) == "Mounting from ufs:/dev/md0 failed with error 19."
+
+
+def test_savecore_onto_the_crash_disk_replayed(boots, console_of):
+    """`save_onto_crash_disk` types the recorded boot 2 commands and reads savecore's answer."""
+    from harness.freebsd.savecore_disk import save_onto_crash_disk
+
+    console, spawn = console_of(boots[1])
+    wait_for_stage(console, [Stage.SINGLE_USER], 10)
+    shell = ConsoleShell(console)
+    shell.single_user(10)
+    run = save_onto_crash_disk(shell, "/dev/vtbd0", "/dev/vtbd1", deadline=10)
+    assert (run.number, run.status, run.compression) == (0, "good", "none")
+    assert spawn.commands[-1] == "umount /var/crash && echo umount-ok"
+
+
+@pytest.mark.parametrize(
+    "said, plain",
+    [
+        ("checking for kernel dump on device /dev/vtbd0\nsavecore: no dumps found\n", "no dump to save"),
+        ("Dump header from device: /dev/vtbd0\n  Magic: Cleared Kernel Dump\n", "found no dump to save"),
+        ("", "saved no dump: (no output)"),
+    ],
+)
+def test_savecore_that_saved_nothing_is_said_plainly(said, plain):
+    from harness.freebsd.savecore_disk import SavecoreFailed, parse_savecore_output
+
+    with pytest.raises(SavecoreFailed, match=re.escape(plain)):
+        parse_savecore_output(said)
