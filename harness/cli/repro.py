@@ -75,9 +75,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--retrieve",
-        choices=("disk", "ssh"),
+        choices=("disk", "ssh", "savecore"),
         default="disk",
-        help="disk: read the dump disk on the host (default); ssh: reboot, savecore + SFTP (images only)",
+        help="disk: read the dump disk on the host (default); ssh: reboot, savecore + SFTP (images only); "
+        "savecore: reboot single-user, savecore onto a UFS2 crash disk read on the host (--root-image)",
     )
     p.add_argument(
         "--report", type=Path, metavar="PATH", help="also write the JSON report here (never overwritten)"
@@ -176,6 +177,11 @@ def _refusal(args: argparse.Namespace, trigger: str) -> str | None:
         return (
             "--dump-twice makes a minidump, switches minidumps off in ddb and dumps again, both read from "
             "the dump disk: it needs --minidump 1, --retrieve disk and the ddb flow"
+        )
+    if args.retrieve == "savecore" and root_image is None:
+        return (
+            "--retrieve savecore reboots single-user and runs the guest's savecore onto a crash disk: it "
+            "needs --kernel with --root-image"
         )
     if args.retrieve == "ssh" and args.kernel is not None:
         return (

@@ -22,6 +22,7 @@ class GuestSource:
     dump_disk: Path | None = None  # the dump disk's file on the host
     #: a kernel with a root image booted single-user: init's root shell on the console, no login/SSH
     single_user: bool = False
+    crash_disk: Path | None = None  # --retrieve savecore: the guest's UFS2 crash disk (/dev/vtbd1)
 
     @property
     def userland(self) -> bool:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from harness.freebsd.handover import HANDOVER_QEMU_ARGS
 from harness.run.context import RunContext
+from harness.run.rundir import make_dump_disk
 from harness.run.sources.base import GuestSource
 from harness.run.sources.boot_iso import cached_kernel_iso
 from harness.vm.domain_xml import ExtraDisk, GuestSpec, IsoBoot
@@ -38,14 +39,19 @@ def build(ctx: RunContext, dump_disk: Path) -> GuestSource:
     ctx.progress(
         f"{'built' if built else 'reusing'} GRUB ISO for {cfg.kernel} + root image {cfg.root_image}: {iso}"
     )
+    crash_disk = None
+    disks = [ExtraDisk(dump_disk)]
+    if cfg.retrieve == "savecore":  # savecore writes onto a second disk, after a reboot
+        crash_disk = make_dump_disk(ctx.dir / "crash-disk.raw", cfg.memory_mib)
+        disks.append(ExtraDisk(crash_disk))
     spec = GuestSpec(
         memory_mib=cfg.memory_mib,
         vcpus=cfg.vcpus,
         accel=cfg.accel,
         boot=IsoBoot(iso),
-        disks=(ExtraDisk(dump_disk),),
+        disks=tuple(disks),
         uri=cfg.uri,
-        on_reboot="destroy",
+        on_reboot="restart" if crash_disk is not None else "destroy",
         extra_qemu_args=HANDOVER_QEMU_ARGS,
     )
     return GuestSource(
@@ -56,4 +62,5 @@ def build(ctx: RunContext, dump_disk: Path) -> GuestSource:
         kenv=kenv,
         dump_disk=dump_disk,
         single_user=True,
+        crash_disk=crash_disk,
     )
