@@ -282,3 +282,49 @@ def test_summary_shows_the_bad_page_even_after_many_good_ones():
     lines = r.summary().splitlines()
     assert any(line.startswith("  BAD 0x000000099000 +0x010 (3 B) unattributed - wrong") for line in lines)
     assert "  ... 2 more differing pages in the JSON report" in lines
+
+
+def test_kernel_with_a_root_image_boots_single_user_from_an_iso_with_the_image(tmp_path, monkeypatch):
+    """--kernel K --root-image IMG: the ISO carries a copy of the image as a type=mfs_root module and
+    boots -s; --retrieve savecore adds an empty crash disk and lets the domain restart."""
+    import harness.run.sources.kernel_root_image as source_module
+    from harness.run.sources import SOURCES
+
+    kernel, image = tmp_path / "kernel", tmp_path / "root.ufs"
+    kernel.write_bytes(b"\x7fELF kernel stand-in")
+    image.write_bytes(b"UFS image stand-in")
+    built = []
+
+    def build(k, kenv, out, **kw):
+        built.append((k, kenv, kw))
+        Path(out).write_bytes(b"iso")
+        return Path(out)
+
+    original = source_module.cached_kernel_iso
+
+    def cached(k, kenv, **kw):
+        return original(k, kenv, cache_dir=tmp_path / "cache", build=build, **kw)
+
+    monkeypatch.setattr(source_module, "cached_kernel_iso", cached)
+    assert SOURCES["kernel_root_image"] is source_module.build
+    for retrieve, disks, on_reboot in (("disk", 1, "destroy"), ("savecore", 2, "restart")):
+        cfg = ReproConfig(kernel=kernel, root_image=image, retrieve=retrieve, trigger="sysctl")
+        assert cfg.source_kind() == "kernel_root_image"
+        run_dir = tmp_path / retrieve
+        run_dir.mkdir()
+        src = source_module.build(RunContext(cfg, run_dir, lambda _m: None), run_dir / "dump.raw")
+        assert src.single_user and src.has_shell and not src.userland
+        assert len(src.spec.disks) == disks and src.spec.on_reboot == on_reboot
+        assert (src.crash_disk is not None) == (retrieve == "savecore")
+        assert src.kenv["vfs.root.mountfrom"] == "ufs:/dev/md0" and "dumpdev" not in src.kenv
+    assert built[0][2] == {"root_image": image, "boot_flags": "-s -h"}
+    assert image.read_bytes() == b"UFS image stand-in"
+
+
+def test_grub_cfg_loads_the_root_image_as_mfs_root():
+    from images.grub_iso import grub_cfg
+
+    cfg = grub_cfg("kernel", {}, boot_flags="-s -h", root_image="mfsroot.ufs")
+    assert "    kfreebsd /boot/kernel/kernel -s -h" in cfg
+    assert "    kfreebsd_module /boot/mfsroot.ufs type=mfs_root" in cfg
+    assert "set kFreeBSD.vfs.root.mountfrom='ufs:/dev/md0'" in cfg
