@@ -51,6 +51,18 @@ def test_savecore_retrieval_matches_the_host_extraction(fbsd_target, fbsd_repro)
     assert report.passed, report.summary()
 
 
+def test_savecore_onto_a_crash_disk_matches_the_host_extraction(fbsd_target, fbsd_repro):
+    """--retrieve savecore (a kernel with a single-user root image): newfs a crash disk, dump, reboot,
+    the guest's savecore onto it; the host reads vmcore.N from the UFS2 disk image (no mount), finds the
+    same payload as its own extraction and verifies it."""
+    if fbsd_target.root_image is None:
+        pytest.skip("--retrieve savecore is the single-user root image's retrieval: pass --fbsd-root-image")
+    outcome = fbsd_repro(retrieve="savecore")  # skips (ReproUnsupported) on an image without newfs/savecore
+    report = outcome.report
+    assert any("hold the same payload" in n for n in report.notes), report.notes
+    assert report.passed, report.summary()
+
+
 def test_ddb_session_on_booted_guest(fbsd_ddb):
     regs = fbsd_ddb.show_registers()
     assert "rip" in regs

@@ -17,7 +17,7 @@ from harness.freebsd.session import ConsoleShell
 from harness.freebsd.stages import Stage, wait_for_stage
 from harness.freebsd.ufs import copy_savecore_output
 from harness.run.boot import Booted
-from harness.run.config import ReproError
+from harness.run.config import ReproError, ReproUnsupported
 from harness.run.context import RunContext
 from harness.run.dump import Crash
 from harness.run.retrieve.base import Retrieved
@@ -37,6 +37,14 @@ def before_dump(ctx: RunContext, booted: Booted) -> None:
             step="savecore",
         )
     ctx.enter("newfs crash disk")
+    tools = booted.shell.run("command -v newfs && command -v savecore", 60.0)
+    if tools.status != 0:
+        raise ReproUnsupported(
+            f"the root image {ctx.cfg.root_image} has no newfs/savecore on the shell's PATH "
+            f"({tools.output.strip() or 'command -v found nothing'}): --retrieve savecore cannot run on it",
+            step=ctx.step,
+            evidence=ctx.dir,
+        )
     prepare_crash_disk(booted.shell, CRASH_DEV)
     ctx.progress(f"crash disk {CRASH_DEV} ({source.crash_disk}) made a UFS2 file system for savecore")
 
