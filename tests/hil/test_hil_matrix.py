@@ -41,8 +41,8 @@ def test_savecore_retrieval_matches_the_host_extraction(fbsd_target, fbsd_repro)
         pytest.skip("savecore retrieval reboots into userland: a bare --fbsd-kernel boot has none")
     if fbsd_target.root_image is not None:
         pytest.skip(
-            "savecore + SFTP needs sshd and a network; the single-user root image has neither (savecore onto "
-            "a UFS2 crash disk read on the host, --retrieve savecore, is not built yet)"
+            "savecore + SFTP needs sshd and a network; the single-user root image has neither (its savecore "
+            "retrieval is --retrieve savecore: test_savecore_onto_a_crash_disk_matches_the_host_extraction)"
         )
     outcome = fbsd_repro(retrieve="ssh")
     report = outcome.report
