@@ -90,11 +90,6 @@ class FbsdTarget:
 
         Known before boot only: whether the kernel has ddb is read from its boot banner, and a kernel
         without ddb runs every trigger it can through the panic flow (the report says which)."""
-        if self.root_image is not None and case.compression != "none":
-            return (
-                f"{case.compression} compression with --fbsd-root-image: `dumpon -z/-Z` and reading the "
-                "compressed dump back are not built for the single-user root-image source yet"
-            )
         if not self.has_shell:
             if case.trigger in ("sysctl", "panic"):
                 return (

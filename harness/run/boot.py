@@ -17,10 +17,12 @@ from typing import Any
 from harness.freebsd.dumps import DumpPlan
 from harness.freebsd.session import ConsoleShell
 from harness.freebsd.stages import TAIL_WINDOW, FreeBSDStageError, Stage, mountroot_failure, wait_for_stage
+from harness.run.config import ReproUnsupported
 from harness.run.context import RunContext
 from harness.run.guest_ssh import fetch_kernel_over_ssh
 from harness.run.rundir import save_text
 from harness.run.sources.base import GuestSource
+from harness.vm.console import CommandFailed
 from harness.vm.guest import Guest
 
 
@@ -112,8 +114,19 @@ def _single_user_and_configure(ctx: RunContext, booted: Booted) -> None:
         compression=cfg.compression,
         dump_disk=booted.source.dump_dev,
     )
+    dumpon = plan.dumpon_command()
     for cmd in plan.shell_commands(minimal_userland=True):
-        booted.shell.run(cmd, 60.0, check=True)
+        r = booted.shell.run(cmd, 60.0)
+        if r.status != 0 and cmd == dumpon and cfg.compression != "none":
+            said = " / ".join(ln.strip() for ln in r.output.splitlines() if ln.strip()) or "no output"
+            raise ReproUnsupported(
+                f"this guest cannot write {cfg.compression}-compressed dumps: `{cmd}` exited "
+                f"{r.status} ({said})",
+                step=ctx.step,
+                evidence=ctx.dir,
+            )
+        if r.status != 0:
+            raise CommandFailed(r, booted.guest.console.tail())
     ctx.progress(f"single-user root shell ready, root read-write, dump configured by {plan.dumpon_command()}")
 
 
