@@ -77,11 +77,13 @@ class FbsdTarget:
     offline: bool = False
     keep_vm: bool = False
     artifacts: Path | None = None
+    root_image: Path | None = None  # with `kernel`: a UFS root image, booted single-user
 
     @property
     def has_shell(self) -> bool:
-        """Only an image boots a userland (login shell); a bare kernel waits for a root device."""
-        return self.kernel is None
+        """An image boots a userland (login shell), a kernel with a root image init's single-user shell;
+        a bare kernel waits for a root device."""
+        return self.kernel is None or self.root_image is not None
 
     def unsupported(self, case: HilCase) -> str | None:
         """Why this source cannot run ``case`` with the repro pipeline (None: it can), in one line.
@@ -119,6 +121,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--fbsd-image", metavar="PATH", help="FreeBSD disk image (raw/qcow2) to boot")
     group.addoption("--fbsd-release", metavar="X.Y", help="official FreeBSD release to download and boot")
     group.addoption("--fbsd-kernel", metavar="PATH", help="FreeBSD kernel file to boot from a GRUB ISO")
+    group.addoption(
+        "--fbsd-root-image",
+        metavar="PATH",
+        help="with --fbsd-kernel: a UFS root image loaded as the kernel's md root, booted single-user "
+        "(a root shell on the console: the sysctl/panic triggers run)",
+    )
     group.addoption(
         "--fbsd-kenv", metavar="K=V", action="append", default=[], help="kernel environment (repeatable)"
     )
@@ -224,8 +232,15 @@ def fbsd_target(pytestconfig: pytest.Config) -> FbsdTarget:
         offline=opt("--fbsd-offline"),
         keep_vm=opt("--keep-vm"),
         artifacts=Path(opt("--fbsd-artifacts")).resolve() if opt("--fbsd-artifacts") else None,
+        root_image=Path(opt("--fbsd-root-image")).resolve() if opt("--fbsd-root-image") else None,
     )
-    for what, path in (("--fbsd-kernel", target.kernel), ("--fbsd-image", target.image)):
+    if target.root_image is not None and target.kernel is None:
+        pytest.fail("--fbsd-root-image goes with --fbsd-kernel", pytrace=False)
+    for what, path in (
+        ("--fbsd-kernel", target.kernel),
+        ("--fbsd-image", target.image),
+        ("--fbsd-root-image", target.root_image),
+    ):
         if path is not None and not path.is_file():
             pytest.fail(f"{what} {path} does not exist", pytrace=False)
     if target.release and target.image is None and target.kernel is None:
@@ -331,6 +346,7 @@ def run_config(target: FbsdTarget, case: HilCase, artifacts: Path, **overrides: 
 
     cfg = ReproConfig(
         kernel=target.kernel,
+        root_image=target.root_image,
         # a release goes through images.prepare(release) (keyed by the cached download, no re-hash)
         image=None if target.release and target.kernel is None else target.image,
         release=target.release,

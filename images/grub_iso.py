@@ -363,6 +363,10 @@ DEFAULT_KENV = {
     "debug.kdb.alt_break_to_debugger": "1",
 }
 NO_ROOT_KENV = {"vfs.root.mountfrom": "devfs:/dev/nosuchdisk", "vfs.mountroot.timeout": "3600"}
+#: the root of a kernel booted with a root image module (``type=mfs_root``): md(4)'s preloaded disk
+MFS_ROOT = "ufs:/dev/md0"
+#: the root image's name on the ISO (a copy: the user's file is never written)
+ROOT_IMAGE_NAME = "mfsroot.ufs"
 
 
 def normalise_kenv(kenv: Mapping[str, str] | Iterable[str] | None) -> dict[str, str]:
@@ -396,13 +400,18 @@ def grub_cfg(
     root: str | None = None,
     title: str | None = None,
     modules: Iterable[str] = (),
+    root_image: str | None = None,
 ) -> str:
     """The grub.cfg text: serial terminal, no menu delay, kfreebsd + kFreeBSD.* variables.
 
     ``modules`` are file names under /boot/kernel/ loaded with ``kfreebsd_module_elf`` (kernel
-    modules your kernel config does not compile in, e.g. virtio_blk.ko).
+    modules your kernel config does not compile in, e.g. virtio_blk.ko). ``root_image`` is a file name
+    under /boot/ loaded with ``kfreebsd_module ... type=mfs_root``: the kernel's md(4) attaches it as
+    ``md0`` and mounts it as root (``vfs.root.mountfrom=ufs:/dev/md0`` unless `root` says otherwise).
     """
     env = dict(DEFAULT_KENV)
+    if root is None and root_image is not None:
+        root = MFS_ROOT
     env.update(NO_ROOT_KENV if root is None else {"vfs.root.mountfrom": root})
     env.update(kenv)
     if not re.fullmatch(r"(-[A-Za-z]+(\s+-[A-Za-z]+)*)?", boot_flags.strip()):
@@ -426,6 +435,10 @@ def grub_cfg(
         if not re.fullmatch(r"[A-Za-z0-9_.\-]+", module):
             raise GrubError(f"module file name {module!r} may only use letters, digits, '_', '.', '-'")
         lines.append(f"    kfreebsd_module_elf /boot/kernel/{module}")
+    if root_image is not None:
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", root_image):
+            raise GrubError(f"root image file name {root_image!r}: only letters, digits, '_', '.', '-'")
+        lines.append(f"    kfreebsd_module /boot/{root_image} type=mfs_root")
     lines += [f"    set kFreeBSD.{key}='{value}'" for key, value in env.items()]
     lines += ["    echo 'GRUB: booting'", "}", ""]
     return "\n".join(lines)
@@ -445,8 +458,13 @@ def build_kernel_iso(
     timeout: float = 300.0,
     modules: Iterable[Path | str] = (),
     fixes: Sequence[str] | None = None,
+    root_image: Path | str | None = None,
 ) -> Path:
     """Make a bootable GRUB ISO at ``out`` that boots ``kernel`` with ``kenv``.
+
+    ``root_image`` (a UFS file system image) is copied onto the ISO and loaded as the kernel's
+    memory-disk root (``type=mfs_root``, root ``ufs:/dev/md0``); add ``-s`` to `boot_flags` for
+    single-user mode.
 
     ``root=None`` leaves the kernel waiting for a root device that never comes (a quiet state to
     enter ddb from); ``root="ufs:/dev/gpt/rootfs"`` mounts an official image's root. ``patch=False``
@@ -465,6 +483,8 @@ def build_kernel_iso(
     names = [m.name for m in module_paths]
     if len(set(names)) != len(names) or "kernel" in names:
         raise GrubError(f"kernel module file names must be distinct (and not 'kernel'): {names}")
+    if root_image is not None and not Path(root_image).is_file():
+        raise GrubError(f"root image file {root_image} does not exist")
     if out.exists():
         raise GrubError(f"{out} already exists; refusing to overwrite it")
     mkrescue = shutil.which("grub-mkrescue")
@@ -476,6 +496,7 @@ def build_kernel_iso(
     applied = selected_fixes(fixes) if patch else ()
     env = normalise_kenv(kenv)
     cfg = grub_cfg("kernel", env, boot_flags=boot_flags, root=root, modules=names,
+                   root_image=ROOT_IMAGE_NAME if root_image is not None else None,
                    title=title or f"fbsd-hil: FreeBSD kernel {kernel.name} flags={boot_flags or '(none)'}")
     with tempfile.TemporaryDirectory(prefix="fbsd-hil-iso.") as tmp:
         tree = Path(tmp) / "iso"
@@ -484,6 +505,8 @@ def build_kernel_iso(
         shutil.copyfile(kernel, tree / "boot" / "kernel" / "kernel")
         for module in module_paths:
             shutil.copyfile(module, tree / "boot" / "kernel" / module.name)
+        if root_image is not None:
+            shutil.copyfile(root_image, tree / "boot" / ROOT_IMAGE_NAME)
         (tree / "boot" / "grub" / "grub.cfg").write_text(cfg, encoding="utf-8")
         partial = out.with_name(out.name + ".part")
         cmd = [mkrescue, "-d", str(moddir), "--fonts=", "--locales=", "--themes=", "-o", str(partial),
@@ -503,6 +526,7 @@ def build_kernel_iso(
         json.dumps(
             {"kernel": str(kernel.resolve()), "modules": [str(m.resolve()) for m in module_paths],
              "kenv": env, "boot_flags": boot_flags, "root": root,
+             "root_image": str(Path(root_image).resolve()) if root_image is not None else None,
              "grub_modules": str(moddir), "relocator_patched": patch and "relocator" in applied,
              "grub_fixes": list(applied), "amd64_kernel_type": amd64_kernel_type(moddir), "grub_cfg": cfg},
             indent=2,

@@ -66,6 +66,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "in about a second (--from-saved-boot DIR)",
     )
     p.add_argument(
+        "--root-image",
+        type=Path,
+        metavar="IMG",
+        help="with --kernel: a UFS root image loaded as the kernel's md root (type=mfs_root) and booted "
+        "single-user; its shell runs the sysctl/panic triggers and dumpon (the file is never written)",
+    )
+    p.add_argument(
         "--kenv", action="append", default=[], metavar="K=V", help="kernel environment (repeatable)"
     )
     p.add_argument(
@@ -104,9 +111,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--retrieve",
-        choices=("disk", "ssh"),
+        choices=("disk", "ssh", "savecore"),
         default="disk",
-        help="disk: read the dump disk on the host (default); ssh: reboot, savecore + SFTP (images only)",
+        help="disk: read the dump disk on the host (default); ssh: reboot, savecore + SFTP (images only); "
+        "savecore: reboot single-user, savecore onto a UFS2 crash disk read on the host (--root-image)",
     )
     p.add_argument(
         "--report", type=Path, metavar="PATH", help="also write the JSON report here (never overwritten)"
@@ -198,12 +206,18 @@ def run(args: argparse.Namespace) -> int:
 
 def _refusal(args: argparse.Namespace, trigger: str) -> str | None:
     """Why these options cannot run (one line), before anything boots; None when they can."""
-    bare = args.kernel is not None or args.from_saved_boot is not None
-    if args.save_boot is not None and (args.kernel is None or args.save_boot.exists()):
+    root_image = getattr(args, "root_image", None)
+    if root_image is not None and args.kernel is None:
+        return "--root-image goes with --kernel (the kernel that mounts it as its md root)"
+    if root_image is not None and not root_image.is_file():
+        return f"root image {root_image} does not exist"
+    bare = (args.kernel is not None and root_image is None) or args.from_saved_boot is not None
+    unsaveable = args.kernel is None or root_image is not None
+    if args.save_boot is not None and (unsaveable or args.save_boot.exists()):
         return (
             f"--save-boot {args.save_boot} exists; refusing to overwrite it"
-            if args.kernel is not None
-            else "--save-boot saves a bare --kernel boot (an image's shell and SSH session cannot be saved)"
+            if args.kernel is not None and root_image is None
+            else "--save-boot saves a bare --kernel boot (a shell and an SSH session cannot be saved)"
         )
     fixed = [o for o, v in (("--kenv", args.kenv), ("--memory", args.memory), ("--minidump", args.minidump),
                             ("--vcpus", args.vcpus), ("--dump-disk-mib", args.dump_disk_mib),
@@ -213,7 +227,7 @@ def _refusal(args: argparse.Namespace, trigger: str) -> str | None:
     if bare and trigger in ("sysctl", "panic"):
         return (
             f"--trigger {trigger} runs a sysctl in a shell; a bare --kernel boot has no "
-            "userland: use nmi, break or alt-break"
+            "userland: use nmi, break or alt-break, or give a --root-image"
         )
     if args.kernel is not None and not args.kernel.is_file():
         return f"kernel file {args.kernel} does not exist"
@@ -226,7 +240,12 @@ def _refusal(args: argparse.Namespace, trigger: str) -> str | None:
             "--dump-twice makes a minidump, switches minidumps off in ddb and dumps again, both read from "
             "the dump disk: it needs --minidump 1, --retrieve disk and the ddb flow"
         )
-    if args.retrieve == "ssh" and bare:
+    if args.retrieve == "savecore" and root_image is None:
+        return (
+            "--retrieve savecore reboots single-user and runs the guest's savecore onto a crash disk: it "
+            "needs --kernel with --root-image"
+        )
+    if args.retrieve == "ssh" and (args.kernel is not None or args.from_saved_boot is not None):
         return (
             "--retrieve ssh reboots into userland and runs savecore; a bare --kernel boot "
             "has no userland: use --retrieve disk, or --image/--release"
@@ -263,6 +282,7 @@ def _config(args: argparse.Namespace, kenv: dict[str, str], trigger: str):
     return ReproConfig(
         kernel=args.kernel.resolve() if args.kernel else None,
         kernel_debug=args.kernel_debug.resolve() if args.kernel_debug else None,
+        root_image=args.root_image.resolve() if getattr(args, "root_image", None) else None,
         image=args.image.resolve() if args.image else None,
         release=args.release,
         kenv=kenv,

@@ -238,11 +238,20 @@ class DumpPlan:
         # the first swap device swapctl lists (header line first)
         return f"dumpon {' '.join(flags)} \"$(swapctl -l | awk 'NR==2 {{print $1}}')\""
 
-    def shell_commands(self, public_key: str = GUEST_PUBLIC_KEY) -> list[str]:
-        """Commands for a root shell in the guest, in order, before the trigger."""
-        cmds = [
+    def shell_commands(
+        self, public_key: str = GUEST_PUBLIC_KEY, *, minimal_userland: bool = False
+    ) -> list[str]:
+        """Commands for a root shell in the guest, in order, before the trigger.
+
+        `minimal_userland`: a single-user root image with only FreeBSD's base tools for dumps (``sh``,
+        ``sysctl``, ``dumpon``, ``ddb``, ...; no ``grep``, ``awk`` or ``sysrc``): the ddb check is left
+        to the run's own ``sysctl -n debug.kdb.available``, a tunable is set by sysctl for this boot.
+        """
+        cmds = [] if minimal_userland else [
             # release GENERIC kernels may lack options DDB: say so plainly instead of "unknown oid"
             "sysctl -n debug.kdb.available | grep -qw ddb || (echo 'kernel has no ddb (options DDB)'; false)",
+        ]
+        cmds += [
             # a pending textdump or a kdb.enter.panic ddb script would replace our dump with a textdump
             "sysctl debug.ddb.textdump.pending=0",
             "ddb unscript kdb.enter.panic >/dev/null 2>&1 || true",
@@ -252,6 +261,8 @@ class DumpPlan:
         value = 1 if self.minidump else 0
         if self.minidump_via == MinidumpVia.SYSCTL:
             cmds.append(f"sysctl debug.minidump={value}")
+        elif self.minidump_via == MinidumpVia.TUNABLE and minimal_userland:
+            cmds.append(f"sysctl debug.minidump={value}")  # the boot's kenv already holds the tunable
         elif self.minidump_via == MinidumpVia.TUNABLE:
             # the tunable for the next boots (early panics), and the same RWTUN knob for this one
             cmds += [f"sysrc -f /boot/loader.conf debug.minidump={value}", f"sysctl debug.minidump={value}"]

@@ -65,6 +65,8 @@ class FreeBSDMachine:
         self.public_key = Path(public_key) if public_key else None  # for plans with encrypt=True
         self.private_key = private_key
         self.shell: ConsoleShell | None = None
+        #: the shell is a single-user root image's: base tools for dumps only (no grep/awk/sysrc)
+        self.minimal_userland = False
         self.entry: DdbEntry | None = None
         self._bounds_before: int | None = None
         self.kenv = dict(kenv or {})  # the kernel environment it was booted with (bare kernel), if known
@@ -138,7 +140,7 @@ class FreeBSDMachine:
         if plan.encrypt:
             pem = self.public_key.read_text().strip().replace("\n", "\\n")
             self.shell.run(f"printf '{pem}\\n' > {GUEST_PUBLIC_KEY}", check=True)
-        for cmd in plan.shell_commands():
+        for cmd in plan.shell_commands(minimal_userland=self.minimal_userland):
             self.shell.run(cmd, check=True)
         if plan.retrieval == RetrievalMethod.SAVECORE:
             r = self.shell.run("cat /var/crash/bounds 2>/dev/null")

@@ -83,13 +83,7 @@ class ConsoleShell:
                     )
                 # Any shell -> a plain sh with our own prompt and no pager.
                 self.console.sendline("exec /bin/sh")
-                # sh's prompt, possibly followed by kernel messages printed right after it (only the
-                # echoed "exec /bin/sh" comes before it, so nothing else can look like a prompt here)
-                self.console.expect({"sh": r"(?:^|\n)[^\r\n]*[#$] (?:[^\r\n]*\r*\n)*$"}, dl)
-                # The quotes split the token in the echo, so only the real prompt matches.
-                head, tail = self.prompt_text[:5], self.prompt_text[5:]
-                self.console.sendline(f"PS1='{head}''{tail}'; export PAGER=cat TERM=dumb; unset ENV")
-                self.console.expect({"prompt": self.prompt}, dl)
+                self._own_prompt(dl)
             except ConsoleFailure as exc:
                 raise self._panicked(exc, "login") from exc
             except ConsoleTimeout as exc:
@@ -101,6 +95,38 @@ class ConsoleShell:
                     cause=exc,
                 ) from exc
         self.logged_in = True
+
+    def single_user(self, deadline: Deadline | float = 60.0) -> None:
+        """Take init(8)'s single-user shell: the kernel was booted with ``-s`` and init asked "Enter full
+        pathname of shell or RETURN for /bin/sh:" (`Stage.SINGLE_USER`, already seen). RETURN gives a root
+        ``/bin/sh`` with no login; then our own prompt, as after `login`."""
+        from harness.vm.console import ConsoleFailure, ConsoleTimeout
+
+        dl = as_deadline(deadline, "single-user shell")
+        with self._armed():
+            try:
+                self.console.sendline("")
+                self._own_prompt(dl)
+            except ConsoleFailure as exc:
+                raise self._panicked(exc, "the single-user shell") from exc
+            except ConsoleTimeout as exc:
+                text = self.console.tail(TAIL_WINDOW)
+                last = last_stage(text)
+                raise StageTimeout(
+                    describe_timeout(text, dl.elapsed(), f"single-user shell ({exc.phase})"),
+                    last_stage=last.stage if last else None,
+                    cause=exc,
+                ) from exc
+        self.logged_in = True
+
+    def _own_prompt(self, dl: Deadline) -> None:
+        # sh's prompt, possibly followed by kernel messages printed right after it (only the echo of
+        # what we typed comes before it, so nothing else can look like a prompt here)
+        self.console.expect({"sh": r"(?:^|\n)[^\r\n]*[#$] (?:[^\r\n]*\r*\n)*$"}, dl)
+        # The quotes split the token in the echo, so only the real prompt matches.
+        head, tail = self.prompt_text[:5], self.prompt_text[5:]
+        self.console.sendline(f"PS1='{head}''{tail}'; export PAGER=cat TERM=dumb; unset ENV")
+        self.console.expect({"prompt": self.prompt}, dl)
 
     def attach(self, deadline: Deadline | float = 30.0) -> None:
         """Re-use a shell that another `ConsoleShell` with the same token already set up."""

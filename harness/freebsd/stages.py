@@ -38,6 +38,7 @@ class Stage(enum.StrEnum):
     KERNEL = "kernel"  # ---<<BOOT>>--- and the copyright banner
     ROOT_WAIT = "root_wait"  # mountroot: waiting for device ...
     MOUNTROOT_PROMPT = "mountroot_prompt"  # interactive mountroot> prompt
+    SINGLE_USER = "single_user"  # init(8): "Enter full pathname of shell or RETURN for /bin/sh: "
     RC = "rc"  # /etc/rc running
     LOGIN = "login"  # getty's login: prompt
     SHELL = "shell"  # a root shell prompt
@@ -69,6 +70,9 @@ STAGE_PATTERNS: dict[Stage, str] = {
     Stage.KERNEL: r"---<<BOOT>>---|Copyright \(c\) 1992-\d+ The FreeBSD Project\.",
     Stage.ROOT_WAIT: r"mountroot: waiting for device (\S+?)\.\.\.",
     Stage.MOUNTROOT_PROMPT: r"mountroot> $",
+    # init(8) in single-user mode (boot flag -s) asks for a shell; RETURN gives /bin/sh as root, no login
+    # (the 12.1 boot-test transcript; sbin/init/init.c single_user())
+    Stage.SINGLE_USER: r"Enter full pathname of shell or RETURN for /bin/sh: $",
     Stage.RC: r"Setting hostuuid: |Setting hostid: |Starting file system checks|Mounting local filesystems"
     r"|Starting devd\.|Updating motd|Starting sshd\.|Starting cron\.",
     Stage.LOGIN: r"login: $",
@@ -77,7 +81,10 @@ STAGE_PATTERNS: dict[Stage, str] = {
     Stage.DDB_THREAD: r"\[ thread pid (\d+) tid (\d+) \]",
     Stage.DDB_STOPPED: r"(?:Stopped|Breakpoint|Watchpoint) at\s+([^\r\n]*)",
     Stage.DDB_PROMPT: r"(?:^|\n)db> $",
-    Stage.PANIC: r"(?:^|[\r\n]|> )panic: ([^\r\n]*)",
+    # After `sysctl debug.kdb.panic=1` the panic follows sysctl's "debug.kdb.panic: 0" on the same line
+    # (12.1: "debug.kdb.enter: 0KDB: enter: sysctl debug.kdb.enter" in the mfsroot boot test), and CR ~ ^P
+    # typed at a shell prompt leaves the tty's echo of "~" before it
+    Stage.PANIC: r"(?:^|[\r\n]|> |~|debug\.kdb\.panic: \d+)panic: ([^\r\n]*)",
     Stage.DUMP_PROGRESS: r"Dumping (\d+) out of (\d+) MB:|Dumping (\d+) MB \((\d+) chunks\)",
     Stage.DUMP_COMPLETE: r"Dump complete|Textdump complete\.",
     # kern_shutdown.c shutdown_panic()/shutdown_reset(): the countdown (kern.panic_reboot_wait_time, 15 s
@@ -94,7 +101,8 @@ STAGE_PATTERNS: dict[Stage, str] = {
 # Stages whose pattern must sit at the very end of the text seen so far (prompts: nothing follows them
 # until someone types). In `recognise` they also match when followed by typed input on the same line.
 PROMPT_STAGES = frozenset(
-    {Stage.LOADER_PROMPT, Stage.MOUNTROOT_PROMPT, Stage.LOGIN, Stage.SHELL, Stage.DDB_PROMPT}
+    {Stage.LOADER_PROMPT, Stage.MOUNTROOT_PROMPT, Stage.SINGLE_USER, Stage.LOGIN, Stage.SHELL,
+     Stage.DDB_PROMPT}
 )
 
 #: Boot failures of the firmware and the boot loaders: each means nothing more will come, so a wait ends
@@ -121,6 +129,16 @@ FAILURE_PATTERNS: dict[str, str] = {
     "freebsd.fatal_trap": r"(?:^|[\r\n])Fatal (?:double fault|trap \d+: [^\r\n]*)",
     **BOOT_FAILURE_PATTERNS,
 }
+
+
+#: vfs_mountroot.c: why the root did not mount, printed before the interactive ``mountroot>`` prompt
+MOUNT_FAILED = re.compile(r"Mounting from (\S+) failed with error (\d+)[^\r\n]*")
+
+
+def mountroot_failure(text: str) -> str | None:
+    """The kernel's own words for a root that did not mount (the last such line), else None."""
+    found = list(MOUNT_FAILED.finditer(text))
+    return found[-1].group(0).strip() if found else None
 
 
 TAIL_WINDOW = 256 * 1024  # how much console text stage analysis looks back at (Console keeps this much)
@@ -328,6 +346,7 @@ _BOOT_TARGETS = frozenset(
         Stage.KERNEL,
         Stage.ROOT_WAIT,
         Stage.MOUNTROOT_PROMPT,
+        Stage.SINGLE_USER,
         Stage.RC,
         Stage.LOGIN,
     }

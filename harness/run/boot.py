@@ -16,11 +16,13 @@ from typing import Any
 
 from harness.freebsd.dumps import DumpPlan
 from harness.freebsd.session import ConsoleShell
-from harness.freebsd.stages import Stage, wait_for_stage
+from harness.freebsd.stages import TAIL_WINDOW, FreeBSDStageError, Stage, mountroot_failure, wait_for_stage
+from harness.run.config import ReproUnsupported
 from harness.run.context import RunContext
 from harness.run.guest_ssh import fetch_kernel_over_ssh
 from harness.run.rundir import save_text
 from harness.run.sources.base import GuestSource
+from harness.vm.console import CommandFailed
 from harness.vm.guest import Guest
 
 
@@ -61,6 +63,8 @@ def boot(ctx: RunContext, guest: Any, source: GuestSource) -> Booted:
     with ctx.timed("boot"):
         if source.userland:
             _login_and_configure(ctx, booted)
+        elif source.single_user:
+            _single_user_and_configure(ctx, booted)
         else:
             _wait_for_root(ctx, booted)
     return booted
@@ -76,6 +80,56 @@ def _wait_for_root(ctx: RunContext, booted: Booted) -> None:
         progress=ctx.progress,
     )
     ctx.progress(f"kernel up: {ev.stage.value} after {time.monotonic() - t:.1f}s")
+
+
+class RootImageNotMounted(FreeBSDStageError):
+    """The kernel could not mount the root image and asks ``mountroot>``: nothing more can run."""
+
+
+def _single_user_and_configure(ctx: RunContext, booted: Booted) -> None:
+    """init's single-user shell on the console (no login), the root remounted read-write, the dump
+    configured at runtime (`dumpon`, ``debug.minidump``); the kernel for symbols is the user's file."""
+    cfg = ctx.cfg
+    t = time.monotonic()
+    console = booted.guest.console
+    ev = wait_for_stage(
+        console,
+        [Stage.SINGLE_USER, Stage.MOUNTROOT_PROMPT],
+        cfg.boot_seconds,
+        guest=booted.guest,
+        progress=ctx.progress,
+    )
+    if ev.stage is Stage.MOUNTROOT_PROMPT:
+        said = mountroot_failure(console.tail(TAIL_WINDOW)) or "no 'Mounting from ... failed' line"
+        raise RootImageNotMounted(
+            f"root image {cfg.root_image} did not mount: the kernel is at the mountroot> prompt ({said})",
+            tail=console.tail(4096),
+        )
+    ctx.progress(f"single-user prompt after {time.monotonic() - t:.1f}s")
+    booted.shell = ConsoleShell(console)
+    booted.shell.single_user(60.0)
+    booted.shell.run("mount -u -o rw /", 60.0, check=True)
+    plan = DumpPlan(
+        minidump=cfg.minidump,
+        minidump_via="sysctl",
+        trigger=cfg.trigger.replace("-", "_"),
+        compression=cfg.compression,
+        dump_disk=booted.source.dump_dev,
+    )
+    dumpon = plan.dumpon_command()
+    for cmd in plan.shell_commands(minimal_userland=True):
+        r = booted.shell.run(cmd, 60.0)
+        if r.status != 0 and cmd == dumpon and cfg.compression != "none":
+            said = " / ".join(ln.strip() for ln in r.output.splitlines() if ln.strip()) or "no output"
+            raise ReproUnsupported(
+                f"this guest cannot write {cfg.compression}-compressed dumps: `{cmd}` exited "
+                f"{r.status} ({said})",
+                step=ctx.step,
+                evidence=ctx.dir,
+            )
+        if r.status != 0:
+            raise CommandFailed(r, booted.guest.console.tail())
+    ctx.progress(f"single-user root shell ready, root read-write, dump configured by {plan.dumpon_command()}")
 
 
 def _login_and_configure(ctx: RunContext, booted: Booted) -> None:

@@ -37,6 +37,7 @@ class ReproConfig:
     #: the kernel's DWARF (FreeBSD's kernel.debug) when it is not beside the kernel; names the dump
     #: device's driver state (harness.verify.dumpdevice)
     kernel_debug: Path | None = None
+    root_image: Path | None = None  # with `kernel`: a UFS root image loaded as md0, single-user
     image: Path | None = None
     release: str | None = None
     kenv: dict[str, str] = field(default_factory=dict)
@@ -70,7 +71,7 @@ class ReproConfig:
     def source_kind(self) -> str:
         """The key of `harness.run.sources.SOURCES` this configuration boots."""
         if self.kernel is not None:
-            return "kernel"
+            return "kernel" if self.root_image is None else "kernel_root_image"
         if self.image is not None:
             return "image"
         return "release"
@@ -78,6 +79,8 @@ class ReproConfig:
     def source(self) -> str:
         if self.saved_boot:
             return f"saved boot {self.saved_boot} of kernel {self.kernel}"
+        if self.kernel and self.root_image:
+            return f"kernel {self.kernel} with root image {self.root_image}"
         if self.kernel:
             return f"kernel {self.kernel}"
         if self.image:

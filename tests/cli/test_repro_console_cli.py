@@ -73,6 +73,25 @@ def test_repro_refuses_savecore_retrieval_for_a_bare_kernel(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "a").exists()
 
 
+@pytest.mark.parametrize(
+    "args, said",
+    [
+        (["--root-image", "IMG"], "--root-image goes with --kernel"),
+        (["--kernel", "K", "--root-image", "MISSING"], "root image {tmp}/MISSING does not exist"),
+        (["--kernel", "K", "--retrieve", "savecore"], "--retrieve savecore reboots single-user"),
+    ],
+)
+def test_repro_root_image_arguments_are_checked_before_anything_boots(tmp_path, args, said):
+    (tmp_path / "K").write_bytes(b"\x7fELF")
+    (tmp_path / "IMG").write_bytes(b"")
+    args = [str(tmp_path / a) if a in ("K", "IMG", "MISSING") else a for a in args]
+    if "--kernel" not in args and "--image" not in args:
+        args = ["--image", str(tmp_path / "IMG"), *args]
+    r = fbsd_hil("repro", *args, "--artifacts", str(tmp_path / "a"))
+    assert r.returncode == 2 and said.format(tmp=tmp_path) in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "a").exists()
+
+
 def test_repro_never_overwrites_a_report(tmp_path):
     k = tmp_path / "kernel"
     k.write_bytes(b"\x7fELF")

@@ -47,3 +47,43 @@ def test_hil_suite_passes_on_the_mock_kernel(tmp_path):
     assert tests - skipped >= 8, f"only {tests - skipped} of {tests} hil tests ran:\n{tail}"
     reasons = [s.get("message", "") for s in suite.iter("skipped")]
     assert all(r.strip() for r in reasons), "every skipped cell says why"
+
+
+@pytest.mark.vm
+def test_hil_suite_with_a_root_image_runs_the_shell_driven_cells(tmp_path):
+    """`--fbsd-kernel <mock> --fbsd-root-image <UFS2 image>`: the single-user shell is there, so the
+    sysctl and panic trigger cells must run and pass; what still skips says exactly why."""
+    if shutil.which("gcc") is None or shutil.which("makefs") is None:
+        pytest.skip("needs gcc and Debian's makefs (Debian packages gcc, makefs)")
+    kernel = build_mock_freebsd_kernel()
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "README").write_text("fbsd-hil test root image (mock kernel stand-in)\n")
+    image = tmp_path / "root.ufs"
+    subprocess.run(
+        ["makefs", "-t", "ffs", "-o", "version=2", "-s", "4m", str(image), str(tmp_path / "root")],
+        check=True, stdout=subprocess.DEVNULL,
+    )
+    junit = tmp_path / "hil.xml"
+    env = dict(os.environ)
+    env.pop("PYTEST_ADDOPTS", None)
+    cmd = [
+        sys.executable, "-m", "pytest", "-q", "-m", "hil", "-p", "no:cacheprovider",
+        "--fbsd-kernel", str(kernel), "--fbsd-root-image", str(image), "--fbsd-memory", "128",
+        "--fbsd-artifacts", str(tmp_path / "artifacts"), f"--junitxml={junit}", *HIL_TESTS,
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    tail = (proc.stdout + proc.stderr)[-4000:]
+    assert proc.returncode == 0, f"child pytest exited {proc.returncode}:\n{tail}"
+    suite = ET.parse(junit).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    ran = {
+        case.get("name")
+        for case in suite.iter("testcase")
+        if case.find("skipped") is None and case.find("failure") is None and case.find("error") is None
+    }
+    for cell in ("mini-sysctl-disk-none", "full-sysctl-disk-none", "mini-panic-disk-none",
+                 "full-panic-disk-none"):
+        assert f"test_dump_matrix[{cell}]" in ran, f"{cell} did not run:\n{tail}"
+    reasons = [s.get("message", "") for s in suite.iter("skipped")]
+    assert not any("has no shell" in r or "no userland" in r for r in reasons), reasons
+    assert all(r.strip() for r in reasons), "every skipped cell says why"

@@ -282,3 +282,114 @@ def test_summary_shows_the_bad_page_even_after_many_good_ones():
     lines = r.summary().splitlines()
     assert any(line.startswith("  BAD 0x000000099000 +0x010 (3 B) unattributed - wrong") for line in lines)
     assert "  ... 2 more differing pages in the JSON report" in lines
+
+
+def test_kernel_with_a_root_image_boots_single_user_from_an_iso_with_the_image(tmp_path, monkeypatch):
+    """--kernel K --root-image IMG: the ISO carries a copy of the image as a type=mfs_root module and
+    boots -s; --retrieve savecore adds an empty crash disk and lets the domain restart."""
+    import harness.run.sources.kernel_root_image as source_module
+    from harness.run.sources import SOURCES
+
+    kernel, image = tmp_path / "kernel", tmp_path / "root.ufs"
+    kernel.write_bytes(b"\x7fELF kernel stand-in")
+    image.write_bytes(b"UFS image stand-in")
+    built = []
+
+    def build(k, kenv, out, **kw):
+        built.append((k, kenv, kw))
+        Path(out).write_bytes(b"iso")
+        return Path(out)
+
+    original = source_module.cached_kernel_iso
+
+    def cached(k, kenv, **kw):
+        return original(k, kenv, cache_dir=tmp_path / "cache", build=build, **kw)
+
+    monkeypatch.setattr(source_module, "cached_kernel_iso", cached)
+    assert SOURCES["kernel_root_image"] is source_module.build
+    for retrieve, disks, on_reboot in (("disk", 1, "destroy"), ("savecore", 2, "restart")):
+        cfg = ReproConfig(kernel=kernel, root_image=image, retrieve=retrieve, trigger="sysctl")
+        assert cfg.source_kind() == "kernel_root_image"
+        run_dir = tmp_path / retrieve
+        run_dir.mkdir()
+        src = source_module.build(RunContext(cfg, run_dir, lambda _m: None), run_dir / "dump.raw")
+        assert src.single_user and src.has_shell and not src.userland
+        assert len(src.spec.disks) == disks and src.spec.on_reboot == on_reboot
+        assert (src.crash_disk is not None) == (retrieve == "savecore")
+        assert src.kenv["vfs.root.mountfrom"] == "ufs:/dev/md0" and "dumpdev" not in src.kenv
+    assert built[0][2] == {"root_image": image, "boot_flags": "-s -h"}
+    assert image.read_bytes() == b"UFS image stand-in"
+
+
+def test_grub_cfg_loads_the_root_image_as_mfs_root():
+    from images.grub_iso import grub_cfg
+
+    cfg = grub_cfg("kernel", {}, boot_flags="-s -h", root_image="mfsroot.ufs")
+    assert "    kfreebsd /boot/kernel/kernel -s -h" in cfg
+    assert "    kfreebsd_module /boot/mfsroot.ufs type=mfs_root" in cfg
+    assert "set kFreeBSD.vfs.root.mountfrom='ufs:/dev/md0'" in cfg
+
+
+def test_savecore_retrieval_onto_a_crash_disk_wiring(tmp_path, monkeypatch):
+    """`--retrieve savecore` after the dump: reboot single-user, savecore in the guest (the real 12.1
+    boot 2, replayed), the crash disk read on the host. The crash disk here is a makefs UFS2 image holding
+    what savecore would have written (the replay has no disk), the host's own copy a file with the same
+    bytes; a copy that differs must stop the run."""
+    import shutil
+    import subprocess
+
+    from harness.freebsd.replay_shell import ReplayShellSpawn, parse_single_user_log
+    from harness.run.config import ReproError
+    from harness.run.retrieve import RETRIEVALS, base, savecore_ufs
+    from harness.run.sources.base import GuestSource
+
+    if shutil.which("makefs") is None:
+        pytest.skip("needs Debian's makefs")
+    log = Path(__file__).resolve().parents[1] / "data/transcripts/freebsd-12.1-mfsroot/boot-test.console.log"
+    boot2 = parse_single_user_log(log.read_bytes())[1]
+    payload = b"minidump FreeBSD/amd64\0" + bytes(range(256)) * 64
+    for tamper, expect_pass in ((False, True), (True, False)):
+        work = tmp_path / ("bad" if tamper else "good")
+        (work / "fs").mkdir(parents=True)
+        (work / "fs" / "vmcore.0").write_bytes(payload)
+        (work / "fs" / "info.0").write_text("  Dump Status: good\n")
+        crash_disk = work / "crash-disk.raw"
+        makefs = ["makefs", "-t", "ffs", "-o", "version=2", "-s", "4m", str(crash_disk), str(work / "fs")]
+        subprocess.run(makefs, check=True, stdout=subprocess.DEVNULL)
+        host_copy = work / "host-vmcore.0"
+        host_copy.write_bytes(payload if not tamper else payload[:-1] + b"X")
+        monkeypatch.setattr(
+            savecore_ufs, "retrieve_from_dump_disk",
+            lambda ctx, booted, crash, outdir="crash", hc=host_copy: base.Retrieved(hc, None, "k"),
+        )
+
+        class Guest:
+            console = Console(ReplayShellSpawn(boot2), name="replay:boot-test-2")
+            paused = 0
+
+            def resume(self):
+                pass
+
+            def pause(self):
+                Guest.paused += 1
+
+        class Ddb:  # the replay starts at the next boot: `reset` has nothing to type
+            active = True
+
+            def reset(self):
+                pass
+
+        source = GuestSource(spec=None, dump_dev="/dev/vtbd0", kernel=None, kernel_source="k",
+                             single_user=True, crash_disk=crash_disk)
+        booted = Booted(Guest(), source)
+        ctx = RunContext(ReproConfig(retrieve="savecore"), work, lambda _m: None)
+        crash = type("Crash", (), {"ddb": Ddb()})()
+        assert RETRIEVALS["savecore"] is savecore_ufs
+        if expect_pass:
+            got = savecore_ufs.retrieve(ctx, booted, crash)
+            assert got.vmcore.read_bytes() == payload and Guest.paused == 1
+            assert any("hold the same payload" in n for n in got.notes), got.notes
+        else:
+            with pytest.raises(ReproError, match="differs from the host's extraction"):
+                savecore_ufs.retrieve(ctx, booted, crash)
+        Guest.console.close()

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from harness.run.retrieve import dump_disk, savecore_sftp
+from harness.run.retrieve import dump_disk, savecore_sftp, savecore_ufs
 from harness.run.retrieve.base import Retrieved
 
 #: ``--retrieve`` value -> retrieval
 RETRIEVALS: dict[str, ModuleType] = {
     "disk": dump_disk,  # read the dump disk on the host, the guest paused
     "ssh": savecore_sftp,  # reboot, savecore, SFTP (checked against the host's copy)
+    "savecore": savecore_ufs,  # reboot single-user, savecore onto a UFS2 crash disk read on the host
 }
 
 

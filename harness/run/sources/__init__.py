@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from harness.run.context import RunContext
-from harness.run.sources import bare_kernel, disk_image
+from harness.run.sources import bare_kernel, disk_image, kernel_root_image
 from harness.run.sources.base import GuestSource
 
 Build = Callable[[RunContext, Path], GuestSource]
@@ -20,6 +20,7 @@ Build = Callable[[RunContext, Path], GuestSource]
 #: `ReproConfig.source_kind()` -> how that source is built
 SOURCES: dict[str, Build] = {
     "kernel": bare_kernel.build,  # a kernel file booted from a GRUB ISO, no root file system
+    "kernel_root_image": kernel_root_image.build,  # + a root image (md root), single-user shell
     "image": disk_image.build,  # a user's disk image, prepared by images.prepare
     "release": disk_image.build,  # an official release, downloaded, cached and prepared
 }

@@ -20,8 +20,16 @@ class GuestSource:
     kenv: dict[str, str] | None = None  # the kernel environment a bare kernel booted with
     prepared: Any = None  # images.PreparedImage for images: our SSH key and the pinned host key
     dump_disk: Path | None = None  # the dump disk's file on the host
+    #: a kernel with a root image booted single-user: init's root shell on the console, no login/SSH
+    single_user: bool = False
+    crash_disk: Path | None = None  # --retrieve savecore: the guest's UFS2 crash disk (/dev/vtbd1)
 
     @property
     def userland(self) -> bool:
         """Whether a login shell comes up (an image) or the kernel waits for a root device (bare)."""
         return self.prepared is not None
+
+    @property
+    def has_shell(self) -> bool:
+        """Whether a root shell on the console comes up (an image's login, or init's single-user sh)."""
+        return self.userland or self.single_user

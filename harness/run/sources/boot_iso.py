@@ -20,14 +20,23 @@ from images.cache import default_cache_dir
 CACHE_SUBDIR = "boot-iso"
 
 
-def iso_key(kernel: Path, kenv: Mapping[str, str]) -> str:
-    """sha256 over the kernel's bytes, the environment (sorted), the ISO builder's and this cache's own
-    source, the GRUB fixes it applies (``$FBSD_HIL_GRUB_FIXES``) and the host's GRUB modules they patch."""
+def iso_key(
+    kernel: Path, kenv: Mapping[str, str], *, root_image: Path | None = None, boot_flags: str = "-h"
+) -> str:
+    """sha256 over the kernel's bytes, the environment (sorted), the boot flags and root image, the ISO
+    builder's and this cache's own source, the GRUB fixes it applies (``$FBSD_HIL_GRUB_FIXES``) and the
+    host's GRUB modules they patch."""
     h = hashlib.sha256()
     with open(kernel, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     h.update(b"\0kenv\0" + json.dumps(dict(kenv), sort_keys=True).encode())
+    if root_image is not None or boot_flags != "-h":
+        h.update(b"\0flags\0" + boot_flags.encode() + b"\0root image\0")
+        if root_image is not None:
+            with open(root_image, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
     h.update(b"\0builder\0" + Path(images.grub_iso.__file__).read_bytes())
     h.update(b"\0cache\0" + Path(__file__).read_bytes())  # how the cache keeps an ISO and its record
     h.update(b"\0fixes\0" + ",".join(images.grub_iso.selected_fixes()).encode())
@@ -44,6 +53,8 @@ def cached_kernel_iso(
     *,
     cache_dir: Path | None = None,
     build: Callable[..., Path] | None = None,
+    root_image: Path | None = None,
+    boot_flags: str = "-h",
 ) -> tuple[Path, bool]:
     """(the ISO booting `kernel` with `kenv`, whether it was built now). Built once into a private
     temporary name next to its final one and renamed into place, so concurrent runs never see half an
@@ -52,12 +63,13 @@ def cached_kernel_iso(
     root = (cache_dir or default_cache_dir()) / CACHE_SUBDIR
     if not root.is_dir():
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = root / f"{iso_key(kernel, kenv)}.iso"
+    path = root / f"{iso_key(kernel, kenv, root_image=root_image, boot_flags=boot_flags)}.iso"
     if path.is_file():
         return path, False
     tmp = root / f".{path.stem}.{os.getpid()}.tmp.iso"
     try:
-        built = Path(build(kernel, dict(kenv), tmp))
+        extra = {} if root_image is None else {"root_image": root_image, "boot_flags": boot_flags}
+        built = Path(build(kernel, dict(kenv), tmp, **extra))
         os.chmod(built, 0o600)
         # the builder's record of what the ISO boots (kernel, kenv, GRUB fixes, the kernel type GRUB
         # registers) travels with it: a silent kernel's diagnosis reads it (harness.freebsd.handover)

@@ -352,6 +352,8 @@ static u8 *find_kernel_metadata(u64 modulep)
 	return kmdp;
 }
 
+static u32 boothowto; /* MODINFOMD_HOWTO (RB_SINGLE for -s) */
+
 /* Walk the kernel's preload metadata GRUB built (struct {u32 type; u32 len;} + data, 8-byte aligned for
  * amd64), from its MODINFO_NAME record (physical `kmdp`) to the next module's. */
 static void parse_metadata(u64 kmdp)
@@ -367,6 +369,8 @@ static void parse_metadata(u64 kmdp)
 			unsigned long n = 0;
 			while (n + 2 < sizeof(kenv_buf) && (env[n] || env[n + 1])) { kenv_buf[n] = env[n]; n++; }
 			kenv_buf[n] = env[n];
+		} else if (type == (MODINFO_METADATA | 0x0007)) { /* MODINFOMD_HOWTO: boot flags (-s: RB_SINGLE) */
+			boothowto = *(u32 *)data;
 		} else if (type == (MODINFO_METADATA | MODINFOMD_SMAP)) {
 			for (u32 off = 0; off + 20 <= len && nsmap < 32; off += 20, nsmap++) {
 				smap[nsmap].base = *(u64 *)(data + off);
@@ -1645,7 +1649,7 @@ static void db_trap(struct trapframe *tf)
 			const char *fn = db_func_name(tf->tf_rip, &off);
 			if (fn) printf_("%s() at ", fn); else printf_("%#lx() at ", tf->tf_rip);
 			db_print_loc(tf->tf_rip);
-			printf_("/frame %#lx\n", tf->tf_rbp);
+			printf_("/frame %#lx\n", tf->tf_rbp ? tf->tf_rbp : tf->tf_rsp); /* code without a frame pointer */
 		} else if (seq(cmd, "ps")) {
 			db_ps();
 		} else if (seq(cmd, "show") && seq(args, "threads")) {
@@ -1737,6 +1741,8 @@ static void com1_intr(struct trapframe *tf)
 	else if (enter) db_enter(tf, "Break to debugger");
 }
 
+#include "mock_sh.h"
+
 void mock_trap(struct trapframe *tf)
 {
 	u64 vec;
@@ -1748,6 +1754,10 @@ void mock_trap(struct trapframe *tf)
 	tf->tf_es = es; tf->tf_ds = ds;
 	if (vec == 0x24) { com1_intr(tf); return; }
 	if (vec >= 32) return; /* other legacy PIC lines are masked: only spurious interrupts land here */
+	if (vec == 3 && kdb_trap_action == 1) { db_enter(tf, "sysctl debug.kdb.enter"); return; } /* kdb_enter() */
+	if (vec == 3 && kdb_trap_action == 2) { mock_panic(tf, "kdb_sysctl_panic"); return; }
+	if (vec == 3 && kdb_trap_action == 3) { db_enter(tf, "Break to debugger"); return; }
+	if (vec == 3 && kdb_trap_action == 4) { mock_panic(tf, "Panic sequence on console"); return; }
 	if (vec == 2) {
 		printf_("NMI ISA 20, EISA ff\n");
 		printf_("NMI/cpu0 ... going to debugger\n");
@@ -1766,6 +1776,7 @@ void mock_trap(struct trapframe *tf)
 static void mock_main(void)
 {
 	const char *root = kern_getenv("vfs.root.mountfrom");
+	if (root && seq(root, "ufs:/dev/md0")) mount_md_root(root);
 	if (root) {
 		kprintf("Trying to mount root from %s []...\n", root);
 		const char *dev = root;
@@ -1787,6 +1798,7 @@ void mock_init(u64 modulep, u64 kernend)
 
 	/* GRUB identity-maps low memory: find our metadata and read the SMAP first to size the direct map */
 	u8 *kmdp = find_kernel_metadata(modulep);
+	find_mfs_root(modulep);
 	u8 *p = kmdp;
 	for (int guard = 0; guard < 4096; guard++) {
 		u32 type = *(u32 *)p, len = *(u32 *)(p + 4);
