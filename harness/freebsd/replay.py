@@ -151,7 +151,56 @@ def _derive_gates(serial: bytes, markers: list[tuple[int, str]]) -> list[Gate]:
     return gates
 
 
-class ReplayConsoleSpawn(SpawnBase):
+class ReplaySpawnBase(SpawnBase):
+    """What every replaying pexpect spawn double shares: the client's bytes are recorded (``sent``) and
+    handed to the subclass (`_on_typed`, under the lock), and the spawn can be closed. Subclasses decide
+    what the recording answers (`read_nonblocking`)."""
+
+    def __init__(self) -> None:
+        super().__init__(timeout=30, encoding=None)
+        self.child_fd = -1
+        self.closed = False
+        self.terminated = False
+        self._cond = threading.Condition()
+        self._typed = bytearray()
+        self.sent = bytearray()  # everything the client sent, in order
+        self.error: ReplayMismatch | None = None
+
+    def _on_typed(self) -> None:
+        """React to what was typed so far (``self._typed``); called with the lock held."""
+
+    def send(self, s: bytes | str) -> int:
+        data = s.encode("utf-8") if isinstance(s, str) else bytes(s)
+        with self._cond:
+            if self.closed:
+                raise OSError("replay console closed")
+            self.sent += data
+            self._typed += data
+            try:
+                self._on_typed()
+            finally:
+                self._cond.notify_all()
+        return len(data)
+
+    def sendline(self, s: bytes | str = "") -> int:
+        return self.send((s.encode() if isinstance(s, str) else s) + b"\r")
+
+    def write(self, s: bytes | str) -> None:
+        self.send(s)
+
+    def isalive(self) -> bool:
+        return not self.closed
+
+    def close(self, force: bool = True) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+    def fileno(self) -> int:
+        return -1
+
+
+class ReplayConsoleSpawn(ReplaySpawnBase):
     """pexpect spawn double replaying a `RecordedTranscript` (see module docstring).
 
     Also offers the guest controls the recording used (`inject_nmi`, `send_break`, `send_keys`), so it
@@ -162,18 +211,12 @@ class ReplayConsoleSpawn(SpawnBase):
     def __init__(
         self, transcript: RecordedTranscript, *, pace: float = 0.0, chunk: int = 4096, lose_nmis: int = 0
     ) -> None:
-        super().__init__(timeout=30, encoding=None)
+        super().__init__()
         self.transcript = transcript
         self.pace = pace
         self.chunk = chunk
-        self.child_fd = -1
-        self.closed = False
-        self.terminated = False
-        self._cond = threading.Condition()
         self._cursor = 0
         self._gate_index = 0
-        self._typed = bytearray()
-        self.sent = bytearray()  # everything the client sent, in order
         self.nmis = 0
         self.breaks = 0
         # The first `lose_nmis` NMIs vanish, as observed at the mountroot> prompt (3 of 6 reached ddb).
@@ -181,7 +224,6 @@ class ReplayConsoleSpawn(SpawnBase):
         self.nmis_injected = 0
         self._base_wall = time.monotonic()
         self._base_rec = 0.0
-        self.error: ReplayMismatch | None = None
 
     # ------------------------------------------------------------ state
     @property
@@ -280,33 +322,8 @@ class ReplayConsoleSpawn(SpawnBase):
                     raise pexpect.TIMEOUT("replay: nothing to deliver (waiting for the client or idle)")
                 self._cond.wait(wait if remaining is None else min(remaining, wait or remaining))
 
-    def send(self, s: bytes | str) -> int:
-        data = s.encode("utf-8") if isinstance(s, str) else bytes(s)
-        with self._cond:
-            if self.closed:
-                raise OSError("replay console closed")
-            self.sent += data
-            self._typed += data
-            self._check_gates()
-            self._cond.notify_all()
-        return len(data)
-
-    def sendline(self, s: bytes | str = "") -> int:
-        return self.send((s.encode() if isinstance(s, str) else s) + b"\r")
-
-    def write(self, s: bytes | str) -> None:
-        self.send(s)
-
-    def isalive(self) -> bool:
-        return not self.closed
-
-    def close(self, force: bool = True) -> None:
-        with self._cond:
-            self.closed = True
-            self._cond.notify_all()
-
-    def fileno(self) -> int:
-        return -1
+    def _on_typed(self) -> None:
+        self._check_gates()
 
     # ------------------------------------------------------------ guest controls
     def inject_nmi(self) -> None:

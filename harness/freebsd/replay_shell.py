@@ -20,14 +20,12 @@ does not have raises `ReplayMismatch` naming it (unless the test supplies an ans
 from __future__ import annotations
 
 import re
-import threading
 import time
 from dataclasses import dataclass, field
 
 import pexpect
-from pexpect.spawnbase import SpawnBase
 
-from harness.freebsd.replay import ReplayMismatch
+from harness.freebsd.replay import ReplayMismatch, ReplaySpawnBase
 
 INIT_PROMPT = b"Enter full pathname of shell or RETURN for /bin/sh: "
 EOL = b"\r\r\n"  # the recording's line end (the tty's CR LF, logged with an extra CR)
@@ -87,7 +85,7 @@ def _with_ddb(cmd: RecordedCommand) -> RecordedCommand:
     return cmd
 
 
-class ReplayShellSpawn(SpawnBase):
+class ReplayShellSpawn(ReplaySpawnBase):
     """pexpect spawn double answering a single-user shell from a `RecordedBoot` (module docstring)."""
 
     def __init__(
@@ -97,23 +95,16 @@ class ReplayShellSpawn(SpawnBase):
         unrecorded: dict[str, str] | None = None,
         unrecorded_ddb: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(timeout=30, encoding=None)
+        super().__init__()
         self.recording = boot
         self.unrecorded = dict(unrecorded or {})
         self.unrecorded_ddb = dict(unrecorded_ddb or {})
-        self.child_fd = -1
-        self.closed = False
-        self.terminated = False
-        self._cond = threading.Condition()
         self._out = bytearray(boot.boot)
-        self._typed = bytearray()
         self._state = "init"
         self._prompt = b""
         self._ddb: list[tuple[bytes, str]] = []
         self._ddb_tail = b""
-        self.sent = bytearray()
         self.commands: list[str] = []  # every shell command answered, in order
-        self.error: ReplayMismatch | None = None
 
     # ------------------------------------------------------------ the shell's answers
     def _answer(self, line: str) -> None:
@@ -210,32 +201,5 @@ class ReplayShellSpawn(SpawnBase):
                     raise pexpect.TIMEOUT("replay: nothing to deliver (waiting for the client)")
                 self._cond.wait(0.05 if remaining is None else min(remaining, 0.05))
 
-    def send(self, s: bytes | str) -> int:
-        data = s.encode("utf-8") if isinstance(s, str) else bytes(s)
-        with self._cond:
-            if self.closed:
-                raise OSError("replay console closed")
-            self.sent += data
-            self._typed += data
-            try:
-                self._consume()
-            finally:
-                self._cond.notify_all()
-        return len(data)
-
-    def sendline(self, s: bytes | str = "") -> int:
-        return self.send((s.encode() if isinstance(s, str) else s) + b"\r")
-
-    def write(self, s: bytes | str) -> None:
-        self.send(s)
-
-    def isalive(self) -> bool:
-        return not self.closed
-
-    def close(self, force: bool = True) -> None:
-        with self._cond:
-            self.closed = True
-            self._cond.notify_all()
-
-    def fileno(self) -> int:
-        return -1
+    def _on_typed(self) -> None:
+        self._consume()
