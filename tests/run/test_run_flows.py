@@ -17,7 +17,7 @@ from harness.run.boot import Booted
 from harness.run.config import ReproConfig
 from harness.run.context import RunContext
 from harness.run.dump import enter_and_dump
-from harness.run.retrieve.savecore_sftp import same_payload
+from harness.run.retrieve.after_reboot import same_payload
 from harness.run.sources.bare_kernel import bare_kernel_kenv
 from harness.vm.console import Console
 

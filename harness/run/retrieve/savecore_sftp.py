@@ -10,21 +10,18 @@ live image taken before the reboot (the rebooted guest's memory is another boot)
 from __future__ import annotations
 
 import contextlib
-import hashlib
-from pathlib import Path
 
 from harness.freebsd.retrieve import via_savecore
 from harness.freebsd.session import ConsoleShell
-from harness.freebsd.stages import Stage, wait_for_stage
+from harness.freebsd.stages import Stage
 from harness.run.boot import Booted
 from harness.run.config import ReproError
 from harness.run.context import RunContext
 from harness.run.dump import Crash
 from harness.run.guest_ssh import DHCP_COMMAND, ssh_session
+from harness.run.retrieve.after_reboot import compare_with_host, reboot_after_dump
 from harness.run.retrieve.base import Retrieved
 from harness.run.retrieve.dump_disk import retrieve as retrieve_from_dump_disk
-from reader.errors import ReaderError
-from reader.source import open_payload
 
 #: the guest reboots into userland for savecore (its domain must restart, not go away)
 REBOOTS = True
@@ -60,7 +57,7 @@ def retrieve(ctx: RunContext, booted: Booted, crash: Crash) -> Retrieved:
     notes = [
         "retrieved by savecore + SFTP after a reboot: verified against the live image taken before the "
         "reboot (the guest's memory after the reboot is another boot, so nothing later can be compared)",
-        _compare_with_host(ctx, got.vmcore, host_copy.vmcore),
+        compare_with_host(ctx, got.vmcore, host_copy.vmcore, step="savecore + sftp"),
     ]
     kernel, kernel_source = booted.kernel, booted.kernel_source
     if kernel is None and got.kernel is not None:
@@ -70,46 +67,8 @@ def retrieve(ctx: RunContext, booted: Booted, crash: Crash) -> Retrieved:
 
 
 def _reboot_to_userland(ctx: RunContext, booted: Booted, crash: Crash) -> None:
-    guest = booted.guest
-    guest.resume()  # paused for the host extraction
-    if crash.ddb is not None and crash.ddb.active:
-        ctx.progress("leaving ddb with `reset` so the guest reboots and savecore runs")
-        crash.ddb.reset()
-    else:
-        ctx.progress("pressing a key: the held kernel reboots and savecore runs")
-        guest.console.send("\r")
-    wait_for_stage(guest.console, [Stage.LOGIN], ctx.cfg.boot_seconds, guest=guest)
-    booted.shell = ConsoleShell(guest.console)
+    reboot_after_dump(ctx, booted, crash, Stage.LOGIN, "and savecore runs")
+    booted.shell = ConsoleShell(booted.guest.console)
     booted.shell.login(ctx.cfg.boot_seconds)
     with contextlib.suppress(Exception):
         booted.shell.run(DHCP_COMMAND, 60.0)
-
-
-def _compare_with_host(ctx: RunContext, savecore_copy: Path, host_copy: Path) -> str:
-    same, detail = same_payload(savecore_copy, host_copy)
-    if same is None:
-        return f"savecore copy not compared with the host's extraction: {detail}"
-    if same:
-        return f"savecore copy and the host's extraction from the dump disk hold the same payload ({detail})"
-    raise ReproError(
-        f"savecore's {savecore_copy} differs from the host's extraction {host_copy}: {detail}",
-        step="savecore + sftp",
-        evidence=ctx.dir,
-    )
-
-
-def same_payload(a: Path, b: Path) -> tuple[bool | None, str]:
-    """Whether two vmcore files hold the same dump payload (decompressed; the savecore copy may be
-    .gz/.zst). (None, why) when either cannot be opened."""
-    digests = []
-    for path in (a, b):
-        try:
-            with open_payload(path) as payload:
-                buf = payload.buffer
-                digests.append((len(buf), hashlib.sha256(buf).hexdigest()))
-        except (ReaderError, OSError) as exc:
-            return None, f"{path}: {exc}"
-    (na, da), (nb, db) = digests
-    if (na, da) == (nb, db):
-        return True, f"{na} bytes, sha256 {da[:16]}"
-    return False, f"{na} bytes sha256 {da[:16]} vs {nb} bytes sha256 {db[:16]}"

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 from harness.freebsd.savecore_disk import prepare_crash_disk, save_onto_crash_disk
 from harness.freebsd.session import ConsoleShell
-from harness.freebsd.stages import Stage, wait_for_stage
+from harness.freebsd.stages import Stage
 from harness.freebsd.ufs import copy_savecore_output
 from harness.run.boot import Booted
 from harness.run.config import ReproError, ReproUnsupported
 from harness.run.context import RunContext
 from harness.run.dump import Crash
+from harness.run.retrieve.after_reboot import compare_with_host, reboot_after_dump
 from harness.run.retrieve.base import Retrieved
 from harness.run.retrieve.dump_disk import retrieve as retrieve_from_dump_disk
-from harness.run.retrieve.savecore_sftp import same_payload
 
 #: the guest reboots for savecore (the domain restarts)
 REBOOTS = True
@@ -64,7 +64,7 @@ def retrieve(ctx: RunContext, booted: Booted, crash: Crash, *, outdir: str = "cr
     notes = [
         "retrieved by the guest's savecore onto a UFS2 crash disk, read on the host without mounting it; "
         "verified against the live image taken before the reboot",
-        _compare(ctx, got.vmcore, host_copy.vmcore),
+        compare_with_host(ctx, got.vmcore, host_copy.vmcore, step="savecore"),
     ]
     evidence = {"vmcore": str(got.vmcore), "vmcore_host": str(host_copy.vmcore)}
     if got.info is not None:
@@ -73,27 +73,8 @@ def retrieve(ctx: RunContext, booted: Booted, crash: Crash, *, outdir: str = "cr
 
 
 def _reboot_to_single_user(ctx: RunContext, booted: Booted, crash: Crash) -> None:
-    guest = booted.guest
-    guest.resume()  # paused for the host extraction
-    if crash.ddb is not None and crash.ddb.active:
-        ctx.progress("leaving ddb with `reset`: the guest reboots single-user for savecore")
-        crash.ddb.reset()
-    else:
-        ctx.progress("pressing a key: the held kernel reboots single-user for savecore")
-        guest.console.send("\r")
-    wait_for_stage(guest.console, [Stage.SINGLE_USER], ctx.cfg.boot_seconds, guest=guest)
-    booted.shell = ConsoleShell(guest.console)
+    reboot_after_dump(ctx, booted, crash, Stage.SINGLE_USER, "single-user for savecore")
+    booted.shell = ConsoleShell(booted.guest.console)
     booted.shell.single_user(60.0)
 
 
-def _compare(ctx: RunContext, savecore_copy, host_copy) -> str:
-    same, detail = same_payload(savecore_copy, host_copy)
-    if same is None:
-        return f"savecore copy not compared with the host's extraction: {detail}"
-    if same:
-        return f"savecore copy and the host's extraction from the dump disk hold the same payload ({detail})"
-    raise ReproError(
-        f"savecore's {savecore_copy} differs from the host's extraction {host_copy}: {detail}",
-        step="savecore",
-        evidence=ctx.dir,
-    )
