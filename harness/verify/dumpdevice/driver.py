@@ -15,18 +15,15 @@ from dataclasses import dataclass, field
 
 from harness.verify.dumpdevice.facts import DumpDeviceState, QueueFacts, VirtioDeviceFacts
 from harness.verify.dumpdevice.fieldfacts import (
-    STATUS_VALUES,
-    VIRTIO_BLK_TYPES,
     FieldFact,
     Values,
     between,
-    sector_verdict,
     segment_shape,
     unchanged,
 )
 from harness.verify.dumpdevice.images import ImageSet
 from harness.verify.dumpdevice.layouts import Layouts, StructLayout
-from harness.verify.dumpdevice.requests import bio_check, find_requests, plural, request_facts
+from harness.verify.dumpdevice.requests import find_requests, plural, request_checks, request_facts
 from harness.verify.dumpdevice.rings import RequestBuffers
 
 DW = "DWARF"
@@ -326,34 +323,11 @@ def _device_facts(
             lock_check,
         )
     base = "struct vtblk_softc.vtblk_dump_request"
-
-    def type_check(v: Values) -> str | None:
-        d = v.get("dump")
-        return unchanged(v) or (f"{d} ({VIRTIO_BLK_TYPES[d]})" if d in (1, 4) else None)
-
-    def ioprio_check(v: Values) -> str | None:
-        d = v.get("dump")
-        return unchanged(v) or (f"{d}" if d is not None and d <= 0xFF else None)
-
-    cap = o.device.capacity_bytes
-    extent = state_extent
-
-    def sector_check(v: Values) -> str | None:
-        d = v.get("dump")
-        if unchanged(v) or d is None:
-            return unchanged(v)
-        typ = images.uint_va("dump", req + rq_t.off("vbr_hdr.type"), 4)
-        return sector_verdict(typ if typ is not None else 1, d, cap, extent)
-
-    def ack_check(v: Values) -> str | None:
-        d = v.get("dump")
-        return (unchanged(v) or STATUS_VALUES.get(d)) if d is not None else None
-
-    add(req + rq_t.off("vbr_hdr.type"), 4, f"{base}.vbr_hdr.type of {o.name}", type_check)
-    add(_at(req, rq_t, "vbr_hdr.ioprio"), 4, f"{base}.vbr_hdr.ioprio of {o.name}", ioprio_check)
-    add(req + rq_t.off("vbr_hdr.sector"), 8, f"{base}.vbr_hdr.sector of {o.name}", sector_check)
-    add(_at(req, rq_t, "vbr_bp"), 8, f"{base}.vbr_bp of {o.name}", bio_check(stacks))
-    add(req + rq_t.off("vbr_ack"), 1, f"{base}.vbr_ack of {o.name}", ack_check)
+    cap, extent = o.device.capacity_bytes, state_extent
+    for member, size, check in request_checks(req, lay, images, stacks, cap, extent):
+        # ioprio and the bio pointer are optional in a kernel's layout; the header and status are not
+        va = _at(req, rq_t, member) if member in ("vbr_hdr.ioprio", "vbr_bp") else req + rq_t.off(member)
+        add(va, size, f"{base}.{member} of {o.name}", check)
 
     # the scatter/gather list the dump request is built in
     maxseg = (

@@ -253,6 +253,34 @@ def _borrowed_facts(
         if pa is not None:
             out.append(FieldFact(pa, size, what.format(member), DW, check))
 
+    def link_check(v: Values) -> str | None:
+        d = v.get("dump")
+        if d == 0:
+            return "0: cleared when the request was taken off vtblk_req_free"
+        if d == TRASH:
+            return f"{d:#x}: trashed by TAILQ_REMOVE (QUEUE_MACRO_DEBUG_TRASH)"
+        return unchanged(v)
+
+    for member, size, check in request_checks(req, lay, images, stacks, capacity, extent):
+        add(member, size, check)
+    add("vbr_link.tqe_next", 8, link_check)
+    add("vbr_link.tqe_prev", 8, link_check)
+    return out
+
+
+def request_checks(
+    req: int,
+    lay: Layouts,
+    images: ImageSet,
+    stacks: dict[int, str],
+    capacity: int | None,
+    extent: tuple[int, int] | None,
+) -> list[tuple[str, int, Callable[[Values], str | None]]]:
+    """(member, size, rule) for what every virtio-blk request in flight holds, whichever request it is
+    (the softc's embedded dump request or one taken off the free list): a write or flush header with a
+    sector inside the dump's extent, a bio on the dumping stack or none, a status byte of 0 or 0xff."""
+    rq_t = lay["vtblk_request"]
+
     def type_check(v: Values) -> str | None:
         d = v.get("dump")
         return unchanged(v) or (f"{d} ({VIRTIO_BLK_TYPES[d]})" if d in (1, 4) else None)
@@ -272,22 +300,13 @@ def _borrowed_facts(
         d = v.get("dump")
         return (unchanged(v) or STATUS_VALUES.get(d)) if d is not None else None
 
-    def link_check(v: Values) -> str | None:
-        d = v.get("dump")
-        if d == 0:
-            return "0: cleared when the request was taken off vtblk_req_free"
-        if d == TRASH:
-            return f"{d:#x}: trashed by TAILQ_REMOVE (QUEUE_MACRO_DEBUG_TRASH)"
-        return unchanged(v)
-
-    add("vbr_hdr.type", 4, type_check)
-    add("vbr_hdr.ioprio", 4, ioprio_check)
-    add("vbr_hdr.sector", 8, sector_check)
-    add("vbr_bp", 8, bio_check(stacks))
-    add("vbr_ack", 1, ack_check)
-    add("vbr_link.tqe_next", 8, link_check)
-    add("vbr_link.tqe_prev", 8, link_check)
-    return out
+    return [
+        ("vbr_hdr.type", 4, type_check),
+        ("vbr_hdr.ioprio", 4, ioprio_check),
+        ("vbr_hdr.sector", 8, sector_check),
+        ("vbr_bp", 8, bio_check(stacks)),
+        ("vbr_ack", 1, ack_check),
+    ]
 
 
 def bio_check(stacks: dict[int, str]) -> Callable[[Values], str | None]:
