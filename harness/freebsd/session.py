@@ -52,68 +52,64 @@ class ConsoleShell:
     # ------------------------------------------------------------ login
     def login(self, deadline: Deadline | float = 300.0, *, user: str = "root", password: str = "") -> None:
         """Log in on the console and set up the shell; a panic on the way raises `GuestPanicked`."""
-        from harness.vm.console import ConsoleFailure, ConsoleTimeout
+        from harness.vm.console import ConsoleTimeout
 
         dl = as_deadline(deadline, "console login")
-        with self._armed():
+        with self._taking_shell(dl, failed="login", waiting="console login"):
             try:
-                try:
-                    self.console.expect({"login": STAGE_PATTERNS[Stage.LOGIN]}, dl.sub(5, "login prompt"))
-                except ConsoleTimeout:
-                    if dl.expired():
-                        raise
-                    # The prompt may have gone by before we attached (or the tail was consumed): ask again.
-                    self.console.sendline("")
-                    self.console.expect({"login": STAGE_PATTERNS[Stage.LOGIN]}, dl)
-                self.console.sendline(user)
-                m = self.console.expect(
-                    {
-                        "password": r"[Pp]assword: ?$",
-                        "incorrect": r"Login incorrect",
-                        "shell": r"[#$%>] $",
-                    },
-                    dl,
+                self.console.expect({"login": STAGE_PATTERNS[Stage.LOGIN]}, dl.sub(5, "login prompt"))
+            except ConsoleTimeout:
+                if dl.expired():
+                    raise
+                # The prompt may have gone by before we attached (or the tail was consumed): ask again.
+                self.console.sendline("")
+                self.console.expect({"login": STAGE_PATTERNS[Stage.LOGIN]}, dl)
+            self.console.sendline(user)
+            m = self.console.expect(
+                {
+                    "password": r"[Pp]assword: ?$",
+                    "incorrect": r"Login incorrect",
+                    "shell": r"[#$%>] $",
+                },
+                dl,
+            )
+            if m.name == "password":
+                self.console.sendline(password)
+                m = self.console.expect({"incorrect": r"Login incorrect", "shell": r"[#$%>] $"}, dl)
+            if m.name == "incorrect":
+                raise LoginFailed(
+                    f"console login as {user!r} refused: Login incorrect", tail=self.console.tail()
                 )
-                if m.name == "password":
-                    self.console.sendline(password)
-                    m = self.console.expect({"incorrect": r"Login incorrect", "shell": r"[#$%>] $"}, dl)
-                if m.name == "incorrect":
-                    raise LoginFailed(
-                        f"console login as {user!r} refused: Login incorrect", tail=self.console.tail()
-                    )
-                # Any shell -> a plain sh with our own prompt and no pager.
-                self.console.sendline("exec /bin/sh")
-                self._own_prompt(dl)
-            except ConsoleFailure as exc:
-                raise self._panicked(exc, "login") from exc
-            except ConsoleTimeout as exc:
-                text = self.console.tail(TAIL_WINDOW)
-                last = last_stage(text)
-                raise StageTimeout(
-                    describe_timeout(text, dl.elapsed(), f"console login ({exc.phase})"),
-                    last_stage=last.stage if last else None,
-                    cause=exc,
-                ) from exc
-        self.logged_in = True
+            # Any shell -> a plain sh with our own prompt and no pager.
+            self.console.sendline("exec /bin/sh")
+            self._own_prompt(dl)
 
     def single_user(self, deadline: Deadline | float = 60.0) -> None:
         """Take init(8)'s single-user shell: the kernel was booted with ``-s`` and init asked "Enter full
         pathname of shell or RETURN for /bin/sh:" (`Stage.SINGLE_USER`, already seen). RETURN gives a root
         ``/bin/sh`` with no login; then our own prompt, as after `login`."""
+        dl = as_deadline(deadline, "single-user shell")
+        with self._taking_shell(dl, failed="the single-user shell", waiting="single-user shell"):
+            self.console.sendline("")
+            self._own_prompt(dl)
+
+    @contextmanager
+    def _taking_shell(self, dl: Deadline, *, failed: str, waiting: str) -> Iterator[None]:
+        """Failure patterns armed while the shell is taken: a panic or boot failure on the way is
+        `GuestPanicked` / `BootFailed` ("... during `failed`"), running out of time a `StageTimeout`
+        naming the last boot stage seen; success marks the shell logged in."""
         from harness.vm.console import ConsoleFailure, ConsoleTimeout
 
-        dl = as_deadline(deadline, "single-user shell")
         with self._armed():
             try:
-                self.console.sendline("")
-                self._own_prompt(dl)
+                yield
             except ConsoleFailure as exc:
-                raise self._panicked(exc, "the single-user shell") from exc
+                raise self._panicked(exc, failed) from exc
             except ConsoleTimeout as exc:
                 text = self.console.tail(TAIL_WINDOW)
                 last = last_stage(text)
                 raise StageTimeout(
-                    describe_timeout(text, dl.elapsed(), f"single-user shell ({exc.phase})"),
+                    describe_timeout(text, dl.elapsed(), f"{waiting} ({exc.phase})"),
                     last_stage=last.stage if last else None,
                     cause=exc,
                 ) from exc
