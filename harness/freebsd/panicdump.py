@@ -72,6 +72,10 @@ PANIC_SECONDS = 60.0  # trigger -> "panic:" (observed ~1 s under TCG: the panic 
 #: panic follows and the fallback starts right away). The NMI is delivered and printed in well under a
 #: second even under TCG; the boot banner already said there is no backend, so this is a short check.
 NMI_PROBE_SECONDS = 2.0
+#: After "going to debugger" a kernel whose kdb_trap() found no backend may still panic on the unclaimed
+#: NMI (machdep.panic_on_nmi), right after that line. The fallback's keys must not reach a kernel that is
+#: already panicking: they would answer its "Press a key on the console to reboot" after its own dump.
+NMI_PANIC_GRACE_SECONDS = 1.0
 KEY_WINDOW_SECONDS = 60.0  # key sent -> "--> Press a key on the console to reboot"
 
 _COUNTDOWN = r"Automatic reboot in (-?\d+) seconds - press a key on the console to abort"
@@ -387,9 +391,10 @@ class _PanicRun:
         self.notes.append(f"panicked via {self.method.value}: {self.panic_msg or '(ddb prompt first)'}")
 
     def _nmi_or_fallback(self, panicked: dict, panic_seconds: float, nmi_probe_seconds: float):
-        """An NMI panics only kernels that panic on unclaimed NMIs: give it `nmi_probe_seconds`, or less
-        when the kernel says it went on ("going to debugger" without a backend returns at once), then the
-        fallback method (`self.method` says which one is in play). Returns the match."""
+        """An NMI panics only kernels that panic on unclaimed NMIs: give it `nmi_probe_seconds`, or, when
+        the kernel says it went on ("going to debugger" without a backend returns at once), a short grace
+        for the panic that may follow; then the fallback method (`self.method` says which one is in play).
+        Returns the match."""
         from harness.vm.console import ConsoleTimeout
 
         probe = self.total.sub(nmi_probe_seconds, "NMI -> panic")
@@ -398,6 +403,11 @@ class _PanicRun:
             if m.name != "ignored":
                 return m
             self.collected.append(m.text)
+            grace = self.total.sub(min(NMI_PANIC_GRACE_SECONDS, nmi_probe_seconds), "NMI ignored -> panic")
+            try:
+                return self.console.expect(panicked, grace)
+            except ConsoleTimeout:
+                pass
             self.notes.append(
                 "NMI did not panic the kernel: it printed 'going to debugger' and went on at once (no "
                 "debugger backend, as its boot banner said)"

@@ -201,6 +201,25 @@ def test_panic_dump_nmi_falls_back_to_alt_panic(replay):
     assert bytes(spawn.sent).startswith(ALT_PANIC_SEQUENCE.encode())  # then the key that holds it
 
 
+def test_nmi_panic_right_after_going_to_debugger_is_not_answered_by_the_fallback(replay):
+    """A kernel whose kdb_trap() finds no backend may still panic on the unclaimed NMI right after its
+    "going to debugger" line (machdep.panic_on_nmi): that panic is the one taken, and no fallback keys are
+    typed into a kernel that is already panicking (they would answer its "Press a key")."""
+    nmi_panic = PANIC_TEXT.replace(b"Panic sequence on console", b"NMI indicates hardware failure")
+    serial = WAITING + b"NMI ISA 20, EISA ff\r\nNMI/cpu0 ... going to debugger\r\n" + nmi_panic
+    serial += make_edited.MINIDUMP + make_edited.COUNTDOWN
+    markers = [(len(WAITING), "monitor: (qemu) nmi"), (len(serial), "sending key CR")]
+    console, spawn = replay(in_memory("nmi-panics", serial + make_edited.HELD, markers))
+    m = FreeBSDMachine(ReplayGuest(console, spawn), memory_mib=512,
+                       kenv={"debug.kdb.alt_break_to_debugger": "1"})
+    console.expect({"wait": r"waiting for device"}, 5)
+    choice = choose_flow(NO_DDB, "nmi", has_shell=False, alt_break_enabled=True)
+    result = panic_dump(console, choice, guest=m.guest, memory_mib=512, deadline=30)
+    assert result.ok and result.held and result.panic == "NMI indicates hardware failure"
+    assert ALT_PANIC_SEQUENCE.encode() not in bytes(spawn.sent)
+    assert not any("falling back" in n for n in result.notes)
+
+
 def test_panic_dump_on_a_ddb_kernel_continues_from_ddb(replay):
     console, spawn = replay(edited("edited-ddb-panic-continue"))
     m = FreeBSDMachine(ReplayGuest(console, spawn), memory_mib=512)
