@@ -179,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
             return _save_boot(cfg, args.save_boot, progress)
         outcome = run_repro(cfg, progress)
     except ReproError as exc:
+        for line in _detail_lines(exc):  # the diagnosis beyond its first line; the verdict stays last
+            print(f"fbsd-hil repro:   {line}", file=sys.stderr)
         print(f"fbsd-hil repro: FAILED at {exc.one_line()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (harness.util.termination)
@@ -349,3 +351,21 @@ def _ensure_libvirt(uri: str | None) -> int | None:
         print(f"fbsd-hil repro: libvirt is not usable: {'; '.join(report.problems)}", file=sys.stderr)
         return 2
     return None
+
+
+#: lines of a multi-line failure printed above the FAILED line (all of them are in error.txt)
+DETAIL_LINES = 12
+
+
+def _detail_lines(exc: BaseException) -> list[str]:
+    """The lines after the first of a failure's message (a boot diagnosis names cause and evidence), up
+    to the console/QEMU log sections it carries (those are in console-tail.txt, qemu-log-tail.txt)."""
+    rest = []
+    for line in str(exc).strip().splitlines()[1:]:
+        if line.startswith("--- "):  # "--- console tail ---", "--- QEMU log tail ---": kept in files
+            break
+        if line.strip():
+            rest.append(line.rstrip())
+    if len(rest) > DETAIL_LINES:
+        rest = [*rest[:DETAIL_LINES], f"... ({len(rest) - DETAIL_LINES} more lines in error.txt)"]
+    return rest

@@ -119,4 +119,7 @@ def collect_on_failure(guest: Any, run_dir: Path, exc: BaseException | None = No
             shutil.copy2(transcript, run_dir / "console-transcript.log")
     tail = getattr(exc, "tail", "") or ""
     save_text(run_dir / "console-tail.txt", tail)
+    if exc is not None:  # the whole message: a diagnosis may say more than its first line
+        step = getattr(exc, "step", "")
+        save_text(run_dir / "error.txt", f"{step + ': ' if step else ''}{type(exc).__name__}: {exc}\n")
     make_private(run_dir)

@@ -133,6 +133,9 @@ def test_repro_on_a_kernel_that_never_waits_for_root_fails_with_evidence(tmp_pat
     assert evidence.parent == tmp_path / "art"
     assert MARKER in (evidence / "console-transcript.log").read_text(errors="replace")
     assert "<domain" in (evidence / "domain.xml").read_text()
+    error = (evidence / "error.txt").read_text()  # the whole message with the evidence it carries
+    assert error.startswith("StageTimeout: ") and "root_wait" in error and "QEMU log tail" in error
+    assert not any("QEMU log tail" in ln for ln in r.stderr.splitlines()), "evidence sections stay in files"
     assert (evidence / "boot.iso").is_file() and (evidence / "config.json").is_file()
     assert "[   " in r.stderr  # progress lines with elapsed seconds
 
@@ -227,3 +230,16 @@ def test_repro_killed_by_sigterm_destroys_its_guest(tmp_path, sig):
     from harness.vm.reaper import REGISTRY_DIR
 
     assert not (REGISTRY_DIR / f"{name}.json").exists(), "the guest's registry entry was left behind"
+
+
+def test_a_multi_line_failure_prints_its_detail_above_the_verdict():
+    from harness.cli.repro import DETAIL_LINES, _detail_lines
+
+    exc = RuntimeError("kernel stayed silent\n\nlikely cause: the GRUB module\nevidence: boot.iso.json\n")
+    assert _detail_lines(exc) == ["likely cause: the GRUB module", "evidence: boot.iso.json"]
+    many = RuntimeError("\n".join(f"line {i}" for i in range(DETAIL_LINES + 5)))
+    lines = _detail_lines(many)
+    assert len(lines) == DETAIL_LINES + 1 and lines[-1] == "... (4 more lines in error.txt)"
+    assert _detail_lines(RuntimeError("one line only")) == []
+    tails = RuntimeError("no root_wait\nlikely cause: X\n--- QEMU log tail ---\nEFER=0\n--- console tail ---")
+    assert _detail_lines(tails) == ["likely cause: X"]

@@ -103,3 +103,11 @@ def test_a_smaller_dump_disk_on_request(tmp_path):
     disk = make_dump_disk(tmp_path / "d.raw", 512, 8)
     assert disk.stat().st_size == 8 << 20
     assert make_dump_disk(tmp_path / "e.raw", 512).stat().st_size == 640 << 20
+
+
+def test_a_failure_keeps_its_whole_message_in_error_txt(tmp_path):
+    err = ReproError("kernel stayed silent\nlikely cause: GRUB\nevidence: boot.iso.json", step="boot")
+    collect_on_failure(_Guest(), tmp_path, err)
+    text = (tmp_path / "error.txt").read_text()
+    assert text.startswith("boot: ReproError: kernel stayed silent\n")
+    assert "likely cause: GRUB" in text and "evidence: boot.iso.json" in text
