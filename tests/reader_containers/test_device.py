@@ -327,9 +327,14 @@ def test_gpt_disk_without_a_dump_names_what_it_searched(tmp_path: Path) -> None:
     with pytest.raises(NoDumpError) as e:
         device.find_dump(disk)
     assert "p2 freebsd-swap" in str(e.value) and "3 partitions" in str(e.value)
-    # a corrupt GPT (header CRC) is not trusted: no partitions, plain "no dump"
+    # a corrupt primary GPT (header CRC) is replaced by the backup, as GEOM's g_part_gpt does
     with open(disk, "r+b") as f:
         f.seek(512 + 40)
+        f.write(b"\xff")
+    assert [p.kind for p in device.partitions(disk)] == ["freebsd-boot", "freebsd-swap", "freebsd-ufs"]
+    # both corrupt: not trusted at all, no partitions, plain "no dump"
+    with open(disk, "r+b") as f:
+        f.seek(disk.stat().st_size - 512 + 40)
         f.write(b"\xff")
     assert device.partitions(disk) == []
 
