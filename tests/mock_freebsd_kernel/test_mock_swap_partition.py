@@ -96,3 +96,52 @@ def test_dumpon_refuses_a_swap_partition_smaller_than_memory_for_a_full_dump(
     line = next(ln for ln in stderr.splitlines() if "FAILED at" in ln)
     assert "FAILED at boot" in line and "'dumpon -v /dev/vtbd0p2' exited with status 74" in line
     assert "/dev/vtbd0p2 is smaller than physical memory" in line
+
+
+def _run_with_layout(kernel: Path, image: Path, tmp_path: Path, monkeypatch, change_layout):
+    """`run_repro` in process with the swap dump disk changed after it is laid out (`change_layout(swap)`
+    returns the SwapPartition the guest is told to use)."""
+    from harness.freebsd import swap_disk
+    from harness.run import ReproConfig, run_repro
+    from harness.run.sources import kernel_root_image
+
+    def laid_out(disk, guest_disk, swap_mib=None):
+        return change_layout(swap_disk.lay_out_swap_dump_disk(disk, guest_disk, swap_mib))
+
+    monkeypatch.setattr(kernel_root_image, "lay_out_swap_dump_disk", laid_out)
+    cfg = ReproConfig(kernel=kernel, root_image=image, memory_mib=128, accel="tcg", trigger="sysctl",
+                      device="swap", artifacts=tmp_path / "artifacts", boot_seconds=120.0)
+    return run_repro(cfg, progress=lambda _msg: None)
+
+
+def test_dumpon_on_a_partition_the_table_does_not_hold(mock_kernel, root_image, tmp_path, monkeypatch):  # noqa: F811
+    """`dumpon -v /dev/vtbd0p9` with two partitions: dumpon's own words, status 72, the run stops at boot."""
+    import dataclasses
+
+    from harness.run import ReproError
+
+    _libvirt_or_skip()
+    with pytest.raises(ReproError) as e:
+        _run_with_layout(mock_kernel, root_image, tmp_path, monkeypatch,
+                         lambda swap: dataclasses.replace(swap, device="/dev/vtbd0p9"))
+    line = e.value.one_line()
+    assert e.value.step == "boot" and "'dumpon -v /dev/vtbd0p9' exited with status 72" in line, line
+    assert "(dumpon: /dev/vtbd0p9: No such file or directory)" in line
+
+
+def test_a_damaged_primary_gpt_is_replaced_by_the_backup_in_the_guest(
+    mock_kernel, root_image, tmp_path, monkeypatch  # noqa: F811
+):
+    """The primary header's CRC broken: the mock (as g_part_gpt) takes the backup table and still finds
+    p2; the dump verifies."""
+    _libvirt_or_skip()
+
+    def damage(swap):
+        with open(swap.disk, "r+b") as f:
+            f.seek(512 + 16)  # the primary header's CRC32
+            f.write(b"\xde\xad\xbe\xef")
+        return swap
+
+    outcome = _run_with_layout(mock_kernel, root_image, tmp_path, monkeypatch, damage)
+    assert outcome.passed, outcome.report.summary()
+    assert any(n.startswith("dump device /dev/vtbd0p2") for n in outcome.report.notes)
