@@ -107,7 +107,7 @@ class FbsdTarget:
                     "dumping to swap needs a swap partition on a disk image and savecore to read it back: a "
                     "bare --fbsd-kernel boot has neither"
                 )
-        if case.device == "swap":
+        if case.device == "swap" and self.root_image is None:  # a root image: dumpon /dev/vtbd0p2
             return (
                 "swap dumps: the pipeline dumps to its dedicated raw dump disk (the prepared image's "
                 "loader-time dumpdev) so the host can read the dump and the live image can be compared; "

@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("extract", help="save the dump on a raw dump device / disk image (as savecore)")
     s.add_argument("image", help="raw dump device or disk image (read only)")
     s.add_argument("-o", "--outdir", required=True, help="directory for vmcore.N / info.N (created)")
+    s.add_argument("--partition", metavar="N|TYPE", default=None,
+                   help="the dump device was a partition of this whole-disk image: its index (2 for vtbd0p2) "
+                        "or its GPT type (freebsd-swap: the first such partition)")
     s.set_defaults(func=cmd_extract)
     return p
 
@@ -469,10 +472,22 @@ def cmd_extract(args) -> int:
         if Path(args.outdir).exists() and not Path(args.outdir).is_dir():
             raise ReaderError("exists and is not a directory", path=args.outdir, field="--outdir",
                               expected="a directory (created if missing)")
-        result = extract(image, args.outdir, private_key=args.private_key, force=args.force)
+        result = extract(image, args.outdir, private_key=args.private_key, force=args.force,
+                         partition=_partition_index(image, args.partition))
     print(f"vmcore: {result.vmcore}")
     print(f"info: {result.info}")
     return 0
+
+
+def _partition_index(image: str, partition: str | None) -> int | None:
+    """`--partition`: an index as is, a GPT type name looked up in the image's table (strictly)."""
+    if partition is None:
+        return None
+    if partition.isdigit() and int(partition) > 0:
+        return int(partition)
+    from .gpt import find_by_type
+
+    return find_by_type(image, partition).index
 
 
 #: the reader's errors name API keywords; on the command line the options are what a user can type

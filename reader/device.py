@@ -18,8 +18,6 @@ import dataclasses
 import errno
 import os
 import struct
-import uuid
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from typing import Any
 from reader import ekcd
 from reader import kerneldumpheader as kdh
 from reader.errors import FormatError, ReaderError, TruncatedError
+from reader.gpt import GPT_TYPES, GptError, read_gpt_fd  # noqa: F401 - GPT_TYPES: part of this module's API
 from reader.rawfile import write_sparse
 
 SECTOR_SIZES = (512, 4096)
@@ -152,18 +151,7 @@ class DeviceDump:
 # Partitions: a dump device is often the swap partition of a whole-disk image
 
 
-GPT_TYPES = {
-    uuid.UUID("516e7cb5-6ecf-11d6-8ff8-00022d09712b"): "freebsd-swap",
-    uuid.UUID("516e7cb6-6ecf-11d6-8ff8-00022d09712b"): "freebsd-ufs",
-    uuid.UUID("516e7cba-6ecf-11d6-8ff8-00022d09712b"): "freebsd-zfs",
-    uuid.UUID("516e7cb4-6ecf-11d6-8ff8-00022d09712b"): "freebsd",
-    uuid.UUID("83bd6b9d-7f41-11dc-be0b-001560b84f0f"): "freebsd-boot",
-    uuid.UUID("c12a7328-f81f-11d2-ba4b-00a0c93ec93b"): "efi",
-    uuid.UUID("0657fd6d-a4ab-43c4-84e5-0933c84b4f4f"): "linux-swap",
-    uuid.UUID("0fc63daf-8483-4772-8e79-3d69d8477de4"): "linux-data",
-}
 MBR_TYPES = {0xA5: "freebsd", 0x82: "linux-swap", 0x83: "linux-data", 0xEF: "efi"}
-MAX_GPT_ENTRIES_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -195,46 +183,13 @@ def partitions(image_path: str | os.PathLike[str]) -> list[Partition]:
 
 
 def _partitions_fd(fd: int, path: Path) -> list[Partition]:
-    size = _media_size(fd)
-    for lba in SECTOR_SIZES:
-        parts = _gpt(fd, size, lba)
-        if parts is not None:
-            return parts
-    return _mbr(fd, size)
-
-
-def _gpt(fd: int, size: int, lba: int) -> list[Partition] | None:
-    hdr = os.pread(fd, 92, lba)
-    if len(hdr) < 92 or hdr[:8] != b"EFI PART":
-        return None
-    hsize, hcrc = struct.unpack_from("<II", hdr, 12)
-    if not 92 <= hsize <= lba:
-        return None
-    full = bytearray(os.pread(fd, hsize, lba))
-    full[16:20] = b"\0\0\0\0"
-    if len(full) != hsize or zlib.crc32(full) != hcrc:
-        return None
-    entries_lba, count, esize, ecrc = struct.unpack_from("<QIII", hdr, 72)
-    if esize < 128 or esize % 8 or count * esize > MAX_GPT_ENTRIES_BYTES:
-        return None
-    table = os.pread(fd, count * esize, entries_lba * lba)
-    if len(table) != count * esize or zlib.crc32(table) != ecrc:
-        return None
-    out = []
-    for i in range(count):
-        e = table[i * esize : (i + 1) * esize]
-        if not any(e[:16]):
-            continue
-        first, last = struct.unpack_from("<QQ", e, 32)
-        start, end = first * lba, (last + 1) * lba
-        if last < first or end > size:
-            continue
-        kind_uuid = uuid.UUID(bytes_le=bytes(e[:16]))
-        name = e[56:128].decode("utf-16-le", errors="replace").split("\0", 1)[0]
-        out.append(
-            Partition(i + 1, GPT_TYPES.get(kind_uuid, str(kind_uuid)), start, end - start, name, "gpt")
-        )
-    return out
+    """The GPT's partitions (`reader.gpt`: primary, else backup; entries outside the disk dropped),
+    else, with no usable GPT, the MBR primaries."""
+    try:
+        entries = read_gpt_fd(fd, path, skip_bad_entries=True)
+    except GptError:
+        return _mbr(fd, _media_size(fd))
+    return [Partition(e.index, e.kind, e.offset, e.size, e.name, "gpt") for e in entries]
 
 
 def _mbr(fd: int, size: int) -> list[Partition]:

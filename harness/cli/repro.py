@@ -88,6 +88,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="MiB",
         help="dump disk size (default: memory + 128 MiB, room for a full dump)",
     )
+    p.add_argument(
+        "--device",
+        choices=("disk", "swap"),
+        default="disk",
+        help="disk: dump onto the raw dump disk (default); swap: give the dump disk a GPT and dump onto its "
+        "freebsd-swap partition (`dumpon /dev/vtbd0p2`, with --root-image), read from that partition",
+    )
+    p.add_argument(
+        "--swap-mib",
+        type=_positive_int,
+        default=None,
+        metavar="MiB",
+        help="with --device swap: the swap partition's size (default: what the dump disk leaves)",
+    )
     p.add_argument("--vcpus", type=int, default=None, help="guest CPUs (default 1)")
     p.add_argument("--minidump", choices=("1", "0"), default=None, help="1: minidump (default), 0: full dump")
     p.add_argument(
@@ -231,6 +245,13 @@ def _refusal(args: argparse.Namespace, trigger: str) -> str | None:
             f"--trigger {trigger} runs a sysctl in a shell; a bare --kernel boot has no "
             "userland: use nmi, break or alt-break, or give a --root-image"
         )
+    if getattr(args, "device", "disk") == "swap" and root_image is None:
+        return (
+            "--device swap runs `dumpon /dev/vtbd0p2` in a shell: it needs --kernel with --root-image "
+            "(a bare kernel has no shell; an image's own swap partition is not used by this pipeline)"
+        )
+    if getattr(args, "swap_mib", None) is not None and getattr(args, "device", "disk") != "swap":
+        return "--swap-mib sizes the swap partition of --device swap"
     if args.kernel is not None and not args.kernel.is_file():
         return f"kernel file {args.kernel} does not exist"
     if args.image is not None and not args.image.is_file():
@@ -304,6 +325,8 @@ def _config(args: argparse.Namespace, kenv: dict[str, str], trigger: str):
         dump_twice=args.dump_twice,
         dump_disk_mib=args.dump_disk_mib,
         force_kernel=args.force_kernel,
+        device=getattr(args, "device", "disk"),
+        swap_mib=getattr(args, "swap_mib", None),
     )
 
 

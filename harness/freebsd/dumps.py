@@ -78,6 +78,9 @@ class DumpPlan:
     dump_disk: str = DEFAULT_DUMP_DISK
     retrieval: RetrievalMethod = RetrievalMethod.HOST
     extra_sysctls: dict[str, str] = field(default_factory=dict)
+    #: device swap: the swap partition to dump on (GEOM's name, ``/dev/vtbd0p2``); None: the first swap
+    #: device swapctl lists (a guest with a full userland)
+    swap_device: str | None = None
 
     def __post_init__(self) -> None:
         # Accept plain strings from a CLI / JSON (DumpPlan(trigger="alt_break")).
@@ -94,7 +97,8 @@ class DumpPlan:
             f"set via {self.minidump_via.value}",
             f"trigger {self.trigger.value}",
             f"device {self.device.value}"
-            + (f" ({self.dump_disk})" if self.device == DumpDevice.DISK else ""),
+            + (f" ({self.dump_disk})" if self.device == DumpDevice.DISK else "")
+            + (f" ({self.swap_device})" if self.device == DumpDevice.SWAP and self.swap_device else ""),
         ]
         if self.compression != Compression.NONE:
             parts.append(self.compression.value)
@@ -114,6 +118,7 @@ class DumpPlan:
             "dump_disk": self.dump_disk,
             "retrieval": self.retrieval.value,
             "extra_sysctls": dict(self.extra_sysctls),
+            "swap_device": self.swap_device,
         }
 
     # ------------------------------------------------------------ validation
@@ -177,9 +182,10 @@ class DumpPlan:
 
     def _retrieval_problems(self, *, has_ssh: bool) -> list[str]:
         out: list[str] = []
-        if self.device == DumpDevice.SWAP and self.retrieval == RetrievalMethod.HOST:
+        if self.device == DumpDevice.SWAP and self.retrieval == RetrievalMethod.HOST and not self.swap_device:
             out.append(
-                "host-side retrieval reads a dedicated raw dump disk; with swap use retrieval=savecore"
+                "host-side retrieval reads a dedicated raw dump disk; with swap use retrieval=savecore "
+                "(or swap_device: a swap partition on the host's own dump disk)"
             )
         if self.retrieval == RetrievalMethod.SAVECORE and not has_ssh:
             out.append("retrieval via savecore fetches /var/crash over SFTP: needs SSH to the guest")
@@ -235,6 +241,8 @@ class DumpPlan:
             flags += ["-k", shlex.quote(public_key)]
         if self.device == DumpDevice.DISK:
             return f"dumpon {' '.join(flags)} {shlex.quote(self.dump_disk)}"
+        if self.swap_device:
+            return f"dumpon {' '.join(flags)} {shlex.quote(self.swap_device)}"
         # the first swap device swapctl lists (header line first)
         return f"dumpon {' '.join(flags)} \"$(swapctl -l | awk 'NR==2 {{print $1}}')\""
 

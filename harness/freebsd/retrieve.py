@@ -42,6 +42,8 @@ class RetrievedDump:
     timings: dict[str, float] = field(default_factory=dict)
     key: Path | None = None
     compression: str = "none"
+    #: where on the disk image the dump was found (leader/trailer offsets, the partition if any)
+    placement: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -113,8 +115,10 @@ def from_dump_disk(
     guest=None,
     private_key: Any = None,
     kernel: str | Path | None = None,
+    partition: int | None = None,
 ) -> RetrievedDump:
-    """Extract the dump from a raw dump-disk image on the host (see module docstring)."""
+    """Extract the dump from a raw dump-disk image on the host (see module docstring); `partition`
+    (1-based, as in ``vtbd0pN``): the dump device was that GPT partition, its end holds the dump."""
     from reader.device import extract
     from reader.errors import ReaderError
 
@@ -127,9 +131,10 @@ def from_dump_disk(
         timings["pause"] = time.monotonic() - t
     t = time.monotonic()
     try:
-        ex = extract(image, outdir, private_key=private_key)
+        ex = extract(image, outdir, private_key=private_key, partition=partition)
     except ReaderError as exc:
-        raise RetrieveError(f"no dump retrievable from dump disk {image}: {exc}") from exc
+        where = f" (partition {partition})" if partition is not None else ""
+        raise RetrieveError(f"no dump retrievable from dump disk {image}{where}: {exc}") from exc
     timings["extract"] = time.monotonic() - t
     kind, compression = payload_kind(ex.vmcore)
     if ex.kind == "textdump":
@@ -150,7 +155,20 @@ def from_dump_disk(
         timings=timings,
         key=ex.key,
         compression=compression,
+        placement=_placement(ex.device),
     )
+
+
+def _placement(dd) -> str:
+    """Where savecore's rules found the dump: leader and trailer, and the partition they lie in."""
+    if dd is None:
+        return ""
+    where = f"leader at {dd.leader_offset:#x}, trailer at {dd.trailer_offset:#x}"
+    if dd.partition is not None:
+        p = dd.partition
+        where += (f", the last sector of partition {p.index} ({p.kind}, bytes {p.offset:#x}.."
+                  f"{p.offset + p.size:#x})")
+    return where
 
 
 # ----------------------------------------------------------------------------- (b) savecore + SFTP

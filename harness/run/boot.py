@@ -115,6 +115,8 @@ def _single_user_and_configure(ctx: RunContext, booted: Booted) -> None:
         trigger=cfg.trigger.replace("-", "_"),
         compression=cfg.compression,
         dump_disk=booted.source.dump_dev,
+        device=cfg.device,
+        swap_device=booted.source.swap_partition.device if booted.source.swap_partition else None,
     )
     dumpon = plan.dumpon_command()
     for cmd in plan.shell_commands(minimal_userland=True):

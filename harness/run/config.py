@@ -63,6 +63,8 @@ class ReproConfig:
     dump_twice: bool = False
     #: the dump disk's size in MiB (None: big enough for a full dump of `memory_mib`)
     dump_disk_mib: int | None = None
+    #: device "swap": the size of the dump disk's freebsd-swap partition in MiB (None: all the disk leaves)
+    swap_mib: int | None = None
     #: boot a kernel file that does not look like FreeBSD (`harness.run.kernel_check`)
     force_kernel: bool = False
     #: start from this saved booted guest instead of booting (`harness.run.saved_boot`)

@@ -9,6 +9,7 @@ device's own I/O state named from QEMU. `judge` opens the retrieved dump with th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,8 @@ def capture_live(ctx: RunContext, booted: Booted, crash: Crash, *, name: str = "
     # the dump device's own I/O state: QEMU's facts about its rings, saved beside the images so that
     # `fbsd-hil verify` can judge the same dump offline (harness.verify.dumpdevice explains the bytes)
     device_state = DumpDeviceState.from_qemu(booted.guest.qmp)
+    if (swap := booted.source.swap_partition) is not None:  # dump writes stay inside the partition
+        device_state = dataclasses.replace(device_state, dump_extent=(swap.offset, swap.offset + swap.size))
     device_state.write(ctx.dir / _state_name(name))
     crash.notes.append(device_state.describe())
     return LiveAfter(after, path, cr3, device_state)

@@ -114,9 +114,12 @@ class CommandFailed(Exception):
     def __init__(self, result: CommandResult, tail: str) -> None:
         self.result = result
         self.tail = tail
+        said = [ln.strip() for ln in result.output.splitlines() if ln.strip()]
         super().__init__(
-            f"command {result.command!r} exited with status {result.status}\n"
-            f"  output:\n" + "\n".join("    | " + ln for ln in result.output.splitlines() or [""])
+            # the last line the command printed on the first line too: one-line errors show it
+            f"command {result.command!r} exited with status {result.status}"
+            + (f" ({said[-1][:200]})" if said else " (no output)")
+            + "\n  output:\n" + "\n".join("    | " + ln for ln in result.output.splitlines() or [""])
         )
 
 

@@ -79,6 +79,8 @@ def test_repro_refuses_savecore_retrieval_for_a_bare_kernel(tmp_path):
         (["--root-image", "IMG"], "--root-image goes with --kernel"),
         (["--kernel", "K", "--root-image", "MISSING"], "root image {tmp}/MISSING does not exist"),
         (["--kernel", "K", "--retrieve", "savecore"], "--retrieve savecore reboots single-user"),
+        (["--kernel", "K", "--device", "swap"], "--device swap runs `dumpon /dev/vtbd0p2` in a shell"),
+        (["--kernel", "K", "--root-image", "IMG", "--swap-mib", "4"], "--swap-mib sizes the swap partition"),
     ],
 )
 def test_repro_root_image_arguments_are_checked_before_anything_boots(tmp_path, args, said):

@@ -86,3 +86,15 @@ def test_tunable_plan_with_a_shell_writes_loader_conf_and_sets_the_knob_now():
     cmds = DumpPlan(minidump=False, minidump_via="tunable").shell_commands()
     assert cmds[-2:] == ["sysrc -f /boot/loader.conf debug.minidump=0", "sysctl debug.minidump=0"]
     assert DumpPlan(minidump_via="tunable").problems(has_shell=True) == []
+
+
+def test_swap_partition_on_the_hosts_dump_disk():
+    """`swap_device`: the freebsd-swap partition the host laid out (`dumpon /dev/vtbd0p2`), readable on the
+    host, so host retrieval is fine; without it, swap means the guest's own first swap device."""
+    plan = DumpPlan(device="swap", swap_device="/dev/vtbd0p2", compression="zstd")
+    assert plan.dumpon_command() == "dumpon -v -Z /dev/vtbd0p2"
+    assert "dumpon -v -Z /dev/vtbd0p2" in plan.shell_commands(minimal_userland=True)
+    assert plan.problems(has_shell=True) == []
+    assert "(/dev/vtbd0p2)" in plan.describe() and plan.to_dict()["swap_device"] == "/dev/vtbd0p2"
+    assert "dumpdev" not in plan.loader_tunables()
+    assert "with swap use retrieval=savecore" in " ".join(DumpPlan(device="swap").problems(has_shell=True))

@@ -40,3 +40,15 @@ def test_image_cells():
         for target in (KERNEL, IMAGE):
             why = target.unsupported(c)
             assert why is None or len(why) > 20
+
+
+def test_root_image_runs_the_swap_cells_a_bare_kernel_cannot():
+    """A kernel with a root image has a shell for `dumpon /dev/vtbd0p2`: its swap cells run (the compressed
+    ones as far as the guest's dumpon can compress); a bare kernel's still skip, saying why."""
+    root = FbsdTarget(kernel=Path("/k"), root_image=Path("/r"))
+    for c in hil_matrix():
+        if c.device == "swap":
+            assert root.unsupported(c) is None, c.id
+            why = KERNEL.unsupported(c)
+            assert why is not None and ("no shell" in why or "no userland" in why or "swap partition" in why)
+    assert "bare --fbsd-kernel boot has neither" in KERNEL.unsupported(HilCase("mini", "nmi", "swap", "none"))

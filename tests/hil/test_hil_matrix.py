@@ -21,6 +21,8 @@ def test_dump_matrix(fbsd_repro, hil_case):
     assert report.dump_kind == hil_case.dump
     assert report.pages_compared > 0
     assert report.passed, report.summary()
+    if hil_case.device == "swap":  # the report names the partition the dump was read from
+        assert any(n.startswith("dump device ") and "(freebsd-swap)" in n for n in report.notes), report.notes
 
 
 def test_verified_dump_cross_checks_ddb(verified_dump):
@@ -87,3 +89,19 @@ def test_dump_twice_in_one_ddb_session(fbsd_repro):
     for report in outcome.reports:
         assert report.passed, report.summary()
     assert outcome.passed
+
+
+def test_swap_partition_too_small_is_dump_incomplete(fbsd_target, tmp_path):
+    """A 1 MiB freebsd-swap partition as the dump device (`dumpon /dev/vtbd0p2`): no minidump fits, the
+    kernel says "Dump failed. Partition too small" and the run stops at step dump as "dump incomplete"
+    with those words - never a verified dump."""
+    from harness.pytest_plugin import HilCase, run_config
+    from harness.run import ReproError, run_repro
+
+    case = HilCase("mini", "sysctl", "swap", "none")
+    if why := fbsd_target.unsupported(case):
+        pytest.skip(f"{case.id}: {why}")
+    with pytest.raises(ReproError) as e:
+        run_repro(run_config(fbsd_target, case, tmp_path, swap_mib=1), progress=lambda _msg: None)
+    assert e.value.step == "dump", e.value.one_line()
+    assert "dump incomplete" in str(e.value) and "Partition too small" in str(e.value), e.value.one_line()

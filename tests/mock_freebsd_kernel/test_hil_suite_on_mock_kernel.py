@@ -82,8 +82,12 @@ def test_hil_suite_with_a_root_image_runs_the_shell_driven_cells(tmp_path):
         if case.find("skipped") is None and case.find("failure") is None and case.find("error") is None
     }
     for cell in ("mini-sysctl-disk-none", "full-sysctl-disk-none", "mini-panic-disk-none",
-                 "full-panic-disk-none"):
+                 "full-panic-disk-none",
+                 # dumps onto the freebsd-swap partition of a GPT dump disk (dumpon /dev/vtbd0p2)
+                 "mini-sysctl-swap-none", "full-panic-swap-none", "mini-nmi-swap-none",
+                 "full-break-swap-none"):
         assert f"test_dump_matrix[{cell}]" in ran, f"{cell} did not run:\n{tail}"
+    assert "test_swap_partition_too_small_is_dump_incomplete" in ran, tail
     reasons = [s.get("message", "") for s in suite.iter("skipped")]
     assert not any("has no shell" in r or "no userland" in r for r in reasons), reasons
     assert all(r.strip() for r in reasons), "every skipped cell says why"

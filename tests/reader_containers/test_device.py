@@ -327,9 +327,14 @@ def test_gpt_disk_without_a_dump_names_what_it_searched(tmp_path: Path) -> None:
     with pytest.raises(NoDumpError) as e:
         device.find_dump(disk)
     assert "p2 freebsd-swap" in str(e.value) and "3 partitions" in str(e.value)
-    # a corrupt GPT (header CRC) is not trusted: no partitions, plain "no dump"
+    # a corrupt primary GPT (header CRC) is replaced by the backup, as GEOM's g_part_gpt does
     with open(disk, "r+b") as f:
         f.seek(512 + 40)
+        f.write(b"\xff")
+    assert [p.kind for p in device.partitions(disk)] == ["freebsd-boot", "freebsd-swap", "freebsd-ufs"]
+    # both corrupt: not trusted at all, no partitions, plain "no dump"
+    with open(disk, "r+b") as f:
+        f.seek(disk.stat().st_size - 512 + 40)
         f.write(b"\xff")
     assert device.partitions(disk) == []
 
@@ -409,3 +414,26 @@ def test_full_dump_sized_as_the_real_12_1_guest_wrote_it(tmp_path: Path, lldb_vm
         assert len(p.buffer) == size and bytes(p.buffer[:4]) == b"\x7fELF"
     res = device.extract(img, tmp_path / "crash")
     assert res.vmcore.stat().st_size == size and res.vmcore.stat().st_blocks * 512 <= 64 * 1024
+
+
+def test_cli_extract_from_the_swap_partition_by_type(tmp_path: Path, lldb_vmcores, capsys) -> None:
+    """`fbsd-vmcore extract --partition freebsd-swap DISK`: the partition found by its GPT type; a type
+    the table does not hold, and a disk without a table, are one line each (exit 2)."""
+    from reader.cli import main
+
+    vmcore = lldb_vmcores["vmcore-i386-minidump"]
+    disk, swap_off, swap_size = _gpt_disk(tmp_path)
+    cw.write_device_image(disk, vmcore, media_size=swap_size, media_offset=swap_off, architecture="i386")
+    assert main(["extract", "--partition", "freebsd-swap", str(disk), "-o", str(tmp_path / "a")]) == 0
+    assert _same_bytes(tmp_path / "a" / "vmcore.0", vmcore)
+    assert "(partition 2)" in (tmp_path / "a" / "info.0").read_text().splitlines()[0]
+    assert main(["extract", "--partition", "2", str(disk), "-o", str(tmp_path / "b")]) == 0
+    capsys.readouterr()
+    assert main(["extract", "--partition", "linux-swap", str(disk), "-o", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no linux-swap partition" in err and "p2 freebsd-swap" in err
+    blank = tmp_path / "blank.img"
+    blank.write_bytes(bytes(1 << 20))
+    assert main(["extract", "--partition", "freebsd-swap", str(blank), "-o", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no GUID partition table" in err and "offset 0x200" in err

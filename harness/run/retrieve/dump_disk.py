@@ -21,6 +21,13 @@ def retrieve(ctx: RunContext, booted: Booted, crash: Crash, *, outdir: str = "cr
     ctx.enter("extract")
     with ctx.timed("extract"):
         disk = booted.source.dump_disk
-        got = from_dump_disk(disk, ctx.dir / outdir, guest=booted.guest, kernel=booted.kernel)
-    ctx.progress(f"extracted {got.vmcore} ({got.sizes.get('vmcore', 0) >> 20} MiB)")
-    return Retrieved(got.vmcore, booted.kernel, booted.kernel_source, evidence={"vmcore": str(got.vmcore)})
+        swap = booted.source.swap_partition
+        got = from_dump_disk(
+            disk, ctx.dir / outdir, guest=booted.guest, kernel=booted.kernel,
+            partition=swap.index if swap else None,
+        )
+    ctx.progress(f"extracted {got.vmcore} ({got.sizes.get('vmcore', 0) >> 20} MiB): {got.placement}")
+    notes = [f"dump device {swap.describe()}; dump found at its end: {got.placement}"] if swap else []
+    return Retrieved(
+        got.vmcore, booted.kernel, booted.kernel_source, notes=notes, evidence={"vmcore": str(got.vmcore)}
+    )

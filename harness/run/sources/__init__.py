@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from harness.run.config import ReproUnsupported
 from harness.run.context import RunContext
 from harness.run.sources import bare_kernel, disk_image, kernel_root_image
 from harness.run.sources.base import GuestSource
@@ -32,6 +33,13 @@ def build_source(ctx: RunContext, dump_disk: Path) -> GuestSource:
         build = SOURCES[kind]
     except KeyError:
         raise ValueError(f"unknown guest source {kind!r} (known: {', '.join(SOURCES)})") from None
+    if ctx.cfg.device == "swap" and kind != "kernel_root_image":
+        raise ReproUnsupported(
+            "dumping onto a swap partition runs `dumpon /dev/vtbdNpM` in a shell and is built for a kernel "
+            "with a root image (--root-image) only: a bare kernel has no shell, and the official images' "
+            "own freebsd-swap partition (on their system disk) is not used by this pipeline",
+            step="setup",
+        )
     return build(ctx, dump_disk)
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.freebsd.swap_disk import SwapPartition
 from harness.vm.domain_xml import GuestSpec
 
 
@@ -23,6 +24,8 @@ class GuestSource:
     #: a kernel with a root image booted single-user: init's root shell on the console, no login/SSH
     single_user: bool = False
     crash_disk: Path | None = None  # --retrieve savecore: the guest's UFS2 crash disk (/dev/vtbd1)
+    #: device swap: the dump disk's freebsd-swap partition the dump goes to (`dump_dev` is its name)
+    swap_partition: SwapPartition | None = None
 
     @property
     def userland(self) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.freebsd.handover import HANDOVER_QEMU_ARGS
+from harness.freebsd.swap_disk import lay_out_swap_dump_disk
 from harness.run.context import RunContext
 from harness.run.rundir import make_dump_disk
 from harness.run.sources.base import GuestSource
@@ -41,6 +42,10 @@ def build(ctx: RunContext, dump_disk: Path) -> GuestSource:
     )
     crash_disk = None
     disks = [ExtraDisk(dump_disk)]
+    swap = None
+    if cfg.device == "swap":  # a GPT on the dump disk; `dumpon` names its freebsd-swap partition
+        swap = lay_out_swap_dump_disk(dump_disk, DUMP_DEV, cfg.swap_mib)
+        ctx.progress(f"dump device {swap.describe()}")
     if cfg.retrieve == "savecore":  # savecore writes onto a second disk, after a reboot
         crash_disk = make_dump_disk(ctx.dir / "crash-disk.raw", cfg.memory_mib)
         disks.append(ExtraDisk(crash_disk))
@@ -56,11 +61,12 @@ def build(ctx: RunContext, dump_disk: Path) -> GuestSource:
     )
     return GuestSource(
         spec,
-        DUMP_DEV,
+        DUMP_DEV if swap is None else swap.device,
         cfg.kernel,
         f"--kernel {cfg.kernel}",
         kenv=kenv,
         dump_disk=dump_disk,
         single_user=True,
         crash_disk=crash_disk,
+        swap_partition=swap,
     )

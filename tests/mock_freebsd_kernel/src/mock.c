@@ -958,6 +958,7 @@ static void vtblk_attach_all(void)
  * like FreeBSD's dump state so the verifier knows the dump code writes it */
 static struct { struct vtblk_softc *dev; u64 mediasize, dumpoff, extent, written, total; int last_pct; int full; u64 chunk_left; } dump_state;
 static char dumpdev_name[64];
+#include "mock_gpt.h" /* dumpon /dev/vtbdNpM: a GPT partition as the dump medium */
 
 /* mock.fault_in_dump: a guest that hangs (interrupts off, no more output or writes) or resets mid-dump */
 static void dump_fault_halfway(void)
@@ -974,7 +975,8 @@ static int dump_append_pa(u64 pa, u64 len)
 	while (len) {
 		dump_fault_halfway();
 		u64 n = len > dumper.maxiosize ? dumper.maxiosize : len;
-		int err = vtblk_dump(dump_state.dev, pa, dump_state.dumpoff, n);
+		int err = gpt_dump_check_bounds(dump_state.dumpoff, n);
+		if (!err) err = vtblk_dump(dump_state.dev, pa, dump_state.dumpoff, n);
 		if (err) return err;
 		dump_state.dumpoff += n; dump_state.written += n; pa += n; len -= n;
 		if (!dump_state.full) {
@@ -1037,7 +1039,7 @@ static int dump_start(u64 length)
 		return -1;
 	}
 	dump_state.dev = sc;
-	dump_state.mediasize = sc->vtblk_mock_sectors * 512;
+	dump_state.mediasize = dumper.mediasize; /* the partition's size with dumpon /dev/vtbdNpM */
 	dump_state.extent = length;
 	dump_state.total = length;
 	dump_state.written = 0;
@@ -1046,7 +1048,7 @@ static int dump_start(u64 length)
 		kprintf("\nDump failed. Partition too small.\n");
 		return -1;
 	}
-	dump_state.dumpoff = dump_state.mediasize - 512 - length;
+	dump_state.dumpoff = dumper.mediaoffset + dump_state.mediasize - 512 - length;
 	return 0;
 }
 
@@ -1070,8 +1072,8 @@ static int dump_finish(u64 length)
 	u32 parity = 0;
 	for (int i = 0; i < 128; i++) parity ^= ((u32 *)h)[i];
 	h->parity = parity ^ (mock_bad_parity ? 1U : 0U);
-	int err = vtblk_dump(dump_state.dev, kva_to_pa(fakepd), dump_state.mediasize - 2 * 512 - dump_state.extent, 512);
-	if (!err) err = vtblk_dump(dump_state.dev, kva_to_pa(fakepd), dump_state.mediasize - 512, 512);
+	int err = vtblk_dump(dump_state.dev, kva_to_pa(fakepd), dumper.mediaoffset + dump_state.mediasize - 2 * 512 - dump_state.extent, 512);
+	if (!err) err = vtblk_dump(dump_state.dev, kva_to_pa(fakepd), dumper.mediaoffset + dump_state.mediasize - 512, 512);
 	/* tell the driver the dump is done: vtblk flushes the disk's write cache (a request without data) */
 	if (!err) err = vtblk_dump(dump_state.dev, 0, 0, 0);
 	return err;

@@ -142,11 +142,9 @@ static int sh_dumpon(int argc, char **argv)
 	}
 	if (!dev) { printf_("usage: dumpon [-v] special_file\n"); return 1; }
 	if (seq(dev, "off")) { dumper.dumper = 0; dumper.priv = 0; memset(dumpdev_name, 0, sizeof(dumpdev_name)); return 0; }
-	if (!(sprefix(dev, "/dev/vtbd") && dev[9] >= '0' && dev[9] <= '3' && dev[10] == 0 && dev[9] - '0' < nvblk)) {
-		printf_("dumpon: %s: No such file or directory\n", dev);
-		return 1;
-	}
-	struct vtblk_softc *sc = vtblk_softc_of(dev[9] - '0');
+	struct vtblk_softc *sc; u64 media_off, media_size; /* /dev/vtbdN or a GPT partition /dev/vtbdNpM */
+	int open_status = gpt_dumpon_open(dev, verbose, &sc, &media_off, &media_size);
+	if (open_status) return open_status;
 	unsigned long l = slen(dev);
 	memset(dumpdev_name, 0, sizeof(dumpdev_name));
 	memcpy(dumpdev_name, dev, l < 63 ? l : 63);
@@ -154,7 +152,8 @@ static int sh_dumpon(int argc, char **argv)
 	dumper.priv = sc;
 	dumper.blocksize = 512;
 	dumper.maxiosize = VTBLK_MAXIO;
-	dumper.mediasize = sc->vtblk_mock_sectors * 512;
+	dumper.mediaoffset = media_off;
+	dumper.mediasize = media_size;
 	if (verbose) printf_("kernel dumps on %s\n", dev);
 	return 0;
 }
