@@ -14,10 +14,9 @@ Two ways to switch minidumps off between the dumps (`toggle_variant`, ``--dump-t
 In the ddb way both dumps are verified against live memory: the first against the images right
 before and right after it, the second against the image right after it, with the first dump's after
 image as its before image (nothing but ddb's own write ran in between: every CPU stayed stopped).
-Only the ddb flow
-can do this (a kernel without ddb dumps once, on its panic), and only a kernel whose symbol table has
-``do_minidump``: both are checked before the first dump, and the run stops with one line if either is
-missing.
+Only the ddb flow can do this (a kernel without ddb dumps once, on its panic), and only a kernel whose
+symbol table has ``do_minidump``: both are checked before the first dump, and the run stops with one
+line if either is missing.
 """
 
 from __future__ import annotations
