@@ -21,6 +21,8 @@ from harness.verify.symbols import KernelSymbols
 
 #: the kernel pmap's root, a variable of amd64 FreeBSD kernels
 ROOT_SYMBOL = "KPML4phys"
+#: how often CR3 is sampled until its tables map ROOT_SYMBOL
+CR3_SAMPLES = 5
 
 
 def read_in_guest(ctx: RunContext, booted: Booted, count: int = w.DEFAULT_PAGES) -> w.WitnessResult:
@@ -56,13 +58,23 @@ def _place(guest: Any, symbols: KernelSymbols, pages: list[w.WitnessPage]) -> st
     """Each page's PA through the kernel pmap (``KPML4phys``), read by the hypervisor; says how."""
     from harness.run.verify import _cr3
 
-    cr3 = _cr3(guest)
     root_va = symbols.address(ROOT_SYMBOL)
-    if cr3 is None or root_va is None:
-        raise w.WitnessError(f"no CR3 from the hypervisor ({cr3}) or no {ROOT_SYMBOL} symbol ({root_va})")
-    root_pa = w.translate(guest.read_phys, cr3, root_va)
-    if root_pa is None:
-        raise w.WitnessError(f"{ROOT_SYMBOL} (va {root_va:#x}) is not mapped by the tables at CR3 {cr3:#x}")
+    if root_va is None:
+        raise w.WitnessError(f"the kernel's symbol table has no {ROOT_SYMBOL}")
+    seen = []
+    for _ in range(CR3_SAMPLES):
+        # CR3 is sampled while the guest runs: with PTI a CPU in user mode runs on the user page table,
+        # which does not map kernel data; the idle loop and the kernel half of every process do
+        cr3 = _cr3(guest)
+        root_pa = w.translate(guest.read_phys, cr3, root_va) if cr3 is not None else None
+        if root_pa is not None:
+            break
+        seen.append(f"{cr3:#x}" if cr3 is not None else "none")
+        time.sleep(0.2)
+    else:
+        raise w.WitnessError(
+            f"{ROOT_SYMBOL} (va {root_va:#x}) is not mapped by the tables at CR3 ({', '.join(seen)})"
+        )
     root = int.from_bytes(guest.read_phys(root_pa, 8), "little")
     for page in pages:
         with contextlib.suppress(OSError, ValueError):
