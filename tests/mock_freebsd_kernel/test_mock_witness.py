@@ -96,3 +96,33 @@ def test_a_bare_kernel_says_the_witness_did_not_run(mock_kernel, tmp_path):
     w = json.loads(report_path.read_text())["witness"]
     assert w["ran"] is False and "no shell" in w["why_not"]
     assert f"in-guest witness: did not run ({w['why_not']})" in proc.stdout
+
+
+def test_the_mock_shell_answers_the_witness_commands_like_freebsd_tools(mock_kernel, root_image, tmp_path):
+    """The stand-in's dd and sha256 at the console shell: sha256 of stdin is the digest alone; an unmapped
+    kernel VA fails dd's read like amd64 memrw()'s EFAULT; the witness turns that into dd's own words."""
+    _libvirt_or_skip()
+    import hashlib
+
+    from harness.run import boot
+    from harness.run.config import ReproConfig
+    from harness.run.context import RunContext
+    from harness.run.rundir import make_dump_disk, new_run_dir
+    from harness.run.sources import build_source
+    from harness.verify import witness as w
+
+    cfg = ReproConfig(kernel=mock_kernel, root_image=root_image, memory_mib=128, accel="tcg",
+                      artifacts=tmp_path, boot_seconds=120)
+    ctx = RunContext(cfg, new_run_dir(tmp_path, "witness-shell"), progress=lambda _m: None)
+    source = build_source(ctx, make_dump_disk(ctx.dir / "dump-disk.raw", 128, None))
+    with boot.started(ctx, source) as guest:
+        shell = boot.boot(ctx, guest, source).shell
+        r = shell.run("echo witness | sha256")
+        assert (r.status, r.output.strip()) == (0, hashlib.sha256(b"witness\n").hexdigest())
+        unmapped = 0xFFFFFF0000000000  # a PML4 slot the stand-in never maps
+        r = shell.run(w.error_command("/dev/kmem", unmapped // 4096))
+        assert r.status == 1 and "dd: /dev/kmem: Bad address" in r.output, r
+        read = w.read_page(lambda c: shell.run(c), "/dev/kmem", w.WitnessPage(unmapped, "unmapped"))
+        assert read.digest is None and "dd: /dev/kmem: Bad address" in read.error, read
+        r = shell.run(w.error_command("/dev/mem", 0x200000 // 4096))
+        assert r.status == 0 and "1+0 records in" in r.output and "4096 bytes transferred" in r.output
