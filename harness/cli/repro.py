@@ -117,6 +117,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(report.json, report-2.json)",
     )
     p.add_argument(
+        "--dump-twice-via",
+        choices=("auto", "ddb", "sysctl"),
+        default="auto",
+        help="with --dump-twice, how minidumps are switched off between the dumps: ddb (`write/l "
+        "do_minidump 0` in the same session), sysctl (`c` back to the shell, `sysctl debug.minidump=0`, "
+        "`sysctl debug.kdb.enter=1`, `dump`); auto: sysctl where the guest has a shell",
+    )
+    p.add_argument(
         "--flow",
         choices=("auto", "ddb", "panic"),
         default="auto",
@@ -263,6 +271,11 @@ def _refusal(args: argparse.Namespace, trigger: str) -> str | None:
             "--dump-twice makes a minidump, switches minidumps off in ddb and dumps again, both read from "
             "the dump disk: it needs --minidump 1, --retrieve disk and the ddb flow"
         )
+    if args.dump_twice_via == "sysctl" and (not args.dump_twice or args.from_saved_boot is not None):
+        return (
+            "--dump-twice-via sysctl switches minidumps off from the guest's shell between the two dumps of "
+            "--dump-twice: it needs --dump-twice and a guest with a shell (not --from-saved-boot)"
+        )
     if args.retrieve == "savecore" and root_image is None:
         return (
             "--retrieve savecore reboots single-user and runs the guest's savecore onto a crash disk: it "
@@ -323,6 +336,7 @@ def _config(args: argparse.Namespace, kenv: dict[str, str], trigger: str):
         offline=args.offline,
         boot_seconds=args.boot_timeout,
         dump_twice=args.dump_twice,
+        dump_twice_via=args.dump_twice_via,
         dump_disk_mib=args.dump_disk_mib,
         force_kernel=args.force_kernel,
         device=getattr(args, "device", "disk"),

@@ -61,6 +61,9 @@ class ReproConfig:
     panic_before_image: bool = True
     #: dump twice in one ddb session: a minidump, then ``write/l do_minidump 0`` and a full dump
     dump_twice: bool = False
+    #: how minidumps are switched off between the two dumps: "ddb" (write/l do_minidump 0), "sysctl" (`c`,
+    #: sysctl debug.minidump=0, sysctl debug.kdb.enter=1), "auto" (sysctl where the guest has a shell)
+    dump_twice_via: str = "auto"
     #: the dump disk's size in MiB (None: big enough for a full dump of `memory_mib`)
     dump_disk_mib: int | None = None
     #: device "swap": the size of the dump disk's freebsd-swap partition in MiB (None: all the disk leaves)

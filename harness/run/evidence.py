@@ -23,7 +23,7 @@ from harness.run.verify import LiveAfter
 from harness.verify.report import VerificationReport
 
 #: the run directory's files that hold a whole guest RAM each; kept on failure or with keep_images
-BULK_FILES = ("live-before.raw", "live-after.raw", "live-after-2.raw", "dump-disk.raw")
+BULK_FILES = ("live-before.raw", "live-after.raw", "live-before-2.raw", "live-after-2.raw", "dump-disk.raw")
 
 
 @dataclass

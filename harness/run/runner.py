@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from harness.run import boot, dump, dump_twice, enter, evidence, saved_boot, verify
+from harness.run import boot, dump, dump_twice, enter, evidence, saved_boot, verify, witness
 from harness.run.boot import Booted
 from harness.run.config import Progress, ReproConfig, ReproError, ReproOutcome
 from harness.run.context import RunContext
@@ -68,21 +68,25 @@ def _steps(ctx: RunContext, guest, source: GuestSource, booted: Booted | None = 
     choice = enter.choose_flow(ctx, booted)
     if ctx.cfg.dump_twice:
         dump_twice.check_can_dump_twice(ctx, booted, choice)
+    seen = witness.read_in_guest(ctx, booted)
     crash = dump.enter_and_dump(ctx, booted, choice)
     live = verify.capture_live(ctx, booted, crash)
     got = fetch.retrieve(ctx, booted, crash)
-    judged = [_judge(ctx, crash, live, got)]
+    judged = [_judge(ctx, crash, live, got, seen=seen)]
     if ctx.cfg.dump_twice:
         second = dump_twice.dump_again_full(ctx, booted, crash, live)
         live2 = verify.capture_live(ctx, booted, second, name="live-after-2.raw")
         got2 = fetch.retrieve(ctx, booted, second, outdir="crash-2")
-        judged.append(_judge(ctx, second, live2, got2, "report-2.json"))
+        judged.append(_judge(ctx, second, live2, got2, "report-2.json", seen=seen))
     return evidence.conclude(ctx, guest, judged)
 
 
-def _judge(ctx: RunContext, crash, live, got, report_name: str = "report.json") -> evidence.Judged:
+def _judge(
+    ctx: RunContext, crash, live, got, report_name: str = "report.json", *, seen=None
+) -> evidence.Judged:
     report = verify.judge(ctx, crash, live, got.vmcore, got.kernel, got.kernel_source)
     report.notes.extend(got.notes)
+    witness.judge_into(ctx, report, seen, got, crash, live)
     return evidence.Judged(report, crash, live, got, report_name)
 
 

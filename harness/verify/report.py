@@ -95,6 +95,8 @@ class VerificationReport:
     retrieval: str = ""  # "host (dump disk)" | "savecore + SFTP"
     live_image: str = ""
     bytes_compared: int = 0
+    #: the in-guest witness (/dev/kmem, /dev/mem read in the guest before the dump): harness.verify.witness
+    witness: dict[str, Any] = field(default_factory=dict)
 
     # -- verdict -----------------------------------------------------------------------------------
     def decide(self) -> bool:
@@ -216,6 +218,9 @@ class VerificationReport:
         lines.append(f"  cross-checks {len(self.crosschecks) - len(bad)}/{len(self.crosschecks)} agree")
         for c in bad[:5]:
             lines.append(f"  MISMATCH {c.what}: expected {c.expected}, got {c.actual} ({c.source})")
+        if self.witness:
+            why = self.witness.get("why_not", "")
+            lines.append("  " + (self.witness.get("summary") or f"in-guest witness: did not run ({why})"))
         for e in self.errors:
             lines.append(f"  ERROR {e}")
         t = {k: v for k, v in self.timings.items() if v is not None}

@@ -105,3 +105,33 @@ def test_swap_partition_too_small_is_dump_incomplete(fbsd_target, tmp_path):
         run_repro(run_config(fbsd_target, case, tmp_path, swap_mib=1), progress=lambda _msg: None)
     assert e.value.step == "dump", e.value.one_line()
     assert "dump incomplete" in str(e.value) and "Partition too small" in str(e.value), e.value.one_line()
+
+
+def test_dump_twice_toggled_by_sysctl_from_the_shell(fbsd_target, fbsd_repro):
+    """The user's way within one boot: a minidump, `c` back to the shell, `sysctl debug.minidump=0`,
+    `sysctl debug.kdb.enter=1`, a full dump; both verified (the first dump is taken off the disk first)."""
+    if not fbsd_target.has_shell:
+        pytest.skip("the sysctl toggle needs a shell: a bare --fbsd-kernel boot has none (--fbsd-root-image)")
+    outcome = fbsd_repro(dump_twice=True, dump_twice_via="sysctl")
+    assert [r.dump_kind for r in outcome.reports] == ["mini", "full"]
+    for report in outcome.reports:
+        assert report.passed, report.summary()
+    assert any("`sysctl debug.minidump=0`" in n for n in outcome.reports[1].notes), outcome.reports[1].notes
+    assert outcome.passed
+
+
+def test_in_guest_witness_agrees_with_the_dump(fbsd_target, fbsd_repro):
+    """Kernel pages read in the guest through /dev/kmem and /dev/mem before the dump equal the dump's and
+    the hypervisor's copies (a cross-check of its own); a guest without a shell says it did not run."""
+    outcome = fbsd_repro()
+    witness = outcome.report.witness
+    if not fbsd_target.has_shell:
+        assert witness == {"ran": False, "why_not": witness["why_not"], "summary": witness["summary"]}
+        assert "did not run" in outcome.report.summary()
+        pytest.skip(f"in-guest witness: {witness['why_not']}")
+    assert witness["ran"], witness
+    assert witness["kmem_total"] > 0 and witness["kmem_equal"] == witness["kmem_total"], witness["summary"]
+    assert witness["mem_total"] > 0 and witness["mem_equal"] == witness["mem_total"], witness["summary"]
+    checks = [c for c in outcome.report.crosschecks if c.what.startswith("in-guest witness")]
+    assert len(checks) == witness["kmem_total"] + witness["mem_total"] and all(c.ok for c in checks)
+    assert "in-guest witness: " in outcome.report.summary()

@@ -88,6 +88,9 @@ def test_hil_suite_with_a_root_image_runs_the_shell_driven_cells(tmp_path):
                  "full-break-swap-none"):
         assert f"test_dump_matrix[{cell}]" in ran, f"{cell} did not run:\n{tail}"
     assert "test_swap_partition_too_small_is_dump_incomplete" in ran, tail
+    for test in ("test_dump_twice_in_one_ddb_session", "test_dump_twice_toggled_by_sysctl_from_the_shell",
+                 "test_in_guest_witness_agrees_with_the_dump"):
+        assert test in ran, f"{test} did not run:\n{tail}"
     reasons = [s.get("message", "") for s in suite.iter("skipped")]
     assert not any("has no shell" in r or "no userland" in r for r in reasons), reasons
     assert all(r.strip() for r in reasons), "every skipped cell says why"

@@ -85,3 +85,30 @@ def test_cli_refuses_dump_twice_with_a_full_dump(tmp_path):
         capture_output=True, text=True, cwd=ROOT, timeout=60, check=False,
     )
     assert r.returncode == 2 and "--dump-twice" in r.stderr and "--minidump 1" in r.stderr, r.stderr
+
+
+def test_the_toggle_variant_follows_the_shell_unless_chosen(tmp_path):
+    from harness.run.dump_twice import toggle_variant
+
+    shell, bare = Booted(guest=None, shell=object()), Booted(guest=None)
+    assert toggle_variant(_ctx(tmp_path), shell) == "sysctl"
+    assert toggle_variant(_ctx(tmp_path), bare) == "ddb"
+    ddb_way = RunContext(ReproConfig(dump_twice=True, dump_twice_via="ddb"), tmp_path, lambda _m: None)
+    assert toggle_variant(ddb_way, shell) == "ddb"
+    sysctl_way = RunContext(ReproConfig(dump_twice=True, dump_twice_via="sysctl"), tmp_path, lambda _m: None)
+    with pytest.raises(ReproUnsupported, match="needs a shell on the guest"):
+        toggle_variant(sysctl_way, bare)
+    # the shell way needs no do_minidump symbol (every kernel has the sysctl debug.minidump), only ddb
+    check_can_dump_twice(_ctx(tmp_path), Booted(guest=None, shell=object(), kernel=None), DDB)
+
+
+def test_cli_refuses_the_sysctl_toggle_without_dump_twice(tmp_path):
+    import subprocess
+
+    kernel = tmp_path / "kernel"
+    kernel.write_bytes(b"\x7fELF")
+    r = subprocess.run(
+        [sys.executable, "-m", "harness", "repro", "--kernel", str(kernel), "--dump-twice-via", "sysctl"],
+        capture_output=True, text=True, cwd=ROOT, timeout=60, check=False,
+    )
+    assert r.returncode == 2 and "--dump-twice-via sysctl" in r.stderr and "needs --dump-twice" in r.stderr

@@ -120,7 +120,9 @@ def test_a_failing_run_or_keep_images_keeps_the_bulk(tmp_path):
 def test_a_kept_guest_keeps_its_dump_disk(tmp_path):
     outcome, run, _, _ = _finished_run(tmp_path, passed=True, keep=True)
     assert outcome.kept and (run / "dump-disk.raw").exists()
-    assert set(outcome.removed_files) == {"live-before.raw", "live-after.raw", "live-after-2.raw"}
+    assert set(outcome.removed_files) == {
+        "live-before.raw", "live-after.raw", "live-before-2.raw", "live-after-2.raw"
+    }
 
 
 def test_one_grub_iso_per_kernel_and_environment(tmp_path):

@@ -1903,6 +1903,7 @@ void mock_init(u64 modulep, u64 kernend)
 		mock_vtblk_inflight = inf[0] - '0';
 		kprintf("mock: virtio-blk submits up to %d requests before polling (mock.vtblk_inflight)\n", mock_vtblk_inflight);
 	}
+	mock_witness_knobs(); /* mock.witness_lie (mock_witness.h) */
 	vtblk_attach_all();
 	for (int i = 0; i < nvblk; i++) {
 		struct vtblk_softc *sc = vtblk_softc_of(i);

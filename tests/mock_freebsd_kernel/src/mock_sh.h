@@ -35,6 +35,8 @@ static char mfs_root_name[64];
 static int root_rw;
 static int kdb_trap_action; /* the next breakpoint trap: 1 sysctl enter, 2 sysctl panic, 3 break, 4 ALT panic */
 
+#include "mock_witness.h" /* dd of /dev/kmem and /dev/mem, `A | B`, sha256: the in-guest witness */
+
 /* The root image module GRUB loaded (type "mfs_root"), found on GRUB's identity map like the kernel. */
 static void find_mfs_root(u64 modulep)
 {
@@ -179,6 +181,7 @@ static int sh_simple(int argc, char **argv, char **prompt)
 {
 	if (argc == 0) return 0;
 	char *c = argv[0];
+	int witness_status; if (mock_witness_command(argc, argv, &witness_status)) return witness_status;
 	if (sprefix(c, "PS1=")) { *prompt = c + 4; return 0; }
 	if (seq(c, "true") || seq(c, "export") || seq(c, "unset") || seq(c, ":")) return 0;
 	if (seq(c, "false")) return 1;
