@@ -103,6 +103,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(report.json, report-2.json)",
     )
     p.add_argument(
+        "--textdump",
+        action="store_true",
+        help="make a textdump in ddb instead of a memory dump (show msgbuf/panic, textdump set, capture on, "
+        "show panic, show registers, bt, ps, textdump dump) and check its members against the console: "
+        "ddb.txt, msgbuf.txt, panic.txt, version.txt; needs only ddb (a bare kernel will do)",
+    )
+    p.add_argument(
         "--flow",
         choices=("auto", "ddb", "panic"),
         default="auto",
@@ -240,6 +247,11 @@ def _refusal(args: argparse.Namespace, trigger: str) -> str | None:
             "--dump-twice makes a minidump, switches minidumps off in ddb and dumps again, both read from "
             "the dump disk: it needs --minidump 1, --retrieve disk and the ddb flow"
         )
+    if getattr(args, "textdump", False) and (args.dump_twice or args.flow == "panic"):
+        return (
+            "--textdump is made in ddb (`textdump dump`) and checked on its own: it goes with neither "
+            "--dump-twice nor --flow panic"
+        )
     if args.retrieve == "savecore" and root_image is None:
         return (
             "--retrieve savecore reboots single-user and runs the guest's savecore onto a crash disk: it "
@@ -265,6 +277,7 @@ def _saved_boot_config(args: argparse.Namespace, trigger: str):
         keep=args.keep,
         keep_images=args.keep_images,
         dump_twice=args.dump_twice,
+        textdump=getattr(args, "textdump", False),
     )
 
 
@@ -300,6 +313,7 @@ def _config(args: argparse.Namespace, kenv: dict[str, str], trigger: str):
         offline=args.offline,
         boot_seconds=args.boot_timeout,
         dump_twice=args.dump_twice,
+        textdump=getattr(args, "textdump", False),
         dump_disk_mib=args.dump_disk_mib,
         force_kernel=args.force_kernel,
     )
