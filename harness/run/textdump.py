@@ -22,8 +22,13 @@ from harness.run.config import ReproOutcome, ReproUnsupported
 from harness.run.context import RunContext
 from harness.run.dump import Crash, disk_writes, incomplete_dump_fails
 from harness.run.enter import enter
+from harness.run.rundir import save_text
 from harness.run.verify import RETRIEVAL_LABELS, LiveAfter
 from harness.verify.textdump_checks import judge_textdump, kernel_version
+
+#: the run directory's copies of the console text ddb.txt must equal and of `show msgbuf`
+CONSOLE_EVIDENCE = "textdump-console.txt"
+MSGBUF_EVIDENCE = "textdump-show-msgbuf.txt"
 
 
 def textdump_steps(
@@ -43,6 +48,9 @@ def textdump_steps(
     with ctx.timed("dump"), incomplete_dump_fails(ctx):
         session = make_textdump(entered.ddb, witness=disk_writes(ctx, booted))
     ctx.progress(f"textdump complete in {session.result.seconds:.1f}s")
+    # what the members are checked against, kept beside the report for a person to diff
+    save_text(ctx.dir / CONSOLE_EVIDENCE, session.console_captured)
+    save_text(ctx.dir / MSGBUF_EVIDENCE, session.show_msgbuf)
     crash = Crash(choice, session.result, entered.registers, entered.values, ddb=entered.ddb)
     got = fetch.retrieve(ctx, booted, crash)
     report = check_retrieved(ctx, booted, session, got)
@@ -81,6 +89,9 @@ def check_retrieved(ctx: RunContext, booted: Booted, session: Any, got: Any):
     report.timings = ctx.timings
     report.notes.extend(got.notes)
     report.notes.extend(notes)
+    report.notes.append(
+        f"console text ddb.txt is checked against: {CONSOLE_EVIDENCE}; `show msgbuf` before it: {MSGBUF_EVIDENCE}"
+    )
     report.notes.append(
         "textdump made in ddb: `textdump dump` after capturing "
         f"{', '.join(session.commands)}; no memory pages to verify, so the verdict is its member checks"

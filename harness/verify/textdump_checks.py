@@ -61,7 +61,11 @@ def describe_difference(diff: tuple[int, str | None, str | None], left: str, rig
 
 
 def _lines_summary(lines: list[str]) -> str:
-    return f"{len(lines)} lines, {sum(len(x) + 1 for x in lines)} chars"
+    """Size and digest of normalised text: two sides with the same digest hold the same lines."""
+    import hashlib
+
+    digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+    return f"{len(lines)} lines, {sum(len(x) + 1 for x in lines)} chars, sha256 {digest}"
 
 
 def check_ddb(ddb_txt: str | None, console: str, commands: Iterable[str]) -> CrossCheck:

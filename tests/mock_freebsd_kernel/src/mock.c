@@ -1902,6 +1902,7 @@ void mock_init(u64 modulep, u64 kernend)
 	if (kb) break_to_debugger = kb[0] != '0';
 	kb = kern_getenv("debug.kdb.alt_break_to_debugger");
 	if (kb) alt_break_to_debugger = kb[0] != '0';
+	textdump_knobs(kern_getenv("mock.corrupt_textdump")); /* mock_textdump.h */
 	const char *inf = kern_getenv("mock.vtblk_inflight");
 	if (inf && inf[0] >= '1' && inf[0] <= '0' + VTBLK_MAX_INFLIGHT && inf[1] == 0) {
 		mock_vtblk_inflight = inf[0] - '0';

@@ -18,6 +18,10 @@
  * the end of the dump device between a "FreeBSD Text Dump" trailer (last sector) and leader, no
  * end-of-archive blocks; "Textdump complete." (or "Textdump: Insufficient space on dump partition" /
  * "Textdump: Error N writing dump"). No config.txt (the mock is no INCLUDE_CONFIG_FILE kernel).
+ *
+ * Perturbation knob: kenv mock.corrupt_textdump=ddb writes ddb.txt with the first character of its
+ * second line replaced by '#' (the console shows the right text): the harness must fail the ddb.txt
+ * check, naming that line.
  */
 
 #define TEXTDUMP_BLOCKSIZE 512
@@ -32,6 +36,14 @@ static int db_capture_in_echo; /* db_readline echoes what is typed: the line its
 static char textdump_block_buffer[TEXTDUMP_BLOCKSIZE] __attribute__((aligned(512)));
 static u64 textdump_offset, textdump_mediasize;
 static int textdump_error;
+static int mock_corrupt_textdump_ddb; /* kenv mock.corrupt_textdump=ddb */
+
+static void textdump_knobs(const char *corrupt)
+{
+	if (!corrupt || !seq(corrupt, "ddb")) return;
+	mock_corrupt_textdump_ddb = 1;
+	kprintf("mock: will write ddb.txt with its second line changed (mock.corrupt_textdump=ddb)\n");
+}
 
 /* ---------------------------------------------------------------- capture (db_capture.c's shape) */
 static void db_capture_write(const char *s, u32 n)
@@ -144,6 +156,10 @@ static void textdump_dump_ddb(void)
 	u32 rest = (DB_CAPTURE_BUFSIZE - db_capture_bufoff) % TEXTDUMP_BLOCKSIZE;
 	memset(db_capture_buf + db_capture_bufoff, 0, rest);
 	db_capture_bufpadding = rest;
+	if (mock_corrupt_textdump_ddb) {
+		for (u32 i = 0; i + 1 < db_capture_bufoff; i++)
+			if (db_capture_buf[i] == '\n') { db_capture_buf[i + 1] = '#'; break; }
+	}
 	textdump_mkustar(textdump_block_buffer, "ddb.txt", db_capture_bufoff);
 	textdump_writenextblock(textdump_block_buffer);
 	for (u32 off = 0; off < db_capture_bufoff + db_capture_bufpadding; off += TEXTDUMP_BLOCKSIZE)
