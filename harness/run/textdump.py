@@ -90,7 +90,8 @@ def check_retrieved(ctx: RunContext, booted: Booted, session: Any, got: Any):
     report.notes.extend(got.notes)
     report.notes.extend(notes)
     report.notes.append(
-        f"console text ddb.txt is checked against: {CONSOLE_EVIDENCE}; `show msgbuf` before it: {MSGBUF_EVIDENCE}"
+        f"the console text ddb.txt is checked against: {CONSOLE_EVIDENCE}; `show msgbuf` before it: "
+        f"{MSGBUF_EVIDENCE}"
     )
     report.notes.append(
         "textdump made in ddb: `textdump dump` after capturing "
