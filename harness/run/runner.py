@@ -31,6 +31,10 @@ def run_repro(cfg: ReproConfig, progress: Progress = print) -> ReproOutcome:
             "minidumps on and --retrieve disk",
             step="setup",
         )
+    if cfg.textdump and cfg.dump_twice:
+        raise ReproError(
+            "a textdump is made and checked on its own: it does not go with dumping twice", step="setup"
+        )
     if cfg.kernel is not None:
         check_kernel_file(cfg.kernel, force=cfg.force_kernel)
     kind = "text" if cfg.textdump else "mini" if cfg.minidump else "full"
