@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tarfile
+from pathlib import Path
 
 import pytest
 from mock_freebsd_kernel import build_mock_freebsd_kernel
@@ -52,6 +53,10 @@ def test_repro_textdump_on_a_bare_kernel_matches_the_console(mock_kernel, tmp_pa
     with tarfile.open(report["dump"]) as tar:
         ddb_txt = tar.extractfile("ddb.txt").read().decode()
         assert [m.uname for m in tar.getmembers()] == ["root"] * 3
+    # the mock's capture holds exactly what its console printed (CR LF -> LF): spaces, not tabs, as 12.1's
+    # db_force_whitespace writes them; the run directory keeps that console text beside the report
+    console = (Path(report["dump"]).parents[1] / "textdump-console.txt").read_text().replace("\r", "")
+    assert ddb_txt == console and "\t" not in ddb_txt
     lines = ddb_txt.splitlines()
     assert lines[0] == "db> show panic" and lines[1] == "panicstr not set"
     assert "db> show registers" in lines and "db> ps" in lines and lines[-1] == "db> textdump dump"

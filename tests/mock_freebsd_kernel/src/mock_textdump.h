@@ -54,10 +54,13 @@ static void db_capture_write(const char *s, u32 n)
 	db_capture_bufoff += n;
 }
 
-/* putc_'s hook: ddb's own output only (kdb_frame is set while ddb runs; kernel printf is not ddb's) */
+/* putc_'s hook: ddb's own output only (kdb_frame is set while ddb runs; kernel printf is not ddb's).
+ * A tab is captured as the spaces the console gets (12.1's db_force_whitespace writes spaces to both). */
 static void db_capture_writech(char c)
 {
-	if (kdb_frame && !db_capture_in_echo) db_capture_write(&c, 1);
+	if (!kdb_frame || db_capture_in_echo) return;
+	if (c != '\t') { db_capture_write(&c, 1); return; }
+	for (int col = db_output_position; col == db_output_position || col % 8; col++) db_capture_write(" ", 1);
 }
 
 /* db_readline's hooks: the echo is not captured, the finished line is (before its newline) */
