@@ -109,8 +109,8 @@ def make_textdump(
     result = textdump_result(text, time.monotonic() - started)
     if not result.ok:
         why = result.error or (
-            f'no "{TEXTDUMP_COMPLETE}" before the prompt (a kernel without a dump device prints nothing: '
-            "doadump returns ENXIO and `textdump dump` ignores it)"
+            f'no "{TEXTDUMP_COMPLETE}" before the prompt; ddb printed {result.text.strip()!r} (a kernel '
+            "without a dump device prints nothing: doadump returns ENXIO and `textdump dump` ignores it)"
         )
         raise DumpFailed(f"ddb textdump dump failed: {why}", result, tail=ddb.console.tail())
     echo = ddb.last_console.replace("\r\n", "\n").replace("\r", "").split("\n", 1)[0]

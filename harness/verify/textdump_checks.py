@@ -119,6 +119,10 @@ def check_msgbuf(msgbuf_txt: str | None, show_msgbuf: str) -> CrossCheck:
 def check_panic(panic_txt: str | None, panicstr: str | None, show_panic: str) -> CrossCheck:
     what = "textdump panic.txt == panicstr (absent when not panicking)"
     source = f"ddb show panic: {show_panic.strip()!r}"
+    said = show_panic.strip()
+    if said != "panicstr not set" and not said.startswith("panic: "):
+        return CrossCheck(what, "panicstr as `show panic` prints it", f"panic.txt {panic_txt!r}", False,
+                          source + ": neither 'panicstr not set' nor 'panic: MSG', so panicstr is unknown")
     if panicstr is None:
         ok = panic_txt is None
         return CrossCheck(what, "no panic.txt (panicstr not set)",
@@ -154,8 +158,9 @@ def check_header(header: dict[str, Any] | None, version_txt: str | None) -> Cros
         problems.append(f"magic {magic!r}")
     if header.get("blocksize") not in (None, 512):
         problems.append(f"blocksize {header.get('blocksize')}")
-    hv = str(header.get("versionstring", "")).rstrip("\0")
-    if version_txt is not None and hv and hv.rstrip("\n") != version_txt[: len(hv)].rstrip("\n"):
+    # the header keeps at most 191 characters of the version (a longer one is cut and ends in "\n")
+    hv = str(header.get("versionstring", "")).rstrip("\0").rstrip("\n")
+    if version_txt is not None and hv and not version_txt.startswith(hv):
         problems.append(f"versionstring {hv!r} is not version.txt's")
     return CrossCheck(
         "textdump dump header (FreeBSD Text Dump, 512-byte blocks, the same version string)",

@@ -92,6 +92,8 @@ def test_panic_txt_is_panicstr_and_absent_without_a_panic():
     assert check_panic("kdb_sysctl_panic", "kdb_sysctl_panic", "panic: kdb_sysctl_panic").ok
     assert not check_panic("other", "kdb_sysctl_panic", "panic: kdb_sysctl_panic").ok
     assert not check_panic(None, "kdb_sysctl_panic", "panic: kdb_sysctl_panic").ok
+    unknown = check_panic("kdb_sysctl_panic", None, "No such command")
+    assert not unknown.ok and "panicstr is unknown" in unknown.source
     assert _session(panic="panic: kdb_sysctl_panic\n").panicstr == "kdb_sysctl_panic"
     assert _session().panicstr is None
 
@@ -135,8 +137,13 @@ def test_judge_textdump_passes_only_when_every_member_checks():
     missing = judge_textdump({"ddb.txt": DDB_TXT.encode()}, None, _session(), "V\n", "symbol `version`")
     assert not missing.decide() and "lacks msgbuf.txt, version.txt" in missing.errors[0]
 
-    wrong_magic = dict(header, magic="FreeBSD Kernel Dump")
     members["ddb.txt"] = DDB_TXT.encode()
+    long_version = "FreeBSD 12.1-RELEASE " + "x" * 300 + "\n"
+    cut = dict(header, versionstring=long_version[:190] + "\n")
+    members["version.txt"] = long_version.encode()
+    assert judge_textdump(members, cut, _session(), long_version, "symbol `version`").decide()
+    members["version.txt"] = b"V\n"
+    wrong_magic = dict(header, magic="FreeBSD Kernel Dump")
     assert not judge_textdump(members, wrong_magic, _session(), "V\n", "symbol `version`").decide()
 
 
