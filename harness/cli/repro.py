@@ -125,6 +125,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "`sysctl debug.kdb.enter=1`, `dump`); auto: sysctl where the guest has a shell",
     )
     p.add_argument(
+        "--textdump",
+        action="store_true",
+        help="make a textdump in ddb instead of a memory dump (show msgbuf/panic, textdump set, capture on, "
+        "show panic, show registers, bt, ps, textdump dump) and check its members against the console: "
+        "ddb.txt, msgbuf.txt, panic.txt, version.txt; needs only ddb (a bare kernel will do)",
+    )
+    p.add_argument(
         "--flow",
         choices=("auto", "ddb", "panic"),
         default="auto",
@@ -276,6 +283,11 @@ def _refusal(args: argparse.Namespace, trigger: str) -> str | None:
             "--dump-twice-via sysctl switches minidumps off from the guest's shell between the two dumps of "
             "--dump-twice: it needs --dump-twice and a guest with a shell (not --from-saved-boot)"
         )
+    if getattr(args, "textdump", False) and (args.dump_twice or args.flow == "panic"):
+        return (
+            "--textdump is made in ddb (`textdump dump`) and checked on its own: it goes with neither "
+            "--dump-twice nor --flow panic"
+        )
     if args.retrieve == "savecore" and root_image is None:
         return (
             "--retrieve savecore reboots single-user and runs the guest's savecore onto a crash disk: it "
@@ -301,6 +313,7 @@ def _saved_boot_config(args: argparse.Namespace, trigger: str):
         keep=args.keep,
         keep_images=args.keep_images,
         dump_twice=args.dump_twice,
+        textdump=getattr(args, "textdump", False),
     )
 
 
@@ -337,6 +350,7 @@ def _config(args: argparse.Namespace, kenv: dict[str, str], trigger: str):
         boot_seconds=args.boot_timeout,
         dump_twice=args.dump_twice,
         dump_twice_via=args.dump_twice_via,
+        textdump=getattr(args, "textdump", False),
         dump_disk_mib=args.dump_disk_mib,
         force_kernel=args.force_kernel,
         device=getattr(args, "device", "disk"),

@@ -202,6 +202,11 @@ def inputs_from_run_dir(run_dir: Path) -> VerifyInputs:
     run_dir = run_dir.resolve()
     report = _read_json(run_dir / RUN_REPORT)
     config = _read_json(run_dir / "config.json")
+    if config.get("textdump") or report.get("dump_kind") == "text":
+        raise BadInput(
+            f"run directory {run_dir} holds a textdump (repro --textdump): no memory pages to verify "
+            f"against live images; its member checks are in {run_dir / RUN_REPORT}"
+        )
     vmcore = _existing(report.get("dump")) or _newest_vmcore(run_dir)
     if vmcore is None:
         raise BadInput(

@@ -444,6 +444,8 @@ class Ddb:
         self.command_seconds = command_seconds
         self._pager_off = False
         self.active = True
+        #: the raw console text of the last command: its echo, its output and the next ``db> ``
+        self.last_console = ""
 
     @contextmanager
     def _quiet_failures(self):
@@ -468,7 +470,7 @@ class Ddb:
         if not self.active:
             raise DdbError(f"ddb {cmd!r}: the session was left (continue/reset)", tail=self.console.tail())
         self.console.sendline(cmd)
-        self.console.expect({"echo": re.escape(cmd) + r"[ \t]*\r*\n"}, deadline)
+        echo = self.console.expect({"echo": re.escape(cmd) + r"[ \t]*\r*\n"}, deadline)
         if stall_seconds is None:
             m = self.console.expect({"db": PROMPT}, deadline)
         else:
@@ -476,6 +478,8 @@ class Ddb:
                 self.console, {"db": PROMPT}, deadline, stall_seconds, f"ddb {cmd}", witness=witness,
                 hang_seconds=hang_seconds,
             )
+        # the console exactly as printed, from the echo to the next prompt (textdumps compare ddb.txt to it)
+        self.last_console = echo.text + m.text
         return m.before.replace("\r\n", "\n").replace("\r", "")
 
     def command(

@@ -29,7 +29,7 @@ class SavecoreFailed(FreeBSDStageError):
 @dataclass(frozen=True)
 class SavecoreRun:
     output: str
-    number: int  # N of vmcore.N ("writing core to /var/crash/vmcore.N")
+    number: int  # N of vmcore.N / textdump.tar.N ("writing core to /var/crash/vmcore.N")
     status: str | None  # "Dump Status:" from the header savecore printed (good / bad)
     compression: str | None  # "Compression:" line (none / gzip / zstd)
 
@@ -41,7 +41,7 @@ def prepare_crash_disk(shell, crash_dev: str, deadline: float = 600.0) -> str:
 
 def parse_savecore_output(text: str) -> SavecoreRun:
     """What ``savecore -v`` did; `SavecoreFailed` (one line) when it saved nothing."""
-    m = re.search(r"writing (?:compressed )?core to \S*/vmcore\.(\d+)", text)
+    m = re.search(r"writing (?:compressed )?core to \S*/(?:vmcore|textdump\.tar)\.(\d+)", text)
     if not m or "dump saved" not in text:
         said = [ln.strip() for ln in text.splitlines() if ln.strip()]
         why = next((ln for ln in said if NO_DUMP_WORDS.search(ln)), None)

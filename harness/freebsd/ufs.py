@@ -53,7 +53,7 @@ class SavecoreFiles:
     """What savecore left in a directory, copied to the host."""
 
     number: int
-    vmcore: Path  # vmcore.N, vmcore.N.gz or vmcore.N.zst as savecore named it
+    vmcore: Path  # vmcore.N, vmcore.N.gz, vmcore.N.zst or textdump.tar.N as savecore named it
     info: Path | None
     bounds: int | None  # the number savecore will use next (bounds file), if present
     compression: str  # "none" | "gzip" | "zstd" (from the file name savecore chose)
@@ -301,7 +301,8 @@ class UfsImage:
             raise UfsError(f"{self.image}: {path}: unreadable: {e}") from None
 
 
-VMCORE_NAME = re.compile(r"^vmcore\.(\d+)(\.gz|\.zst)?$")
+#: what savecore names a dump: vmcore.N (.gz/.zst compressed), or textdump.tar.N for a textdump
+VMCORE_NAME = re.compile(r"^(?:vmcore|textdump\.tar)\.(\d+)(\.gz|\.zst)?$")
 
 
 def savecore_numbers(entries: dict[str, UfsFile]) -> list[int]:
@@ -326,9 +327,14 @@ def copy_savecore_output(
                 f"was cleared); entries: {', '.join(sorted(entries)) or 'none'}"
             )
         if number is None:
-            last = entries.get("vmcore.last")
-            m = VMCORE_NAME.match(last.target or "") if last and last.kind == "symlink" else None
-            number = int(m.group(1)) if m else numbers[-1]
+            # savecore keeps a .last link per kind (vmcore.last, textdump.tar.last): the newer one wins
+            lasts = [
+                int(m.group(1))
+                for link in ("vmcore.last", "textdump.tar.last")
+                if (last := entries.get(link)) is not None and last.kind == "symlink"
+                and (m := VMCORE_NAME.match(last.target or ""))
+            ]
+            number = max(lasts) if lasts else numbers[-1]
         names = [n for n in entries if (m := VMCORE_NAME.match(n)) and int(m.group(1)) == number]
         if not names:
             raise UfsError(f"{ufs.image}: {directory}: no vmcore.{number}; savecore wrote {numbers}")

@@ -72,6 +72,8 @@ class ReproConfig:
     force_kernel: bool = False
     #: start from this saved booted guest instead of booting (`harness.run.saved_boot`)
     saved_boot: Path | None = None
+    #: make a textdump in ddb instead of a memory dump and check its members (`harness.run.textdump`)
+    textdump: bool = False
 
     def source_kind(self) -> str:
         """The key of `harness.run.sources.SOURCES` this configuration boots."""

@@ -20,6 +20,7 @@ from harness.run.kernel_check import check_kernel_file
 from harness.run.retrieve import retrieval
 from harness.run.rundir import make_dump_disk, make_private, new_run_dir
 from harness.run.sources import GuestSource, build_source
+from harness.run.textdump import textdump_steps
 
 
 def run_repro(cfg: ReproConfig, progress: Progress = print) -> ReproOutcome:
@@ -30,9 +31,14 @@ def run_repro(cfg: ReproConfig, progress: Progress = print) -> ReproOutcome:
             "minidumps on and --retrieve disk",
             step="setup",
         )
+    if cfg.textdump and cfg.dump_twice:
+        raise ReproError(
+            "a textdump is made and checked on its own: it does not go with dumping twice", step="setup"
+        )
     if cfg.kernel is not None:
         check_kernel_file(cfg.kernel, force=cfg.force_kernel)
-    run_dir = new_run_dir(cfg.artifacts, f"repro-{'mini' if cfg.minidump else 'full'}-{cfg.trigger}")
+    kind = "text" if cfg.textdump else "mini" if cfg.minidump else "full"
+    run_dir = new_run_dir(cfg.artifacts, f"repro-{kind}-{cfg.trigger}")
     ctx = RunContext(cfg, run_dir, progress)
     _write_config(ctx)
     try:
@@ -66,6 +72,8 @@ def _steps(ctx: RunContext, guest, source: GuestSource, booted: Booted | None = 
     booted = booted or boot.boot(ctx, guest, source)
     fetch.before_dump(ctx, booted)
     choice = enter.choose_flow(ctx, booted)
+    if ctx.cfg.textdump:
+        return textdump_steps(ctx, guest, booted, choice, fetch)
     if ctx.cfg.dump_twice:
         dump_twice.check_can_dump_twice(ctx, booted, choice)
     seen = witness.read_in_guest(ctx, booted)

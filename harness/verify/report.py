@@ -97,10 +97,17 @@ class VerificationReport:
     bytes_compared: int = 0
     #: the in-guest witness (/dev/kmem, /dev/mem read in the guest before the dump): harness.verify.witness
     witness: dict[str, Any] = field(default_factory=dict)
+    #: dump_kind "text": the textdump's members (name -> bytes) and the ddb commands captured
+    #: (harness.verify.textdump_checks); its verdict is its cross-checks, there are no pages
+    textdump: dict[str, Any] = field(default_factory=dict)
 
     # -- verdict -----------------------------------------------------------------------------------
     def decide(self) -> bool:
         """Pass only if every page matched or was explained, nothing is missing, every cross-check held."""
+        if self.dump_kind == "text":  # a textdump: no pages, only its member checks
+            self.passed = bool(self.crosschecks) and all(c.ok for c in self.crosschecks) and not self.errors
+            self.status = "PASSED" if self.passed else "FAILED"
+            return self.passed
         self.passed = (
             self.pages_compared > 0
             and self.pages_differing_unexplained == 0
@@ -156,6 +163,8 @@ class VerificationReport:
 
     def summary(self) -> str:
         verdict = self.status or ("PASSED" if self.passed else "FAILED")
+        if self.dump_kind == "text":
+            return self._textdump_summary(verdict)
         lines = [
             f"verification {verdict}: {self.dump_kind} dump ({self.dump_format or 'unknown format'}), "
             f"{self.flow} flow",
@@ -221,6 +230,20 @@ class VerificationReport:
         if self.witness:
             why = self.witness.get("why_not", "")
             lines.append("  " + (self.witness.get("summary") or f"in-guest witness: did not run ({why})"))
+        for e in self.errors:
+            lines.append(f"  ERROR {e}")
+        t = {k: v for k, v in self.timings.items() if v is not None}
+        if t:
+            lines.append("  timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()))
+        return "\n".join(lines)
+
+    def _textdump_summary(self, verdict: str) -> str:
+        """A textdump's verdict: every member check with its evidence."""
+        members = ", ".join(f"{n} {b} B" for n, b in self.textdump.get("members", {}).items())
+        lines = [f"verification {verdict}: textdump ({members or 'no members'}), {self.flow} flow"]
+        for c in self.crosschecks:
+            lines.append(f"  {'ok ' if c.ok else 'BAD'} {c.what}")
+            lines.append(f"        expected {c.expected}; got {c.actual} ({c.source})")
         for e in self.errors:
             lines.append(f"  ERROR {e}")
         t = {k: v for k, v in self.timings.items() if v is not None}

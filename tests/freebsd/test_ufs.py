@@ -255,3 +255,31 @@ def test_not_a_file_system_at_all(tmp_path):
     assert "no UFS superblock" in _one_line(e)
     with pytest.raises(UfsError, match="cannot open"):
         UfsImage(tmp_path / "missing.img")
+
+
+def test_a_textdump_saved_by_savecore_is_found_by_its_last_link(tmp_path):
+    """savecore names a textdump textdump.tar.N (links textdump.tar.last); the newer of the kinds wins,
+    and the copy is a tar stream the textdump reader unpacks."""
+    from harness.freebsd.savecore_disk import parse_savecore_output
+    from reader.textdump import open_textdump
+    from tests.dumpwriter.containers import textdump_tar
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "bounds").write_text("2\n")
+    (src / "vmcore.0").write_bytes(b"minidump FreeBSD/amd64\0" + os.urandom(4096))
+    tar = textdump_tar([("ddb.txt", b"db> bt\n"), ("msgbuf.txt", b"boot\n"), ("version.txt", b"FreeBSD\n")])
+    (src / "textdump.tar.1").write_bytes(tar)
+    (src / "info.1").write_text("Dump header from device: /dev/vtbd0\n  Dump Status: good\n")
+    os.symlink("vmcore.0", src / "vmcore.last")
+    os.symlink("textdump.tar.1", src / "textdump.tar.last")
+    image = tmp_path / "crash.ufs"
+    _makefs(src, image, "4m")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out0").mkdir()
+    got = copy_savecore_output(image, tmp_path / "out")
+    assert got.number == 1 and got.vmcore.name == "textdump.tar.1" and got.info.name == "info.1"
+    assert open_textdump(got.vmcore).members["ddb.txt"] == b"db> bt\n"
+    assert copy_savecore_output(image, tmp_path / "out0", number=0).vmcore.name == "vmcore.0"
+    said = "savecore 26 - - writing core to /var/crash/textdump.tar.1\nsavecore 26 - - dump saved\n"
+    assert parse_savecore_output(said).number == 1

@@ -45,6 +45,13 @@ def test_hil_suite_passes_on_the_mock_kernel(tmp_path):
     assert failed == 0, tail
     # the NMI/BREAK/ALT-break mini and full dump cells and the ddb session tests really ran
     assert tests - skipped >= 8, f"only {tests - skipped} of {tests} hil tests ran:\n{tail}"
+    ran = {
+        case.get("name")
+        for case in suite.iter("testcase")
+        if case.find("skipped") is None and case.find("failure") is None and case.find("error") is None
+    }
+    for required in ("test_textdump_matches_the_console",):  # needs only ddb: runs on a bare kernel
+        assert required in ran, f"{required} did not run:\n{tail}"
     reasons = [s.get("message", "") for s in suite.iter("skipped")]
     assert all(r.strip() for r in reasons), "every skipped cell says why"
 

@@ -293,3 +293,12 @@ def test_kernel_debug_reaches_the_verifier(capsys, lldb_fixtures, full_live, tmp
     assert seen["kernel_debug"] == debug.resolve()
     err = one_line_exit_2(capsys, run, "--zero-fill", "--kernel-debug", tmp_path / "nope.debug")
     assert "nope.debug" in err
+
+
+def test_a_textdump_run_directory_says_it_has_no_pages_to_verify(capsys, tmp_path):
+    run = tmp_path / "repro-text-nmi"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"textdump": True}))
+    (run / "report.json").write_text(json.dumps({"dump_kind": "text", "dump": str(run / "textdump.tar.0")}))
+    err = one_line_exit_2(capsys, run)
+    assert "holds a textdump (repro --textdump)" in err and "member checks are in" in err

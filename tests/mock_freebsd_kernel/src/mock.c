@@ -221,9 +221,11 @@ static void msgbuf_putc(char c)
 	m->msg_wseq = (m->msg_wseq + 1) % m->msg_seqmod;
 }
 static int to_msgbuf; /* kernel printf goes to the message buffer too; ddb output does not */
+static void db_capture_writech(char c); /* mock_textdump.h: ddb's output capture */
 static void putc_(char c)
 {
 	if (to_msgbuf) msgbuf_putc(c);
+	else db_capture_writech(c);
 	if (c == '\n') { uart_putc('\r'); uart_putc('\n'); db_output_position = 0; return; }
 	if (c == '\t') { do { uart_putc(' '); db_output_position++; } while (db_output_position % 8); return; } /* ddb expands tabs */
 	uart_putc(c); db_output_position++;
@@ -1229,6 +1231,7 @@ static int fulldumpsys(void)
 	return 0;
 }
 
+#include "mock_textdump.h" /* ddb capture, textdump set/dump, show panic; a pending textdump in doadump */
 static void doadump(struct trapframe *tf)
 {
 	dumping++;
@@ -1236,6 +1239,7 @@ static void doadump(struct trapframe *tf)
 	dumppcb.pcb_r15 = tf->tf_r15; dumppcb.pcb_r14 = tf->tf_r14; dumppcb.pcb_r13 = tf->tf_r13;
 	dumppcb.pcb_r12 = tf->tf_r12; dumppcb.pcb_rbp = tf->tf_rbp; dumppcb.pcb_rsp = tf->tf_rsp;
 	dumppcb.pcb_rbx = tf->tf_rbx; dumppcb.pcb_rip = tf->tf_rip;
+	if (textdump_pending) { textdump_dumpsys(); dumping--; return; } /* mock_textdump.h */
 	int err = do_minidump ? minidumpsys() : fulldumpsys();
 	if (!err) kprintf("\nDump complete\n");
 	dumping--;
@@ -1604,11 +1608,12 @@ static int db_readline(char *buf, int max)
 {
 	static int last_cr;
 	int n = 0;
+	db_capture_line_start(); /* mock_textdump.h */
 	for (;;) {
 		int c = db_getc();
 		if (c == '\n' && last_cr) { last_cr = 0; continue; }
 		last_cr = c == '\r';
-		if (c == '\r' || c == '\n') { printf_("\n"); buf[n] = 0; return n; }
+		if (c == '\r' || c == '\n') { db_capture_line_end(buf, n); printf_("\n"); buf[n] = 0; return n; }
 		if ((c == 8 || c == 127) && n > 0) { n--; printf_("\b \b"); continue; }
 		if (c >= 32 && c < 127 && n < max - 1) { buf[n++] = (char)c; putc_((char)c); }
 	}
@@ -1635,6 +1640,7 @@ static void db_trap(struct trapframe *tf)
 		if (*modif) *modif++ = 0;
 		if (seq(cmd, "set")) {
 			/* "set $lines 0": the pager is never on in this stand-in */
+		} else if (db_textdump_command(cmd, args, tf)) { /* mock_textdump.h: capture, textdump, show panic */
 		} else if (seq(cmd, "show") && (seq(args, "registers") || seq(args, "reg"))) {
 			db_show_registers(tf);
 		} else if (seq(cmd, "show") && seq(args, "msgbuf")) {
@@ -1898,6 +1904,7 @@ void mock_init(u64 modulep, u64 kernend)
 	if (kb) break_to_debugger = kb[0] != '0';
 	kb = kern_getenv("debug.kdb.alt_break_to_debugger");
 	if (kb) alt_break_to_debugger = kb[0] != '0';
+	textdump_knobs(kern_getenv("mock.corrupt_textdump")); /* mock_textdump.h */
 	const char *inf = kern_getenv("mock.vtblk_inflight");
 	if (inf && inf[0] >= '1' && inf[0] <= '0' + VTBLK_MAX_INFLIGHT && inf[1] == 0) {
 		mock_vtblk_inflight = inf[0] - '0';
