@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 SRC = Path(__file__).resolve().parent / "src"
-SOURCES = ("start.S", "mock.c", "mock_sh.h", "mock.ld", "mock_release.h")
+SOURCES = ("start.S", "mock.c", "mock_sh.h", "mock.ld", "mock_release.h", "mock_compress.h")
 #: ELF e_ident[EI_OSABI] of FreeBSD binaries (a FreeBSD kernel carries it; GRUB does not insist)
 ELFOSABI_FREEBSD = 9
 CFLAGS = [
