@@ -95,6 +95,8 @@ class VerificationReport:
     retrieval: str = ""  # "host (dump disk)" | "savecore + SFTP"
     live_image: str = ""
     bytes_compared: int = 0
+    #: a gzip/zstd dump: kind, compressed_bytes, uncompressed_bytes, dumpextent, ratio (empty: uncompressed)
+    compression: dict[str, Any] = field(default_factory=dict)
 
     # -- verdict -----------------------------------------------------------------------------------
     def decide(self) -> bool:
@@ -156,7 +158,13 @@ class VerificationReport:
         verdict = self.status or ("PASSED" if self.passed else "FAILED")
         lines = [
             f"verification {verdict}: {self.dump_kind} dump ({self.dump_format or 'unknown format'}), "
-            f"{self.flow} flow",
+            f"{self.flow} flow"
+            + (
+                f"; {self.compression['kind']}-compressed: {self.compression['compressed_bytes']} bytes "
+                f"compressed, {self.compression['uncompressed_bytes']} decoded"
+                if self.compression
+                else ""
+            ),
             f"  pages compared {self.pages_compared}, identical {self.pages_identical}, "
             f"differing explained {self.pages_differing_explained}, "
             f"unexplained {self.pages_differing_unexplained}"

@@ -22,5 +22,10 @@ def retrieve(ctx: RunContext, booted: Booted, crash: Crash, *, outdir: str = "cr
     with ctx.timed("extract"):
         disk = booted.source.dump_disk
         got = from_dump_disk(disk, ctx.dir / outdir, guest=booted.guest, kernel=booted.kernel)
-    ctx.progress(f"extracted {got.vmcore} ({got.sizes.get('vmcore', 0) >> 20} MiB)")
-    return Retrieved(got.vmcore, booted.kernel, booted.kernel_source, evidence={"vmcore": str(got.vmcore)})
+    size = got.sizes.get("vmcore", 0)
+    if got.compression != "none":
+        ctx.progress(f"extracted {got.vmcore} ({got.compression}-compressed by the kernel, {size} bytes)")
+    else:
+        ctx.progress(f"extracted {got.vmcore} ({size >> 20} MiB)")
+    evidence = {"vmcore": str(got.vmcore)}
+    return Retrieved(got.vmcore, booted.kernel, booted.kernel_source, evidence=evidence, header=got.header)

@@ -975,7 +975,7 @@ static int dump_append_pa(u64 pa, u64 len)
 	while (len) {
 		dump_fault_halfway();
 		u64 n = len > dumper.maxiosize ? dumper.maxiosize : len;
-		int err = comp.kind ? comp_append_pa(pa, n) : vtblk_dump(dump_state.dev, pa, dump_state.dumpoff, n);
+		int err = kerneldumpcomp.kind ? comp_append_pa(pa, n) : vtblk_dump(dump_state.dev, pa, dump_state.dumpoff, n);
 		if (err) return err;
 		dump_state.dumpoff += n; dump_state.written += n; pa += n; len -= n;
 		if (!dump_state.full) {
@@ -1043,7 +1043,7 @@ static int dump_start(u64 length)
 	dump_state.total = length;
 	dump_state.written = 0;
 	dump_state.last_pct = 0;
-	comp.kind = 0;
+	kerneldumpcomp.kind = 0;
 	if (dump_state.mediasize < 65536 + length + 2 * 512 && dump_compression && dump_state.mediasize > 65536 + 3 * 512)
 		dump_state.extent = dump_state.mediasize - 65536 - 2 * 512; /* compressed: the rest of the device */
 	if (dump_state.mediasize < 65536 + dump_state.extent + 2 * 512) {
@@ -1058,7 +1058,7 @@ static int dump_start(u64 length)
 static int dump_finish(u64 length)
 {
 	struct kerneldumpheader *h = (struct kerneldumpheader *)fakepd;
-	if (comp.kind) { int cerr = comp_finish(&length); if (cerr) return cerr; } /* dumplength: compressed bytes */
+	if (kerneldumpcomp.kind) { int cerr = comp_finish(&length); if (cerr) return cerr; } /* dumplength: compressed bytes */
 	memset(fakepd, 0, sizeof(fakepd));
 	memcpy(h->magic, "FreeBSD Kernel Dump", 19);
 	memcpy(h->architecture, "amd64", 5);
@@ -1071,7 +1071,7 @@ static int dump_finish(u64 length)
 	memcpy(h->hostname, hostname, slen(hostname));
 	unsigned long vl = slen(version);
 	memcpy(h->versionstring, version, vl < 191 ? vl : 191);
-	h->compression = (u8)comp.kind;
+	h->compression = (u8)kerneldumpcomp.kind;
 	h->dumpextent = be64(dump_state.extent);
 	u32 parity = 0;
 	for (int i = 0; i < 128; i++) parity ^= ((u32 *)h)[i];

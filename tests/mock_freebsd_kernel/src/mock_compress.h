@@ -43,32 +43,33 @@ static struct {
 	u8 run_byte; u64 run_len;       /* the run of equal bytes not yet encoded */
 	u32 rawlen;                     /* zstd: bytes waiting in rawbuf */
 	u64 xv[4], xtotal; u8 xbuf[32]; u32 xfill; /* XXH64 streaming state */
-} comp;
-static u8 comp_outbuf[COMP_OUTBUF] __attribute__((aligned(4096)));
-static u8 comp_rawbuf[ZSTD_BLOCK_MAX];
-static u32 crc_table[256];
+} kerneldumpcomp;
+static u8 kerneldumpcomp_buf[COMP_OUTBUF] __attribute__((aligned(4096)));
+static u8 kerneldumpcomp_raw[ZSTD_BLOCK_MAX];
+static u8 kerneldumpcomp_in[4096] __attribute__((aligned(4096))); /* the page being encoded */
+static u32 kerneldumpcomp_crc32[256];
 
 /* ---- output: whole blocks to the dump device */
 static void comp_flush_out(int final)
 {
-	if (comp.err || !comp.fill) return;
-	u32 len = comp.fill;
-	if (final && (len % 512)) { memset(comp_outbuf + len, 0, 512 - len % 512); len += 512 - len % 512; }
+	if (kerneldumpcomp.err || !kerneldumpcomp.fill) return;
+	u32 len = kerneldumpcomp.fill;
+	if (final && (len % 512)) { memset(kerneldumpcomp_buf + len, 0, 512 - len % 512); len += 512 - len % 512; }
 	if (len % 512) return;
-	if (comp.outoff + len > comp.limit) {
+	if (kerneldumpcomp.outoff + len > kerneldumpcomp.limit) {
 		kprintf("\nCompressed dump failed to fit in device boundaries.\n");
-		comp.err = 28; /* ENOSPC */
+		kerneldumpcomp.err = 28; /* ENOSPC */
 		return;
 	}
-	comp.err = vtblk_dump(dump_state.dev, kva_to_pa(comp_outbuf), comp.outoff, len);
-	comp.outoff += len;
-	comp.fill = 0;
+	kerneldumpcomp.err = vtblk_dump(dump_state.dev, kva_to_pa(kerneldumpcomp_buf), kerneldumpcomp.outoff, len);
+	kerneldumpcomp.outoff += len;
+	kerneldumpcomp.fill = 0;
 }
 static void comp_byte(u8 b)
 {
-	comp_outbuf[comp.fill++] = b;
-	comp.outlen++;
-	if (comp.fill == COMP_OUTBUF) comp_flush_out(0);
+	kerneldumpcomp_buf[kerneldumpcomp.fill++] = b;
+	kerneldumpcomp.outlen++;
+	if (kerneldumpcomp.fill == COMP_OUTBUF) comp_flush_out(0);
 }
 static void comp_bytes(const u8 *p, u64 n) { while (n--) comp_byte(*p++); }
 static void comp_le32(u32 v) { for (int i = 0; i < 4; i++) comp_byte((u8)(v >> (8 * i))); }
@@ -79,14 +80,14 @@ static void crc_init(void)
 	for (u32 n = 0; n < 256; n++) {
 		u32 c = n;
 		for (int k = 0; k < 8; k++) c = (c & 1) ? 0xedb88320U ^ (c >> 1) : c >> 1;
-		crc_table[n] = c;
+		kerneldumpcomp_crc32[n] = c;
 	}
 }
 static void crc_update(const u8 *p, u64 n)
 {
-	u32 c = comp.crc;
-	while (n--) c = crc_table[(c ^ *p++) & 0xff] ^ (c >> 8);
-	comp.crc = c;
+	u32 c = kerneldumpcomp.crc;
+	while (n--) c = kerneldumpcomp_crc32[(c ^ *p++) & 0xff] ^ (c >> 8);
+	kerneldumpcomp.crc = c;
 }
 
 #define XP1 0x9E3779B185EBCA87ULL
@@ -101,34 +102,34 @@ static u64 rd64(const u8 *p) { u64 v; memcpy(&v, p, 8); return v; }
 static u32 rd32(const u8 *p) { u32 v; memcpy(&v, p, 4); return v; }
 static void xx_init(void)
 {
-	comp.xv[0] = XP1 + XP2; comp.xv[1] = XP2; comp.xv[2] = 0; comp.xv[3] = 0 - XP1;
-	comp.xtotal = 0; comp.xfill = 0;
+	kerneldumpcomp.xv[0] = XP1 + XP2; kerneldumpcomp.xv[1] = XP2; kerneldumpcomp.xv[2] = 0; kerneldumpcomp.xv[3] = 0 - XP1;
+	kerneldumpcomp.xtotal = 0; kerneldumpcomp.xfill = 0;
 }
-static void xx_stripe(const u8 *p) { for (int i = 0; i < 4; i++) comp.xv[i] = xx_round(comp.xv[i], rd64(p + 8 * i)); }
+static void xx_stripe(const u8 *p) { for (int i = 0; i < 4; i++) kerneldumpcomp.xv[i] = xx_round(kerneldumpcomp.xv[i], rd64(p + 8 * i)); }
 static void xx_update(const u8 *p, u64 n)
 {
-	comp.xtotal += n;
-	if (comp.xfill) {
-		while (n && comp.xfill < 32) { comp.xbuf[comp.xfill++] = *p++; n--; }
-		if (comp.xfill < 32) return;
-		xx_stripe(comp.xbuf);
-		comp.xfill = 0;
+	kerneldumpcomp.xtotal += n;
+	if (kerneldumpcomp.xfill) {
+		while (n && kerneldumpcomp.xfill < 32) { kerneldumpcomp.xbuf[kerneldumpcomp.xfill++] = *p++; n--; }
+		if (kerneldumpcomp.xfill < 32) return;
+		xx_stripe(kerneldumpcomp.xbuf);
+		kerneldumpcomp.xfill = 0;
 	}
 	for (; n >= 32; p += 32, n -= 32) xx_stripe(p);
-	while (n--) comp.xbuf[comp.xfill++] = *p++;
+	while (n--) kerneldumpcomp.xbuf[kerneldumpcomp.xfill++] = *p++;
 }
 static u64 xx_digest(void)
 {
 	u64 h;
-	if (comp.xtotal >= 32) {
-		h = rotl64(comp.xv[0], 1) + rotl64(comp.xv[1], 7) + rotl64(comp.xv[2], 12) + rotl64(comp.xv[3], 18);
-		for (int i = 0; i < 4; i++) h = xx_merge(h, comp.xv[i]);
+	if (kerneldumpcomp.xtotal >= 32) {
+		h = rotl64(kerneldumpcomp.xv[0], 1) + rotl64(kerneldumpcomp.xv[1], 7) + rotl64(kerneldumpcomp.xv[2], 12) + rotl64(kerneldumpcomp.xv[3], 18);
+		for (int i = 0; i < 4; i++) h = xx_merge(h, kerneldumpcomp.xv[i]);
 	} else {
 		h = XP5; /* seed 0 */
 	}
-	h += comp.xtotal;
-	const u8 *p = comp.xbuf;
-	u32 n = comp.xfill;
+	h += kerneldumpcomp.xtotal;
+	const u8 *p = kerneldumpcomp.xbuf;
+	u32 n = kerneldumpcomp.xfill;
 	for (; n >= 8; p += 8, n -= 8) { h ^= xx_round(0, rd64(p)); h = rotl64(h, 27) * XP1 + XP4; }
 	if (n >= 4) { h ^= (u64)rd32(p) * XP1; h = rotl64(h, 23) * XP2 + XP3; p += 4; n -= 4; }
 	while (n--) { h ^= (*p++) * XP5; h = rotl64(h, 11) * XP1; }
@@ -139,9 +140,9 @@ static u64 xx_digest(void)
 /* ---- deflate with the fixed Huffman codes (RFC 1951 s. 3.2.6) */
 static void defl_bits(u32 v, int n)
 {
-	comp.bits |= (u64)v << comp.nbits;
-	comp.nbits += n;
-	while (comp.nbits >= 8) { comp_byte((u8)comp.bits); comp.bits >>= 8; comp.nbits -= 8; }
+	kerneldumpcomp.bits |= (u64)v << kerneldumpcomp.nbits;
+	kerneldumpcomp.nbits += n;
+	while (kerneldumpcomp.nbits >= 8) { comp_byte((u8)kerneldumpcomp.bits); kerneldumpcomp.bits >>= 8; kerneldumpcomp.nbits -= 8; }
 }
 /* a Huffman code goes out most-significant bit first */
 static void defl_code(u32 code, int len)
@@ -186,15 +187,15 @@ static void zstd_block_header(int last, int type, u32 size)
 }
 static void zstd_flush_raw(void)
 {
-	if (!comp.rawlen) return;
-	zstd_block_header(0, 0, comp.rawlen);
-	comp_bytes(comp_rawbuf, comp.rawlen);
-	comp.rawlen = 0;
+	if (!kerneldumpcomp.rawlen) return;
+	zstd_block_header(0, 0, kerneldumpcomp.rawlen);
+	comp_bytes(kerneldumpcomp_raw, kerneldumpcomp.rawlen);
+	kerneldumpcomp.rawlen = 0;
 }
 static void zstd_raw(u8 b)
 {
-	comp_rawbuf[comp.rawlen++] = b;
-	if (comp.rawlen == ZSTD_BLOCK_MAX) zstd_flush_raw();
+	kerneldumpcomp_raw[kerneldumpcomp.rawlen++] = b;
+	if (kerneldumpcomp.rawlen == ZSTD_BLOCK_MAX) zstd_flush_raw();
 }
 static void zstd_run(u8 b, u64 n)
 {
@@ -211,23 +212,23 @@ static void zstd_run(u8 b, u64 n)
 /* ---- the stream */
 static void comp_close_run(void)
 {
-	if (!comp.run_len) return;
-	if (comp.kind == KERNELDUMP_COMP_GZIP) defl_run(comp.run_byte, comp.run_len);
-	else zstd_run(comp.run_byte, comp.run_len);
-	comp.run_len = 0;
+	if (!kerneldumpcomp.run_len) return;
+	if (kerneldumpcomp.kind == KERNELDUMP_COMP_GZIP) defl_run(kerneldumpcomp.run_byte, kerneldumpcomp.run_len);
+	else zstd_run(kerneldumpcomp.run_byte, kerneldumpcomp.run_len);
+	kerneldumpcomp.run_len = 0;
 }
 
 /* dump_start(): the stream begins at the data offset of the (uncompressed) extent */
 static void comp_start(u64 dumpoff, u64 limit)
 {
-	memset(&comp, 0, sizeof(comp));
-	comp.kind = dump_compression;
-	comp.outoff = dumpoff;
-	comp.limit = limit;
-	if (comp.kind == KERNELDUMP_COMP_GZIP) {
+	memset(&kerneldumpcomp, 0, sizeof(kerneldumpcomp));
+	kerneldumpcomp.kind = dump_compression;
+	kerneldumpcomp.outoff = dumpoff;
+	kerneldumpcomp.limit = limit;
+	if (kerneldumpcomp.kind == KERNELDUMP_COMP_GZIP) {
 		static const u8 gzhdr[10] = { 0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3 };
 		crc_init();
-		comp.crc = 0xffffffffU;
+		kerneldumpcomp.crc = 0xffffffffU;
 		comp_bytes(gzhdr, sizeof(gzhdr));
 		defl_bits(0, 1);  /* BFINAL 0 */
 		defl_bits(1, 2);  /* BTYPE 01: fixed Huffman codes */
@@ -240,48 +241,59 @@ static void comp_start(u64 dumpoff, u64 limit)
 	}
 }
 
-/* dump_append(): bytes of physical memory [pa, pa+len) into the stream */
-static int comp_append_pa(u64 pa, u64 len)
+static void comp_encode(const u8 *p, u64 len)
 {
-	const u8 *p = pa_to_dmap(pa);
-	if (comp.kind == KERNELDUMP_COMP_GZIP) crc_update(p, len);
+	if (kerneldumpcomp.kind == KERNELDUMP_COMP_GZIP) crc_update(p, len);
 	else xx_update(p, len);
-	comp.isize += len;
+	kerneldumpcomp.isize += len;
 	u64 i = 0;
-	while (i < len && !comp.err) {
-		if (comp.run_len && p[i] == comp.run_byte) {
+	while (i < len && !kerneldumpcomp.err) {
+		if (kerneldumpcomp.run_len && p[i] == kerneldumpcomp.run_byte) {
 			u64 j = i + 1;
-			u64 pat = 0x0101010101010101ULL * comp.run_byte;
+			u64 pat = 0x0101010101010101ULL * kerneldumpcomp.run_byte;
 			while (j + 8 <= len && rd64(p + j) == pat) j += 8;
-			while (j < len && p[j] == comp.run_byte) j++;
-			comp.run_len += j - i;
+			while (j < len && p[j] == kerneldumpcomp.run_byte) j++;
+			kerneldumpcomp.run_len += j - i;
 			i = j;
 			continue;
 		}
 		comp_close_run();
-		comp.run_byte = p[i++];
-		comp.run_len = 1;
+		kerneldumpcomp.run_byte = p[i++];
+		kerneldumpcomp.run_len = 1;
 	}
-	return comp.err;
+}
+
+/* dump_append(): bytes of physical memory [pa, pa+len) into the stream, a page at a time through a
+ * bounce page, so that the checksum and the encoder see the same bytes even where the dumped page is one
+ * the compressor itself is writing (its own state is kernel .bss, in the dump like any other page) */
+static int comp_append_pa(u64 pa, u64 len)
+{
+	while (len && !kerneldumpcomp.err) {
+		u64 n = len > PAGE ? PAGE : len;
+		memcpy(kerneldumpcomp_in, pa_to_dmap(pa), n);
+		comp_encode(kerneldumpcomp_in, n);
+		pa += n; len -= n;
+	}
+	return kerneldumpcomp.err;
 }
 
 /* dump_finish(): close the stream, write the last (zero-padded) block; *length = compressed bytes */
 static int comp_finish(u64 *length)
 {
 	comp_close_run();
-	if (comp.kind == KERNELDUMP_COMP_GZIP) {
+	if (kerneldumpcomp.kind == KERNELDUMP_COMP_GZIP) {
 		defl_symbol(256);                    /* end of the open block */
 		defl_bits(1, 1); defl_bits(1, 2);    /* an empty final fixed block */
 		defl_symbol(256);
-		if (comp.nbits) defl_bits(0, 8 - comp.nbits);
-		comp_le32(comp.crc ^ 0xffffffffU);
-		comp_le32((u32)comp.isize);
+		if (kerneldumpcomp.nbits) defl_bits(0, 8 - kerneldumpcomp.nbits);
+		comp_le32(kerneldumpcomp.crc ^ 0xffffffffU);
+		comp_le32((u32)kerneldumpcomp.isize);
 	} else {
 		zstd_flush_raw();
 		zstd_block_header(1, 0, 0);          /* an empty last raw block */
 		comp_le32((u32)xx_digest());
 	}
 	comp_flush_out(1);
-	*length = comp.outlen;
-	return comp.err;
+	*length = kerneldumpcomp.outlen;
+	return kerneldumpcomp.err;
 }
