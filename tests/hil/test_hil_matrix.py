@@ -21,6 +21,8 @@ def test_dump_matrix(fbsd_repro, hil_case):
     assert report.dump_kind == hil_case.dump
     assert report.pages_compared > 0
     assert report.passed, report.summary()
+    if hil_case.compression != "none":  # decompressed by the reader, not merely a plain dump that passed
+        assert report.compression.get("kind") == hil_case.compression, report.summary()
 
 
 def test_verified_dump_cross_checks_ddb(verified_dump):

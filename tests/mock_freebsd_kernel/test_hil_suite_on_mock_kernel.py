@@ -52,7 +52,8 @@ def test_hil_suite_passes_on_the_mock_kernel(tmp_path):
 @pytest.mark.vm
 def test_hil_suite_with_a_root_image_runs_the_shell_driven_cells(tmp_path):
     """`--fbsd-kernel <mock> --fbsd-root-image <UFS2 image>`: the single-user shell is there, so the
-    sysctl and panic trigger cells must run and pass; what still skips says exactly why."""
+    sysctl and panic trigger cells and the gzip/zstd (`dumpon -z/-Z`) cells must run and pass; what still
+    skips says exactly why."""
     if shutil.which("gcc") is None or shutil.which("makefs") is None:
         pytest.skip("needs gcc and Debian's makefs (Debian packages gcc, makefs)")
     kernel = build_mock_freebsd_kernel()
@@ -82,7 +83,10 @@ def test_hil_suite_with_a_root_image_runs_the_shell_driven_cells(tmp_path):
         if case.find("skipped") is None and case.find("failure") is None and case.find("error") is None
     }
     for cell in ("mini-sysctl-disk-none", "full-sysctl-disk-none", "mini-panic-disk-none",
-                 "full-panic-disk-none"):
+                 "full-panic-disk-none",
+                 # dumpon -z / -Z in the shell: the mock kernel's own gzip / zstd encoders (mock_compress.h)
+                 "mini-sysctl-disk-gzip", "full-sysctl-disk-zstd", "mini-nmi-disk-zstd",
+                 "full-panic-disk-gzip"):
         assert f"test_dump_matrix[{cell}]" in ran, f"{cell} did not run:\n{tail}"
     reasons = [s.get("message", "") for s in suite.iter("skipped")]
     assert not any("has no shell" in r or "no userland" in r for r in reasons), reasons
