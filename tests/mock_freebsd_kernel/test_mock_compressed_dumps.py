@@ -169,3 +169,16 @@ def test_a_kernel_without_gzio_zstdio_refuses_with_the_guests_words(mock_kernel,
     line = stderr.strip().splitlines()[-1]
     assert "this guest cannot write zstd-compressed dumps: `dumpon -v -Z /dev/vtbd0` exited 71" in line, line
     assert "dumpon: ioctl(DIOCSKERNELDUMP): Invalid argument" in line
+
+
+def test_a_compressed_dump_that_does_not_fit_is_incomplete_never_verified(mock_kernel, root_image, tmp_path):
+    """A 1 MiB dump disk: the extent is cut to the device (dump_start()), the ~2 MB zstd stream of a
+    128 MiB full dump still overflows it: "Compressed dump failed to fit in device boundaries."."""
+    rc, report, stderr, console, _ = _repro(
+        mock_kernel, root_image, tmp_path, "--compression", "zstd", "--minidump", "0", "--dump-disk-mib", "1"
+    )
+    assert rc == 2 and report is None, stderr[-4000:]
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith("fbsd-hil repro: FAILED at dump: dump incomplete: "), line
+    assert "Compressed dump failed to fit in device boundaries." in line, line
+    assert "** DUMP FAILED (ERROR 28) **" in console and "Dump complete" not in console

@@ -67,6 +67,7 @@ static void comp_flush_out(int final)
 }
 static void comp_byte(u8 b)
 {
+	if (kerneldumpcomp.err) return;  /* a failed stream makes no more output */
 	kerneldumpcomp_buf[kerneldumpcomp.fill++] = b;
 	kerneldumpcomp.outlen++;
 	if (kerneldumpcomp.fill == COMP_OUTBUF) comp_flush_out(0);
