@@ -125,6 +125,17 @@ class Vmcore:
     def truncated(self) -> bool:
         return self._size < self._expected
 
+    @property
+    def payload_container(self) -> str:
+        """What was undone to reach the payload: "plain", "gzip", "zstd", "device+gzip", ..."""
+        return str(getattr(self._payload, "container", "plain"))
+
+    @property
+    def payload_size(self) -> int:
+        """Bytes of the decoded payload: for a compressed dump the uncompressed size, which is what the
+        kernel reserved on the dump device (`dumpextent`), not the file's size."""
+        return len(self._payload)
+
     def close(self) -> None:
         for name in ("_translator", "_phys", "_md", "_ed", "_u64", "_raw", "_slice"):
             if hasattr(self, name):

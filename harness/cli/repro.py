@@ -105,6 +105,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--vcpus", type=int, default=None, help="guest CPUs (default 1)")
     p.add_argument("--minidump", choices=("1", "0"), default=None, help="1: minidump (default), 0: full dump")
     p.add_argument(
+        "--compression",
+        choices=("none", "gzip", "zstd"),
+        default="none",
+        help="gzip (`dumpon -z`) or zstd (`dumpon -Z`) kernel dump compression, set in the guest's shell "
+        "(an image, or --kernel with --root-image); the reader decompresses before verifying",
+    )
+    p.add_argument(
         "--trigger",
         choices=TRIGGERS,
         default=None,
@@ -267,6 +274,11 @@ def _refusal(args: argparse.Namespace, trigger: str) -> str | None:
         )
     if getattr(args, "swap_mib", None) is not None and getattr(args, "device", "disk") != "swap":
         return "--swap-mib sizes the swap partition of --device swap"
+    if bare and args.compression != "none":
+        return (
+            f"--compression {args.compression} is switched on with `dumpon -z/-Z` in a shell; a bare "
+            "--kernel boot has no userland: give a --root-image"
+        )
     if args.kernel is not None and not args.kernel.is_file():
         return f"kernel file {args.kernel} does not exist"
     if args.image is not None and not args.image.is_file():
@@ -340,6 +352,7 @@ def _config(args: argparse.Namespace, kenv: dict[str, str], trigger: str):
         accel=args.accel,
         uri=args.libvirt_uri,
         minidump=args.minidump != "0",
+        compression=args.compression,
         trigger=trigger,
         retrieve=args.retrieve,
         flow=None if args.flow == "auto" else args.flow,

@@ -250,11 +250,12 @@ DUMP_FAILURES: list[tuple[str, str]] = [
     ),
     ("busy", r"Cannot dump: debugger got invoked while dumping\."),
     ("unknown", r"Cannot dump: unknown error \(error=(\d+)\)\."),
+    # before the generic errno line the kernel prints after it
+    ("compressed_overflow", r"Compressed dump failed to fit in device boundaries\."),
     ("too_small", r"Dump failed\. Partition too small(?: \(about (\d+)MB were needed this time\))?\."),
     ("failed_errno", r"\*\* DUMP FAILED \(ERROR (\d+)\) \*\*"),
     ("aborted", r"Dump aborted"),
     ("map_grown", r"Dump map grown while dumping\. Dump failed\."),
-    ("compressed_overflow", r"Compressed dump failed to fit in device boundaries\."),
     ("textdump_pending", r"textdump_pending set\."),
     (
         "bounds",

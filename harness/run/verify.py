@@ -19,6 +19,7 @@ import reader
 from harness.run.boot import Booted
 from harness.run.context import RunContext
 from harness.run.dump import Crash
+from harness.verify.compression import compression_facts
 from harness.verify.dumpdevice import DumpDeviceState
 from harness.verify.engine import TRAPFRAME, verify_dump
 from harness.verify.report import VerificationReport
@@ -59,9 +60,16 @@ def _state_name(live_name: str) -> str:
 
 
 def judge(
-    ctx: RunContext, crash: Crash, live: LiveAfter, vmcore: Path, kernel: Path | None, kernel_source: str
+    ctx: RunContext,
+    crash: Crash,
+    live: LiveAfter,
+    vmcore: Path,
+    kernel: Path | None,
+    kernel_source: str,
+    header: dict[str, Any] | None = None,
 ) -> VerificationReport:
-    """Verify `vmcore` against the live images; the report is decided but not yet written."""
+    """Verify `vmcore` against the live images; the report is decided but not yet written. `header`:
+    the kerneldumpheader when the dump was extracted from the dump device (compressed-dump checks)."""
     ctx.enter("verify")
     values = crash.values
     ddb_regs = _trapframe_registers(crash.registers) if crash.registers else None
@@ -81,6 +89,12 @@ def judge(
         report = verify_dump(vm, live.image, pml4_pa=None, **kw)
         if any("cannot walk the live kernel page tables" in e for e in report.errors) and live.cr3:
             report = verify_dump(vm, live.image, pml4_pa=live.cr3, **kw)
+        facts, checks = compression_facts(vm, vmcore, header, getattr(crash.result, "dump_mb", None))
+    if facts is not None:
+        report.compression = facts.to_dict()
+        report.crosschecks.extend(checks)
+        report.notes.append(facts.describe())
+        report.decide()
     report.kernel_source = kernel_source or "none"
     report.retrieval = RETRIEVAL_LABELS.get(ctx.cfg.retrieve, ctx.cfg.retrieve)
     report.notes.extend(crash.notes)

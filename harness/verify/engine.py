@@ -682,11 +682,12 @@ def _dump_device_explainer(
     if state.dump_extent is None and len(state.devices) == 1 and state.devices[0].capacity_bytes:
         # the kernel writes the dump at the end of the dump device, before the trailing header; the
         # vmcore's size bounds it (a compressed dump on disk is smaller still); 1 MiB for the leader
-        # header, key and alignment
+        # header, key and alignment. A compressed dump is written from the start of the extent reserved
+        # for the uncompressed payload (kern_shutdown.c dump_start()), so the decoded size bounds it.
         dump_file = Path(str(getattr(vmcore, "path", "") or ""))
         if str(dump_file) not in ("", ".") and dump_file.is_file():
             cap = state.devices[0].capacity_bytes
-            size = dump_file.stat().st_size
+            size = max(dump_file.stat().st_size, int(getattr(vmcore, "payload_size", 0) or 0))
             state = dataclasses.replace(state, dump_extent=(max(0, cap - 512 - size - (1 << 20)), cap))
     explainer = build_explainer(
         state,

@@ -100,6 +100,8 @@ class VerificationReport:
     #: dump_kind "text": the textdump's members (name -> bytes) and the ddb commands captured
     #: (harness.verify.textdump_checks); its verdict is its cross-checks, there are no pages
     textdump: dict[str, Any] = field(default_factory=dict)
+    #: a gzip/zstd dump: kind, compressed_bytes, uncompressed_bytes, dumpextent, ratio (empty: uncompressed)
+    compression: dict[str, Any] = field(default_factory=dict)
 
     # -- verdict -----------------------------------------------------------------------------------
     def decide(self) -> bool:
@@ -167,7 +169,13 @@ class VerificationReport:
             return self._textdump_summary(verdict)
         lines = [
             f"verification {verdict}: {self.dump_kind} dump ({self.dump_format or 'unknown format'}), "
-            f"{self.flow} flow",
+            f"{self.flow} flow"
+            + (
+                f"; {self.compression['kind']}-compressed: {self.compression['compressed_bytes']} bytes "
+                f"compressed, {self.compression['uncompressed_bytes']} decoded"
+                if self.compression
+                else ""
+            ),
             f"  pages compared {self.pages_compared}, identical {self.pages_identical}, "
             f"differing explained {self.pages_differing_explained}, "
             f"unexplained {self.pages_differing_unexplained}"

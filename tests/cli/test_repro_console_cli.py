@@ -73,6 +73,16 @@ def test_repro_refuses_savecore_retrieval_for_a_bare_kernel(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "a").exists()
 
 
+def test_repro_refuses_compression_for_a_bare_kernel(tmp_path):
+    k = tmp_path / "kernel"
+    k.write_bytes(b"\x7fELF")
+    r = fbsd_hil("repro", "--kernel", str(k), "--compression", "zstd", "--artifacts", str(tmp_path / "a"))
+    assert r.returncode == 2
+    assert "--compression zstd is switched on with `dumpon -z/-Z` in a shell" in r.stderr
+    assert "give a --root-image" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "a").exists()
+
+
 @pytest.mark.parametrize(
     "args, said",
     [

@@ -23,6 +23,8 @@ def test_dump_matrix(fbsd_repro, hil_case):
     assert report.passed, report.summary()
     if hil_case.device == "swap":  # the report names the partition the dump was read from
         assert any(n.startswith("dump device ") and "(freebsd-swap)" in n for n in report.notes), report.notes
+    if hil_case.compression != "none":  # decompressed by the reader, not merely a plain dump that passed
+        assert report.compression.get("kind") == hil_case.compression, report.summary()
 
 
 def test_verified_dump_cross_checks_ddb(verified_dump):

@@ -59,7 +59,8 @@ def test_hil_suite_passes_on_the_mock_kernel(tmp_path):
 @pytest.mark.vm
 def test_hil_suite_with_a_root_image_runs_the_shell_driven_cells(tmp_path):
     """`--fbsd-kernel <mock> --fbsd-root-image <UFS2 image>`: the single-user shell is there, so the
-    sysctl and panic trigger cells must run and pass; what still skips says exactly why."""
+    sysctl and panic trigger cells and the gzip/zstd (`dumpon -z/-Z`) cells must run and pass; what still
+    skips says exactly why."""
     if shutil.which("gcc") is None or shutil.which("makefs") is None:
         pytest.skip("needs gcc and Debian's makefs (Debian packages gcc, makefs)")
     kernel = build_mock_freebsd_kernel()
@@ -92,7 +93,10 @@ def test_hil_suite_with_a_root_image_runs_the_shell_driven_cells(tmp_path):
                  "full-panic-disk-none",
                  # dumps onto the freebsd-swap partition of a GPT dump disk (dumpon /dev/vtbd0p2)
                  "mini-sysctl-swap-none", "full-panic-swap-none", "mini-nmi-swap-none",
-                 "full-break-swap-none"):
+                 "full-break-swap-none",
+                 # dumpon -z / -Z in the shell: the mock kernel's own gzip / zstd encoders (mock_compress.h)
+                 "mini-sysctl-disk-gzip", "full-sysctl-disk-zstd", "mini-nmi-disk-zstd",
+                 "full-panic-disk-gzip"):
         assert f"test_dump_matrix[{cell}]" in ran, f"{cell} did not run:\n{tail}"
     assert "test_swap_partition_too_small_is_dump_incomplete" in ran, tail
     for test in ("test_dump_twice_in_one_ddb_session", "test_dump_twice_toggled_by_sysctl_from_the_shell",

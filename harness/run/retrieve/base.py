@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -13,3 +14,4 @@ class Retrieved:
     kernel_source: str
     notes: list[str] = field(default_factory=list)  # for the report
     evidence: dict[str, str] = field(default_factory=dict)  # name -> path, for the outcome
+    header: dict[str, Any] | None = None  # the kerneldumpheader, when read from the dump device by the host

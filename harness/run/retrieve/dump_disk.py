@@ -26,8 +26,14 @@ def retrieve(ctx: RunContext, booted: Booted, crash: Crash, *, outdir: str = "cr
             disk, ctx.dir / outdir, guest=booted.guest, kernel=booted.kernel,
             partition=swap.index if swap else None,
         )
-    ctx.progress(f"extracted {got.vmcore} ({got.sizes.get('vmcore', 0) >> 20} MiB): {got.placement}")
+    size = got.sizes.get("vmcore", 0)
+    if got.compression != "none":
+        what = f"{got.compression}-compressed by the kernel, {size} bytes"
+        ctx.progress(f"extracted {got.vmcore} ({what}): {got.placement}")
+    else:
+        ctx.progress(f"extracted {got.vmcore} ({size >> 20} MiB): {got.placement}")
     notes = [f"dump device {swap.describe()}; dump found at its end: {got.placement}"] if swap else []
+    evidence = {"vmcore": str(got.vmcore)}
     return Retrieved(
-        got.vmcore, booted.kernel, booted.kernel_source, notes=notes, evidence={"vmcore": str(got.vmcore)}
+        got.vmcore, booted.kernel, booted.kernel_source, notes=notes, evidence=evidence, header=got.header
     )

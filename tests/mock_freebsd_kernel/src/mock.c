@@ -961,6 +961,7 @@ static void vtblk_attach_all(void)
 static struct { struct vtblk_softc *dev; u64 mediasize, dumpoff, extent, written, total; int last_pct; int full; u64 chunk_left; } dump_state;
 static char dumpdev_name[64];
 #include "mock_gpt.h" /* dumpon /dev/vtbdNpM: a GPT partition as the dump medium */
+#include "mock_compress.h" /* dumpon -z/-Z: gzip/zstd-compressed dumps (dump_compression) */
 
 /* mock.fault_in_dump: a guest that hangs (interrupts off, no more output or writes) or resets mid-dump */
 static void dump_fault_halfway(void)
@@ -977,8 +978,12 @@ static int dump_append_pa(u64 pa, u64 len)
 	while (len) {
 		dump_fault_halfway();
 		u64 n = len > dumper.maxiosize ? dumper.maxiosize : len;
-		int err = gpt_dump_check_bounds(dump_state.dumpoff, n);
-		if (!err) err = vtblk_dump(dump_state.dev, pa, dump_state.dumpoff, n);
+		int err; /* a compressed stream's own writes are bounded by comp_start()'s limit */
+		if (kerneldumpcomp.kind) err = comp_append_pa(pa, n);
+		else {
+			err = gpt_dump_check_bounds(dump_state.dumpoff, n);
+			if (!err) err = vtblk_dump(dump_state.dev, pa, dump_state.dumpoff, n);
+		}
 		if (err) return err;
 		dump_state.dumpoff += n; dump_state.written += n; pa += n; len -= n;
 		if (!dump_state.full) {
@@ -1046,17 +1051,22 @@ static int dump_start(u64 length)
 	dump_state.total = length;
 	dump_state.written = 0;
 	dump_state.last_pct = 0;
-	if (dump_state.mediasize < 65536 + length + 2 * 512) {
+	kerneldumpcomp.kind = 0;
+	if (dump_state.mediasize < 65536 + length + 2 * 512 && dump_compression && dump_state.mediasize > 65536 + 3 * 512)
+		dump_state.extent = dump_state.mediasize - 65536 - 2 * 512; /* compressed: the rest of the device */
+	if (dump_state.mediasize < 65536 + dump_state.extent + 2 * 512) {
 		kprintf("\nDump failed. Partition too small.\n");
 		return -1;
 	}
-	dump_state.dumpoff = dumper.mediaoffset + dump_state.mediasize - 512 - length;
+	dump_state.dumpoff = dumper.mediaoffset + dump_state.mediasize - 512 - dump_state.extent;
+	if (dump_compression) comp_start(dump_state.dumpoff, dumper.mediaoffset + dump_state.mediasize - 512);
 	return 0;
 }
 
 static int dump_finish(u64 length)
 {
 	struct kerneldumpheader *h = (struct kerneldumpheader *)fakepd;
+	if (kerneldumpcomp.kind) { int cerr = comp_finish(&length); if (cerr) return cerr; } /* dumplength: compressed bytes */
 	memset(fakepd, 0, sizeof(fakepd));
 	memcpy(h->magic, "FreeBSD Kernel Dump", 19);
 	memcpy(h->architecture, "amd64", 5);
@@ -1069,7 +1079,7 @@ static int dump_finish(u64 length)
 	memcpy(h->hostname, hostname, slen(hostname));
 	unsigned long vl = slen(version);
 	memcpy(h->versionstring, version, vl < 191 ? vl : 191);
-	h->compression = 0;
+	h->compression = (u8)kerneldumpcomp.kind;
 	h->dumpextent = be64(dump_state.extent);
 	u32 parity = 0;
 	for (int i = 0; i < 128; i++) parity ^= ((u32 *)h)[i];
@@ -1891,6 +1901,8 @@ void mock_init(u64 modulep, u64 kernend)
 		mock_bad_parity = 1;
 		kprintf("mock: will write dump headers with a wrong parity (mock.bad_dump_header=parity)\n");
 	}
+	if ((mock_no_compression = seq(kern_getenv("mock.no_compression") ?: "", "1")))
+		kprintf("mock: a kernel without options GZIO/ZSTDIO (mock.no_compression=1)\n");
 	const char *fd = kern_getenv("mock.fault_in_dump");
 	if (fd && (seq(fd, "hang") || seq(fd, "reset"))) {
 		mock_fault_in_dump = seq(fd, "hang") ? 1 : 2;

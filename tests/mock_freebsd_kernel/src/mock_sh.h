@@ -17,7 +17,7 @@
  * The "shell" is a line interpreter for exactly the commands fbsd-hil types (no processes, no file
  * system, no userland): `;`, `&&`, `||` lists, single/double quotes, `$?`, redirections ignored; echo,
  * printf (%s and \n), PS1=, export/unset (no-ops), true/false, mount (-u -o rw /), dumpon (off, -v,
- * -z/-Z refused: no compression in this stand-in), ddb script/unscript (accepted, not run), and sysctl
+ * -z gzip / -Z zstd: mock_compress.h), ddb script/unscript (accepted, not run), and sysctl
  * for the knobs listed in sysctl_knobs[]. `sysctl debug.kdb.enter=1` does what kdb_sysctl_enter() does:
  * "KDB: enter: sysctl debug.kdb.enter" and a breakpoint trap into ddb (the trap frame is the shell's:
  * the mock has no processes, so ddb shows the idle thread as curthread); `sysctl debug.kdb.panic=1`
@@ -133,17 +133,19 @@ static int sh_sysctl(int argc, char **argv)
 static int sh_dumpon(int argc, char **argv)
 {
 	const char *dev = 0;
-	int verbose = 0;
+	int verbose = 0, compression = KERNELDUMP_COMP_NONE;
 	for (int i = 1; i < argc; i++) {
 		if (seq(argv[i], "-v")) verbose = 1;
 		else if (seq(argv[i], "-z") || seq(argv[i], "-Z")) {
-			printf_("dumpon: compressed dumps are not imitated by this stand-in\n");
-			return 1;
+			int c = argv[i][1] == 'z' ? KERNELDUMP_COMP_GZIP : KERNELDUMP_COMP_ZSTD;
+			if (compression && compression != c) { printf_("dumpon: The -z and -Z options are mutually exclusive.\n"); return 64; }
+			compression = c;
 		} else if (argv[i][0] == '-') { printf_("dumpon: option %s is not imitated by this stand-in\n", argv[i]); return 1; }
 		else dev = argv[i];
 	}
-	if (!dev) { printf_("usage: dumpon [-v] special_file\n"); return 1; }
-	if (seq(dev, "off")) { dumper.dumper = 0; dumper.priv = 0; memset(dumpdev_name, 0, sizeof(dumpdev_name)); return 0; }
+	if (!dev) { printf_("usage: dumpon [-v] [-Z] [-z] special_file\n"); return 1; }
+	if (seq(dev, "off")) { dumper.dumper = 0; dumper.priv = 0; dump_compression = 0; memset(dumpdev_name, 0, sizeof(dumpdev_name)); return 0; }
+	if (compression && mock_no_compression) { printf_("dumpon: ioctl(DIOCSKERNELDUMP): Invalid argument\n"); return 71; }
 	struct vtblk_softc *sc; u64 media_off, media_size; /* /dev/vtbdN or a GPT partition /dev/vtbdNpM */
 	int open_status = gpt_dumpon_open(dev, verbose, &sc, &media_off, &media_size);
 	if (open_status) return open_status;
@@ -156,6 +158,7 @@ static int sh_dumpon(int argc, char **argv)
 	dumper.maxiosize = VTBLK_MAXIO;
 	dumper.mediaoffset = media_off;
 	dumper.mediasize = media_size;
+	dump_compression = compression;
 	if (verbose) printf_("kernel dumps on %s\n", dev);
 	return 0;
 }

@@ -126,7 +126,8 @@ static void textdump_writenextblock(const void *buf)
 	if (textdump_error) return;
 	if (off + TEXTDUMP_BLOCKSIZE > textdump_mediasize) { textdump_error = 5; return; }   /* EIO */
 	if (off < TEXTDUMP_SIZEOF_METADATA) { textdump_error = 28; return; }               /* ENOSPC */
-	textdump_error = vtblk_dump(dumper.priv, kva_to_pa(buf), off, TEXTDUMP_BLOCKSIZE) ? 5 : 0;
+	/* offsets are the dump medium's (a GPT partition with dumpon /dev/vtbdNpM starts at mediaoffset) */
+	textdump_error = vtblk_dump(dumper.priv, kva_to_pa(buf), dumper.mediaoffset + off, TEXTDUMP_BLOCKSIZE) ? 5 : 0;
 }
 
 static void textdump_mkdumpheader(u64 dumplen)
@@ -212,7 +213,7 @@ static void textdump_dumpsys(void)
 {
 	struct vtblk_softc *sc = dumper.priv;
 	if (!sc || !sc->vtblk_vq) return; /* doadump: ENXIO before any output; `textdump dump` ignores it */
-	textdump_mediasize = sc->vtblk_mock_sectors * 512;
+	textdump_mediasize = dumper.mediasize; /* the partition's size with dumpon /dev/vtbdNpM */
 	if (textdump_mediasize < TEXTDUMP_SIZEOF_METADATA + 2 * TEXTDUMP_BLOCKSIZE) {
 		kprintf("Insufficient space on dump partition for minimal textdump.\n");
 		return;
