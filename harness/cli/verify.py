@@ -367,6 +367,7 @@ def device_state_arguments(path: Path | None) -> tuple[dict[str, Any], list[str]
 def verify(inputs: VerifyInputs) -> Any:
     """Run `verify_dump` on `inputs` as the repro pipeline's verify step does; returns the report."""
     import reader
+    from harness.verify.compression import compression_facts
     from harness.verify.engine import verify_dump
     from harness.verify.live import LiveMemory
 
@@ -403,6 +404,12 @@ def verify(inputs: VerifyInputs) -> Any:
             live.close()
             if before is not None:
                 before.close()
+        # a gzip/zstd dump: kind and sizes (the dump device's header is not among a run's files)
+        facts, checks = compression_facts(vm, inputs.vmcore, None, None)
+    if facts is not None:
+        report.compression = facts.to_dict()
+        report.crosschecks.extend(checks)
+        report.notes.append(facts.describe())
     report.timings["verify"] = round(time.monotonic() - t, 3)
     report.kernel_source = str(inputs.kernel) if inputs.kernel else "none"
     report.retrieval = "offline (fbsd-hil verify)"

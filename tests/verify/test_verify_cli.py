@@ -302,3 +302,25 @@ def test_a_textdump_run_directory_says_it_has_no_pages_to_verify(capsys, tmp_pat
     (run / "report.json").write_text(json.dumps({"dump_kind": "text", "dump": str(run / "textdump.tar.0")}))
     err = one_line_exit_2(capsys, run)
     assert "holds a textdump (repro --textdump)" in err and "member checks are in" in err
+
+
+def test_a_compressed_dump_is_verified_and_reported_as_compressed(capsys, lldb_fixtures, mini_live, tmp_path):
+    """`vmcore.N.zst` (savecore's copy of a `dumpon -Z` dump): decoded by the reader, verified, and the
+    report says how it was compressed (kind, compressed and decoded sizes)."""
+    zstandard = pytest.importorskip("zstandard")
+    live, root = mini_live
+    packed = tmp_path / "vmcore.0.zst"
+    packed.write_bytes(zstandard.ZstdCompressor().compress(Path(lldb_fixtures["mini"]).read_bytes()))
+    report = tmp_path / "r.json"
+    code, out, err = verify(
+        capsys, packed, "--live", live, "--kernel", lldb_fixtures["kernel"], "--pml4", hex(root),
+        "--zero-fill", "--report", report,
+    )
+    assert (code, err) == (0, ""), out
+    assert out.splitlines()[0].endswith(
+        f"zstd-compressed: {packed.stat().st_size} bytes compressed, "
+        f"{Path(lldb_fixtures['mini']).stat().st_size} decoded"
+    ), out.splitlines()[0]
+    data = json.loads(report.read_text())
+    assert data["compression"]["kind"] == "zstd"
+    assert data["compression"]["compressed_bytes"] == packed.stat().st_size
