@@ -12,18 +12,15 @@ the result is verified against live memory. Root images are real UFS2 images mad
 from __future__ import annotations
 
 import functools
-import json
 import operator
-import shutil
 import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from mock_freebsd_kernel import build_mock_freebsd_kernel
+from mock_runs import ROOT, last_run_dir, libvirt_or_skip, repro_with_root_image
 
-ROOT = Path(__file__).resolve().parents[2]
 MAGIC = {"gzip": b"\x1f\x8b\x08", "zstd": b"\x28\xb5\x2f\xfd"}
 COMPRESSION_FIELD = {"gzip": 1, "zstd": 2}
 FLAG = {"gzip": "-z", "zstd": "-Z"}
@@ -31,55 +28,15 @@ FLAG = {"gzip": "-z", "zstd": "-Z"}
 pytestmark = pytest.mark.vm
 
 
-@pytest.fixture(scope="module")
-def mock_kernel() -> Path:
-    if shutil.which("gcc") is None:
-        pytest.skip("needs gcc (Debian package gcc)")
-    return build_mock_freebsd_kernel()
-
-
-@pytest.fixture(scope="module")
-def root_image(tmp_path_factory) -> Path:
-    if shutil.which("makefs") is None:
-        pytest.skip("needs Debian's makefs (Debian package makefs)")
-    base = tmp_path_factory.mktemp("root")
-    (base / "src" / "sbin").mkdir(parents=True)
-    (base / "src" / "README").write_text("fbsd-hil test root image for the mock kernel stand-in\n")
-    image = base / "root.ufs"
-    subprocess.run(
-        ["makefs", "-t", "ffs", "-o", "version=2", "-s", "4m", str(image), str(base / "src")],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    image.chmod(0o444)
-    return image
-
-
 @pytest.fixture(autouse=True)
-def _libvirt_or_skip() -> None:
-    from harness.vm.libvirt_conn import LibvirtUnavailable, connect, default_uri
-
-    try:
-        connect(default_uri()).close()
-    except LibvirtUnavailable as exc:
-        pytest.skip(f"libvirtd not reachable (`fbsd-hil doctor --fix` starts it): {exc}")
+def _libvirt() -> None:
+    libvirt_or_skip()
 
 
 def _repro(kernel: Path, image: Path, tmp_path: Path, *args: str):
-    """`fbsd-hil repro` as a user runs it: (exit, report, stderr, console, run directory)."""
-    report = tmp_path / "report.json"
-    cmd = [
-        sys.executable, "-m", "harness", "repro", "--kernel", str(kernel), "--root-image", str(image),
-        "--memory", "128", "--accel", "tcg", "--artifacts", str(tmp_path / "artifacts"),
-        "--report", str(report), "--boot-timeout", "120", "--keep-images", "--trigger", "sysctl", *args,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, check=False)
-    runs = sorted(p for p in (tmp_path / "artifacts").glob("*") if p.is_dir())
-    run_dir = runs[-1] if runs else None
-    consoles = sorted((tmp_path / "artifacts").glob("*/*/console.log"))
-    console = consoles[-1].read_text(errors="replace").replace("\r", "") if consoles else ""
-    got = json.loads(report.read_text()) if report.is_file() else None
-    return proc.returncode, got, proc.stderr, console, run_dir
+    """`fbsd-hil repro` with the sysctl trigger: (exit, report, stderr, console, run directory)."""
+    rc, got, stderr, console = repro_with_root_image(kernel, image, tmp_path, "--trigger", "sysctl", *args)
+    return rc, got, stderr, console, last_run_dir(tmp_path)
 
 
 def _trailer(disk: Path) -> tuple[int, bytes]:

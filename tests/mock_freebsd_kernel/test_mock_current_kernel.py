@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from mock_freebsd_kernel import build_mock_freebsd_kernel
+from mock_runs import libvirt_or_skip as _libvirt_or_skip
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,15 +50,6 @@ def test_current_mode_is_a_separate_build_with_its_own_identity(current_kernel, 
     assert b"\0elf kernel\0" in data and b"elf64 kernel" not in data
     assert b"unable to find kernel metadata" in data and b"15.0-MOCK" in data
     assert b"\0elf64 kernel\0" in old.read_bytes(), "12.x mode accepts GRUB's type too"
-
-
-def _libvirt_or_skip() -> None:
-    from harness.vm.libvirt_conn import LibvirtUnavailable, connect, default_uri
-
-    try:
-        connect(default_uri()).close()
-    except LibvirtUnavailable as exc:
-        pytest.skip(f"libvirtd not reachable (`fbsd-hil doctor --fix` starts it): {exc}")
 
 
 def _repro(kernel: Path, tmp_path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from tests.mock_freebsd_kernel.test_mock_freebsd_kernel import _libvirt_or_skip, mock_kernel  # noqa: F401
+from mock_runs import libvirt_or_skip as _libvirt_or_skip
 
 ROOT = Path(__file__).resolve().parents[2]
 

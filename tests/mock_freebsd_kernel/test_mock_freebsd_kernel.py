@@ -9,25 +9,17 @@ dump whose copy of one page is wrong.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from mock_freebsd_kernel import CORRUPT_KNOB, build_mock_freebsd_kernel, build_mock_kernel, mock_debug_path
+from mock_runs import ROOT
+from mock_runs import libvirt_or_skip as _libvirt_or_skip
+from mock_runs import repro_bare_kernel as _repro
 
-ROOT = Path(__file__).resolve().parents[2]
 KERNBASE = 0xFFFF_FFFF_8000_0000
-
-
-@pytest.fixture(scope="module")
-def mock_kernel(tmp_path_factory) -> Path:
-    import shutil
-
-    if shutil.which("gcc") is None:
-        pytest.skip("needs gcc (Debian package gcc)")
-    return build_mock_freebsd_kernel()
 
 
 def test_mock_kernel_is_linked_like_a_freebsd_kernel(mock_kernel):
@@ -122,42 +114,6 @@ def test_build_is_cached_by_source_hash(mock_kernel, tmp_path):
     assert build_mock_freebsd_kernel(tmp_path) == first and first.stat().st_mtime_ns == stamp
     assert first.read_bytes() == mock_kernel.read_bytes(), "the build is reproducible"
     assert mock_debug_path(first).read_bytes() == mock_debug_path(mock_kernel).read_bytes()
-
-
-def _libvirt_or_skip() -> None:
-    from harness.vm.libvirt_conn import LibvirtUnavailable, connect, default_uri
-
-    try:
-        connect(default_uri()).close()
-    except LibvirtUnavailable as exc:
-        pytest.skip(f"libvirtd not reachable (`fbsd-hil doctor --fix` starts it): {exc}")
-
-
-def _repro(kernel: Path, tmp_path: Path, *args: str) -> tuple[int, dict, str]:
-    """Run `fbsd-hil repro --kernel` as a user would; returns (exit status, JSON report, stderr)."""
-    report = tmp_path / "report.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "harness",
-        "repro",
-        "--kernel",
-        str(kernel),
-        "--memory",
-        "128",
-        "--accel",
-        "tcg",
-        "--artifacts",
-        str(tmp_path / "artifacts"),
-        "--report",
-        str(report),
-        "--boot-timeout",
-        "120",
-        *args,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, check=False)
-    assert report.is_file(), f"no report; exit {proc.returncode}\n{proc.stderr[-4000:]}"
-    return proc.returncode, json.loads(report.read_text()), proc.stderr
 
 
 def _check_passed(rc: int, report: dict, stderr: str, kind: str, fmt: str) -> None:

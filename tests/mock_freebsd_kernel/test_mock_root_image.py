@@ -11,77 +11,13 @@ makefs.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-from mock_freebsd_kernel import build_mock_freebsd_kernel
-
-ROOT = Path(__file__).resolve().parents[2]
+from mock_runs import assert_passed as _passed
+from mock_runs import libvirt_or_skip as _libvirt_or_skip
+from mock_runs import repro_with_root_image as _repro
+from mock_runs import sha256_of as _sha
 
 pytestmark = pytest.mark.vm
-
-
-@pytest.fixture(scope="module")
-def mock_kernel() -> Path:
-    if shutil.which("gcc") is None:
-        pytest.skip("needs gcc (Debian package gcc)")
-    return build_mock_freebsd_kernel()
-
-
-@pytest.fixture(scope="module")
-def root_image(tmp_path_factory) -> Path:
-    if shutil.which("makefs") is None:
-        pytest.skip("needs Debian's makefs (Debian package makefs)")
-    base = tmp_path_factory.mktemp("root")
-    (base / "src" / "sbin").mkdir(parents=True)
-    (base / "src" / "README").write_text("fbsd-hil test root image for the mock kernel stand-in\n")
-    image = base / "root.ufs"
-    subprocess.run(
-        ["makefs", "-t", "ffs", "-o", "version=2", "-s", "4m", str(image), str(base / "src")],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    image.chmod(0o444)
-    return image
-
-
-def _libvirt_or_skip() -> None:
-    from harness.vm.libvirt_conn import LibvirtUnavailable, connect, default_uri
-
-    try:
-        connect(default_uri()).close()
-    except LibvirtUnavailable as exc:
-        pytest.skip(f"libvirtd not reachable (`fbsd-hil doctor --fix` starts it): {exc}")
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _repro(kernel: Path, image: Path, tmp_path: Path, *args: str) -> tuple[int, dict | None, str, str]:
-    """`fbsd-hil repro --kernel K --root-image IMG` as a user runs it: (exit, report, stderr, console)."""
-    report = tmp_path / "report.json"
-    cmd = [
-        sys.executable, "-m", "harness", "repro", "--kernel", str(kernel), "--root-image", str(image),
-        "--memory", "128", "--accel", "tcg", "--artifacts", str(tmp_path / "artifacts"),
-        "--report", str(report), "--boot-timeout", "120", "--keep-images", *args,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, check=False)
-    consoles = sorted((tmp_path / "artifacts").glob("*/*/console.log"))
-    console = consoles[-1].read_text(errors="replace").replace("\r", "") if consoles else ""
-    return proc.returncode, json.loads(report.read_text()) if report.is_file() else None, proc.stderr, console
-
-
-def _passed(rc: int, report: dict | None, stderr: str, kind: str) -> None:
-    assert rc == 0 and report is not None, stderr[-4000:]
-    assert report["passed"] is True and report["dump_kind"] == kind
-    assert report["pages_differing_unexplained"] == 0 and report["missing_pages"] == 0
-    assert all(c["ok"] for c in report["crosschecks"])
 
 
 def test_sysctl_trigger_from_the_single_user_shell(mock_kernel, root_image, tmp_path):

@@ -15,16 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from mock_runs import assert_passed as _passed
+from mock_runs import libvirt_or_skip as _libvirt_or_skip
+from mock_runs import repro_with_root_image as _repro
+from mock_runs import sha256_of as _sha
 
 from reader.gpt import find_by_type
-from tests.mock_freebsd_kernel.test_mock_root_image import (  # noqa: F401 - fixtures
-    _libvirt_or_skip,
-    _passed,
-    _repro,
-    _sha,
-    mock_kernel,
-    root_image,
-)
 
 pytestmark = pytest.mark.vm
 MAGIC = b"FreeBSD Kernel Dump"

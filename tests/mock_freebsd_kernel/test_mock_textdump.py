@@ -9,23 +9,14 @@ knob `mock.corrupt_textdump=ddb` proves a ddb.txt that differs from the console 
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
-from mock_freebsd_kernel import build_mock_freebsd_kernel
-from test_mock_freebsd_kernel import _libvirt_or_skip, _repro
+from mock_runs import libvirt_or_skip as _libvirt_or_skip
+from mock_runs import repro_bare_kernel as _repro
 
 MEMBER_CHECKS = ("ddb.txt", "msgbuf.txt", "panic.txt", "version.txt", "dump header")
-
-
-@pytest.fixture(scope="module")
-def mock_kernel():
-    if shutil.which("gcc") is None:
-        pytest.skip("needs gcc (Debian package gcc)")
-    return build_mock_freebsd_kernel()
 
 
 def _checks(report: dict) -> dict[str, dict]:
@@ -79,19 +70,11 @@ def test_repro_textdump_whose_ddb_txt_differs_from_the_console_fails(mock_kernel
 
 
 @pytest.mark.vm
-def test_repro_textdump_of_a_panicked_kernel_holds_panic_txt(mock_kernel, tmp_path):
+def test_repro_textdump_of_a_panicked_kernel_holds_panic_txt(mock_kernel, root_image, tmp_path):
     """`--trigger panic` from the single-user shell (sysctl debug.kdb.panic=1): the kernel stops in ddb
     on its panic; the textdump's panic.txt is the panic message ddb's `show panic` printed."""
-    if shutil.which("makefs") is None:
-        pytest.skip("needs Debian's makefs (Debian package makefs)")
     _libvirt_or_skip()
-    (tmp_path / "root").mkdir()
-    (tmp_path / "root" / "README").write_text("fbsd-hil test root image (mock kernel stand-in)\n")
-    image = tmp_path / "root.ufs"
-    subprocess.run(
-        ["makefs", "-t", "ffs", "-o", "version=2", "-s", "4m", str(image), str(tmp_path / "root")],
-        check=True, stdout=subprocess.DEVNULL,
-    )
+    image = root_image
     rc, report, stderr = _repro(mock_kernel, tmp_path, "--textdump", "--root-image", str(image), "--trigger",
                                 "panic")
     assert rc == 0, stderr[-4000:]

@@ -11,17 +11,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import test_mock_root_image as root_run
-from test_mock_root_image import _libvirt_or_skip, _passed, _repro
-
-#: the same fixtures as the root-image runs: the built mock kernel, a makefs UFS2 root image (read-only)
-mock_kernel = root_run.mock_kernel
-root_image = root_run.root_image
-
-ROOT = Path(__file__).resolve().parents[2]
+from mock_runs import ROOT
+from mock_runs import assert_passed as _passed
+from mock_runs import libvirt_or_skip as _libvirt_or_skip
+from mock_runs import repro_with_root_image as _repro
 
 pytestmark = pytest.mark.vm
 

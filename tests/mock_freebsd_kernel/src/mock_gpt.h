@@ -12,7 +12,8 @@
  *    table: no such device node, so dumpon(8) says "dumpon: /dev/vtbd0p9: No such file or directory"
  *    (its err(EX_OSFILE) on open, status 72).
  *  - dumpon(8)'s check_size() (12.1): with debug.minidump != 1 a device smaller than physical memory is
- *    refused, exit status 74 (EX_IOERR), "<dev> is smaller than physical memory" printed with -v only.
+ *    refused, exit status 74 (EX_IOERR), "<dev> is smaller than physical memory" printed with -v only;
+ *    dumpon skips the check for a compressed dump (-z/-Z), which may well fit a smaller device.
  *  - the partition as the dump medium: `dumper.mediaoffset` / `dumper.mediasize` are the partition's
  *    byte range on the disk (GEOM's kerneldump ioctl on a partition), so dump_start() places the dump
  *    at the END OF THE PARTITION (12.x: data at mediaoffset + mediasize - 512 - extent, trailer in its
@@ -131,13 +132,14 @@ static int gpt_dump_medium(const char *dev, struct vtblk_softc **sc, u64 *off, u
 
 /* dumpon(8) 12.1 on `dev` up to the kernel ioctl: open (No such file or directory), check_size();
  * returns the exit status, 0 with the medium filled in */
-static int gpt_dumpon_open(const char *dev, int verbose, struct vtblk_softc **sc, u64 *off, u64 *size)
+static int gpt_dumpon_open(const char *dev, int verbose, int compressed, struct vtblk_softc **sc, u64 *off,
+			   u64 *size)
 {
 	if (gpt_dump_medium(dev, sc, off, size)) {
 		printf_("dumpon: %s: No such file or directory\n", dev);
 		return GPT_EX_OSFILE;
 	}
-	if (do_minidump != 1 && *size < physmem * PAGE) {
+	if (!compressed && do_minidump != 1 && *size < physmem * PAGE) {
 		if (verbose) printf_("%s is smaller than physical memory\n", dev);
 		return GPT_EX_IOERR;
 	}

@@ -147,7 +147,7 @@ static int sh_dumpon(int argc, char **argv)
 	if (seq(dev, "off")) { dumper.dumper = 0; dumper.priv = 0; dump_compression = 0; memset(dumpdev_name, 0, sizeof(dumpdev_name)); return 0; }
 	if (compression && mock_no_compression) { printf_("dumpon: ioctl(DIOCSKERNELDUMP): Invalid argument\n"); return 71; }
 	struct vtblk_softc *sc; u64 media_off, media_size; /* /dev/vtbdN or a GPT partition /dev/vtbdNpM */
-	int open_status = gpt_dumpon_open(dev, verbose, &sc, &media_off, &media_size);
+	int open_status = gpt_dumpon_open(dev, verbose, compression != KERNELDUMP_COMP_NONE, &sc, &media_off, &media_size);
 	if (open_status) return open_status;
 	unsigned long l = slen(dev);
 	memset(dumpdev_name, 0, sizeof(dumpdev_name));
