@@ -37,15 +37,22 @@ class Crash:
     notes: list[str] = field(default_factory=list)
 
 
+def run_ddb_dump(ctx: RunContext, booted: Booted, ddb: Any, done: str) -> Any:
+    """ddb's `dump`, timed, watched (console and dump-disk writes) and failing as "dump incomplete";
+    `done` starts the progress line that gives its kind, size and seconds."""
+    ctx.progress("ddb: dump")
+    with ctx.timed("dump"), incomplete_dump_fails(ctx):
+        result = ddb.dump(witness=disk_writes(ctx, booted))
+    ctx.progress(f"{done}: {result.kind} dump, {result.dump_mb} MB in {result.seconds:.1f}s")
+    return result
+
+
 def dump_in_ddb(ctx: RunContext, booted: Booted, entered: Entered) -> Crash:
     ctx.enter("live image (before dump)")
     before_path = ctx.dir / "live-before.raw"
     before = booted.guest.memory_image(before_path)
     ctx.enter("dump")
-    ctx.progress("ddb: dump")
-    with ctx.timed("dump"), incomplete_dump_fails(ctx):
-        result = entered.ddb.dump(witness=disk_writes(ctx, booted))
-    ctx.progress(f"dump complete: {result.kind} dump, {result.dump_mb} MB in {result.seconds:.1f}s")
+    result = run_ddb_dump(ctx, booted, entered.ddb, "dump complete")
     return Crash(entered.choice, result, entered.registers, entered.values, before, before_path, entered.ddb)
 
 

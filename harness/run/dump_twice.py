@@ -29,7 +29,7 @@ from harness.freebsd.panicdump import DumpFlow, FlowChoice
 from harness.run.boot import Booted
 from harness.run.config import ReproUnsupported
 from harness.run.context import RunContext
-from harness.run.dump import Crash, disk_writes, incomplete_dump_fails
+from harness.run.dump import Crash, run_ddb_dump
 from harness.run.enter import enter_ddb_flow
 from harness.run.verify import LiveAfter
 from harness.verify.symbols import KernelSymbols, KernelSymbolsError
@@ -127,10 +127,7 @@ def dump_again_full_by_sysctl(ctx: RunContext, booted: Booted, first: Crash) -> 
     before_path = ctx.dir / "live-before-2.raw"
     before = booted.guest.memory_image(before_path)
     ctx.enter("second dump")
-    ctx.progress("ddb: dump")
-    with ctx.timed("dump"), incomplete_dump_fails(ctx):
-        result = entered.ddb.dump(witness=disk_writes(ctx, booted))
-    ctx.progress(f"second dump: {result.kind} dump, {result.dump_mb} MB in {result.seconds:.1f}s")
+    result = run_ddb_dump(ctx, booted, entered.ddb, "second dump")
     note = (
         f"second dump of the boot: after the first ({first.result.kind}) dump, `c` back to the shell, "
         f"`sysctl {MINIDUMP_SYSCTL}=0` ({said}), `sysctl debug.kdb.enter=1`, `dump`; its before image was "
@@ -145,10 +142,8 @@ def dump_again_full_in_ddb(ctx: RunContext, booted: Booted, first: Crash, first_
     ctx.enter("second dump")
     booted.guest.resume()  # paused for the first extraction; the kernel still sits in ddb
     was = first.ddb.set_minidump(False)
-    ctx.progress(f"ddb: write/l {MINIDUMP_SWITCH} 0 (was {was}); dump")
-    with ctx.timed("dump"), incomplete_dump_fails(ctx):
-        result = first.ddb.dump(witness=disk_writes(ctx, booted))
-    ctx.progress(f"second dump: {result.kind} dump, {result.dump_mb} MB in {result.seconds:.1f}s")
+    ctx.progress(f"ddb: write/l {MINIDUMP_SWITCH} 0 (was {was})")
+    result = run_ddb_dump(ctx, booted, first.ddb, "second dump")
     note = (
         f"second dump of the session: `write/l {MINIDUMP_SWITCH} 0` in ddb after the first "
         f"({first.result.kind}) dump; its before image is the first dump's after image"
