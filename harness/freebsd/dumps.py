@@ -260,8 +260,9 @@ class DumpPlan:
             "sysctl -n debug.kdb.available | grep -qw ddb || (echo 'kernel has no ddb (options DDB)'; false)",
         ]
         cmds += [
-            # a pending textdump or a kdb.enter.panic ddb script would replace our dump with a textdump
-            "sysctl debug.ddb.textdump.pending=0",
+            # a pending textdump or a kdb.enter.panic ddb script would replace our dump with a textdump;
+            # -i: a kernel without options DDB has no debug.ddb.* (and no textdumps to clear)
+            "sysctl -i debug.ddb.textdump.pending=0",
             "ddb unscript kdb.enter.panic >/dev/null 2>&1 || true",
             "dumpon off",
             self.dumpon_command(public_key),

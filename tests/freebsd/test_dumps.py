@@ -16,7 +16,7 @@ def test_default_plan_is_a_minidump_to_the_raw_disk_via_nmi_read_on_the_host():
     assert plan.problems(has_shell=True) == []
     assert plan.shell_commands() == [
         "sysctl -n debug.kdb.available | grep -qw ddb || (echo 'kernel has no ddb (options DDB)'; false)",
-        "sysctl debug.ddb.textdump.pending=0",
+        "sysctl -i debug.ddb.textdump.pending=0",
         "ddb unscript kdb.enter.panic >/dev/null 2>&1 || true",
         "dumpon off",
         "dumpon -v /dev/vtbd1",

@@ -61,3 +61,14 @@ def test_a_root_image_that_does_not_mount_stops_at_once(mock_kernel, tmp_path):
     assert str(junk) in line and "mountroot> prompt" in line
     assert "Mounting from ufs:/dev/md0 failed with error 19." in line
     assert _sha(junk) == before
+
+
+def test_the_shell_setup_runs_on_a_kernel_without_the_ddb_sysctls(mock_kernel, root_image, tmp_path):
+    """A kernel built without options DDB has no debug.ddb.* OIDs (`mock.no_ddb_sysctls=1` makes the
+    stand-in's sysctl answer so): clearing a pending textdump must not stop the run (`sysctl -i`)."""
+    _libvirt_or_skip()
+    rc, report, stderr, console = _repro(
+        mock_kernel, root_image, tmp_path, "--trigger", "sysctl", "--kenv", "mock.no_ddb_sysctls=1"
+    )
+    _passed(rc, report, stderr, "mini")
+    assert "sysctl -i debug.ddb.textdump.pending=0" in console

@@ -101,12 +101,18 @@ static void kdb_breakpoint(int action)
 	kdb_trap_action = 0;
 }
 
+/* kenv mock.no_ddb_sysctls=1: the debug.ddb.* OIDs are absent, as on a kernel built without options DDB
+ * (only the shell's sysctl imitates that; the mock keeps its ddb) */
+static int mock_no_ddb_sysctls;
+
 static int sh_sysctl(int argc, char **argv)
 {
-	int quiet = 0, status = 0;
+	int quiet = 0, ignore_unknown = 0, status = 0;
+	if (!mock_no_ddb_sysctls) mock_no_ddb_sysctls = seq(kern_getenv("mock.no_ddb_sysctls") ?: "", "1") ? 1 : -1;
 	for (int i = 1; i < argc; i++) {
 		char *a = argv[i];
 		if (seq(a, "-n")) { quiet = 1; continue; }
+		if (seq(a, "-i")) { ignore_unknown = 1; continue; } /* sysctl(8) -i: unknown OIDs are not errors */
 		if (seq(a, "debug.kdb.available")) { printf_(quiet ? "ddb\n" : "debug.kdb.available: ddb\n"); continue; }
 		if (seq(a, "debug.kdb.current")) { printf_(quiet ? "ddb\n" : "debug.kdb.current: ddb\n"); continue; }
 		char *eq = a;
@@ -116,7 +122,9 @@ static int sh_sysctl(int argc, char **argv)
 		struct sysctl_knob *k = 0;
 		for (unsigned j = 0; j < sizeof(sysctl_knobs) / sizeof(sysctl_knobs[0]); j++)
 			if (seq(sysctl_knobs[j].name, a)) k = &sysctl_knobs[j];
-		if (!k) { printf_("sysctl: unknown oid '%s'\n", a); status = 1; continue; }
+		if (k && mock_no_ddb_sysctls == 1 && sprefix(a, "debug.ddb.")) k = 0;
+		if (!k && ignore_unknown) continue;
+		if (!k) { printf_("sysctl: unknown oid '%s': No such file or directory\n", a); status = 1; continue; }
 		int v = 0;
 		if (set && !sh_atoi(eq + 1, &v)) { printf_("sysctl: invalid integer '%s'\n", eq + 1); status = 1; continue; }
 		if (!set) { printf_(quiet ? "%d\n" : "%s: %d\n", *k->value); if (!quiet) (void)k->name; continue; }
