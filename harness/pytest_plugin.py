@@ -100,18 +100,19 @@ class FbsdTarget:
             if case.compression != "none":
                 return (
                     f"{case.compression} compression is switched on with `dumpon -z/-Z` in a shell: a bare "
-                    "--fbsd-kernel boot has no userland, and no tunable selects it at boot"
+                    "--fbsd-kernel boot has no userland, and no tunable selects it at boot (give "
+                    "--fbsd-root-image)"
                 )
             if case.device == "swap":
                 return (
-                    "dumping to swap needs a swap partition on a disk image and savecore to read it back: a "
-                    "bare --fbsd-kernel boot has neither"
+                    "dumping onto the GPT dump disk's freebsd-swap partition runs `dumpon /dev/vtbd0p2` in a "
+                    "shell: a bare --fbsd-kernel boot has no shell (give --fbsd-root-image)"
                 )
         if case.device == "swap" and self.root_image is None:  # a root image: dumpon /dev/vtbd0p2
             return (
-                "swap dumps: the pipeline dumps to its dedicated raw dump disk (the prepared image's "
-                "loader-time dumpdev) so the host can read the dump and the live image can be compared; "
-                "`dumpon` to the image's swap partition + savecore is not built"
+                "swap dumps on an image: the pipeline dumps to its dedicated raw dump disk (the prepared "
+                "image's loader-time dumpdev); `dumpon` to the image's own freebsd-swap partition, read back "
+                "from its overlay, is not built (the swap cells run with --fbsd-kernel + --fbsd-root-image)"
             )
         return None
 
