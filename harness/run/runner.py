@@ -92,9 +92,10 @@ def _steps(ctx: RunContext, guest, source: GuestSource, booted: Booted | None = 
 def _judge(
     ctx: RunContext, crash, live, got, report_name: str = "report.json", *, seen=None
 ) -> evidence.Judged:
-    report = verify.judge(ctx, crash, live, got.vmcore, got.kernel, got.kernel_source, got.header)
-    report.notes.extend(got.notes)
-    witness.judge_into(ctx, report, seen, got, crash, live)
+    with verify.opened_dump(ctx, got.vmcore, got.kernel) as vm:
+        report = verify.judge(ctx, crash, live, vm, got.vmcore, got.kernel, got.kernel_source, got.header)
+        report.notes.extend(got.notes)
+        witness.judge_into(ctx, report, seen, vm, crash, live)
     return evidence.Judged(report, crash, live, got, report_name)
 
 

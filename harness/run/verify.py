@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,18 +60,28 @@ def _state_name(live_name: str) -> str:
     return f"dump-device-state{m.group(1) if m else ''}.json"
 
 
+@contextlib.contextmanager
+def opened_dump(ctx: RunContext, vmcore: Path, kernel: Path | None) -> Iterator[Any]:
+    """The retrieved dump, opened once for everything that judges it (a compressed one is decoded
+    once): the verification and the in-guest witness."""
+    ctx.enter("verify")
+    with reader.open_vmcore(vmcore, kernel=kernel) as vm:
+        yield vm
+
+
 def judge(
     ctx: RunContext,
     crash: Crash,
     live: LiveAfter,
+    vm: Any,
     vmcore: Path,
     kernel: Path | None,
     kernel_source: str,
     header: dict[str, Any] | None = None,
 ) -> VerificationReport:
-    """Verify `vmcore` against the live images; the report is decided but not yet written. `header`:
-    the kerneldumpheader when the dump was extracted from the dump device (compressed-dump checks)."""
-    ctx.enter("verify")
+    """Verify the open dump `vm` (the file `vmcore`, from `opened_dump`) against the live images; the
+    report is decided but not yet written. `header`: the kerneldumpheader when the dump was extracted
+    from the dump device (compressed-dump checks)."""
     values = crash.values
     ddb_regs = _trapframe_registers(crash.registers) if crash.registers else None
     if kernel is None:  # no symbols: the reader cannot locate what ddb printed
@@ -85,11 +96,10 @@ def judge(
         flow=crash.choice.flow.value,
         device_state=live.device_state,
     )
-    with reader.open_vmcore(vmcore, kernel=kernel) as vm:
-        report = verify_dump(vm, live.image, pml4_pa=None, **kw)
-        if any("cannot walk the live kernel page tables" in e for e in report.errors) and live.cr3:
-            report = verify_dump(vm, live.image, pml4_pa=live.cr3, **kw)
-        facts, checks = compression_facts(vm, vmcore, header, getattr(crash.result, "dump_mb", None))
+    report = verify_dump(vm, live.image, pml4_pa=None, **kw)
+    if any("cannot walk the live kernel page tables" in e for e in report.errors) and live.cr3:
+        report = verify_dump(vm, live.image, pml4_pa=live.cr3, **kw)
+    facts, checks = compression_facts(vm, vmcore, header, getattr(crash.result, "dump_mb", None))
     if facts is not None:
         report.compression = facts.to_dict()
         report.crosschecks.extend(checks)
