@@ -238,12 +238,16 @@ class VerificationReport:
         if self.witness:
             why = self.witness.get("why_not", "")
             lines.append("  " + (self.witness.get("summary") or f"in-guest witness: did not run ({why})"))
-        for e in self.errors:
-            lines.append(f"  ERROR {e}")
+        lines += self._errors_and_timings()
+        return "\n".join(lines)
+
+    def _errors_and_timings(self) -> list[str]:
+        """The summary's last lines, for a memory dump and a textdump alike."""
+        lines = [f"  ERROR {e}" for e in self.errors]
         t = {k: v for k, v in self.timings.items() if v is not None}
         if t:
             lines.append("  timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()))
-        return "\n".join(lines)
+        return lines
 
     def _textdump_summary(self, verdict: str) -> str:
         """A textdump's verdict: every member check with its evidence."""
@@ -252,11 +256,7 @@ class VerificationReport:
         for c in self.crosschecks:
             lines.append(f"  {'ok ' if c.ok else 'BAD'} {c.what}")
             lines.append(f"        expected {c.expected}; got {c.actual} ({c.source})")
-        for e in self.errors:
-            lines.append(f"  ERROR {e}")
-        t = {k: v for k, v in self.timings.items() if v is not None}
-        if t:
-            lines.append("  timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()))
+        lines += self._errors_and_timings()
         return "\n".join(lines)
 
 
