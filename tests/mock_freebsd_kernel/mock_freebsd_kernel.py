@@ -31,7 +31,7 @@ from typing import NamedTuple
 SRC = Path(__file__).resolve().parent / "src"
 SOURCES = (
     "start.S", "mock.c", "mock_sh.h", "mock.ld", "mock_release.h", "mock_gpt.h", "mock_witness.h",
-    "mock_textdump.h", "mock_compress.h",
+    "mock_textdump.h", "mock_compress.h", "mock_crc32.h",
 )
 #: ELF e_ident[EI_OSABI] of FreeBSD binaries (a FreeBSD kernel carries it; GRUB does not insist)
 ELFOSABI_FREEBSD = 9

@@ -806,8 +806,48 @@ static void vtblk_vq_intr(void *xsc)
 	mtx_unlock(&sc->vtblk_mtx);
 }
 
-/* normal I/O at attach (GEOM tasting the new disk): reads of the label sectors through requests from
- * vtblk_req_free, `mock_vtblk_inflight` at a time; leaves the before-dump state a real boot leaves */
+/* Single-sector reads through the driver's normal I/O path, polled: requests from vtblk_req_free,
+ * `mock_vtblk_inflight` at a time; sectors[i] lands in slot (its place in its batch) of `buf` (512 bytes
+ * a slot, `bios` one bio a slot: VTBLK_MAX_INFLIGHT of each at most). 0, or -1 when a request could not
+ * be queued (what was queued is still completed). */
+static int vtblk_read_sectors(struct vtblk_softc *sc, const u64 *sectors, int ns, u8 *buf, struct bio *bios)
+{
+	for (int i = 0; i < ns;) {
+		int batch = 0, failed = 0;
+		mtx_lock(&sc->vtblk_mtx);
+		for (; batch < mock_vtblk_inflight && i < ns; batch++, i++) {
+			struct vtblk_request *r = vtblk_request_dequeue(sc);
+			if (!r) { failed = 1; break; }
+			struct bio *bp = &bios[batch];
+			bp->bio_cmd = 1; /* BIO_READ */
+			bp->bio_data = buf + 512UL * batch;
+			bp->bio_offset = (long)(sectors[i] * 512);
+			bp->bio_bcount = bp->bio_length = 512;
+			r->vbr_bp = bp;
+			r->vbr_hdr.type = VIRTIO_BLK_T_IN;
+			r->vbr_hdr.ioprio = 1;
+			r->vbr_hdr.sector = sectors[i];
+			if (vtblk_request_execute(sc, r, vtophys(bp->bio_data), 512)) {
+				vtblk_request_enqueue(sc, r);
+				failed = 1;
+				break;
+			}
+			vtblk_vq_intr_pending++;
+		}
+		if (batch) virtqueue_notify(sc, sc->vtblk_vq);
+		mtx_unlock(&sc->vtblk_mtx);
+		for (u64 spin = 0; vtblk_vq_intr_pending > 0; spin++) {
+			vtblk_vq_intr(sc);
+			__asm__ volatile("pause");
+			if (spin > (1UL << 34)) mock_fatal("vtblk: the device never completed a read");
+		}
+		if (failed) return -1;
+	}
+	return 0;
+}
+
+/* normal I/O at attach (GEOM tasting the new disk): reads of the label sectors, `mock_vtblk_inflight`
+ * at a time; leaves the before-dump state a real boot leaves */
 static void vtblk_taste(struct vtblk_softc *sc)
 {
 	static const u64 probe[] = { 0, 1, 2, 8, 16, 64, 128 };
@@ -820,31 +860,7 @@ static void vtblk_taste(struct vtblk_softc *sc)
 	sectors[ns++] = last;
 	u8 *buf = malloc_(VTBLK_MAX_INFLIGHT * 512UL);
 	struct bio *bios = malloc_(VTBLK_MAX_INFLIGHT * sizeof(struct bio));
-	for (int i = 0; i < ns;) {
-		int batch = 0;
-		mtx_lock(&sc->vtblk_mtx);
-		for (; batch < mock_vtblk_inflight && i < ns; batch++, i++) {
-			struct vtblk_request *r = vtblk_request_dequeue(sc);
-			struct bio *bp = &bios[batch];
-			bp->bio_cmd = 1; /* BIO_READ */
-			bp->bio_data = buf + 512UL * batch;
-			bp->bio_offset = (long)(sectors[i] * 512);
-			bp->bio_bcount = bp->bio_length = 512;
-			r->vbr_bp = bp;
-			r->vbr_hdr.type = VIRTIO_BLK_T_IN;
-			r->vbr_hdr.ioprio = 1;
-			r->vbr_hdr.sector = sectors[i];
-			if (vtblk_request_execute(sc, r, vtophys(bp->bio_data), 512)) mock_fatal("vtblk: cannot queue a read");
-			vtblk_vq_intr_pending++;
-		}
-		virtqueue_notify(sc, sc->vtblk_vq);
-		mtx_unlock(&sc->vtblk_mtx);
-		for (u64 spin = 0; vtblk_vq_intr_pending > 0; spin++) {
-			vtblk_vq_intr(sc);
-			__asm__ volatile("pause");
-			if (spin > (1UL << 34)) mock_fatal("vtblk: the device never completed a read");
-		}
-	}
+	if (vtblk_read_sectors(sc, sectors, ns, buf, bios)) mock_fatal("vtblk: cannot queue a read");
 }
 
 /* The dumper callback (dumper.dumper): one write of [pa, pa+len) at byte `offset` of the disk, or with
@@ -960,6 +976,7 @@ static void vtblk_attach_all(void)
  * like FreeBSD's dump state so the verifier knows the dump code writes it */
 static struct { struct vtblk_softc *dev; u64 mediasize, dumpoff, extent, written, total; int last_pct; int full; u64 chunk_left; } dump_state;
 static char dumpdev_name[64];
+#include "mock_crc32.h" /* CRC-32 for GPT checks and gzip trailers */
 #include "mock_gpt.h" /* dumpon /dev/vtbdNpM: a GPT partition as the dump medium */
 #include "mock_compress.h" /* dumpon -z/-Z: gzip/zstd-compressed dumps (dump_compression) */
 
@@ -1810,6 +1827,7 @@ void mock_init(u64 modulep, u64 kernend)
 {
 	(void)kernend;
 	outb(COM1 + 1, 0); /* no UART interrupts: we poll */
+	crc32_init();
 	/* legacy PICs: vectors 0x20-0x2f, everything masked */
 	outb(0x20, 0x11); outb(0xa0, 0x11); outb(0x21, 0x20); outb(0xa1, 0x28);
 	outb(0x21, 4); outb(0xa1, 2); outb(0x21, 1); outb(0xa1, 1); outb(0x21, 0xff); outb(0xa1, 0xff);

@@ -35,44 +35,10 @@ static int gpt_read_sector(struct vtblk_softc *sc, u64 lba, u8 *out)
 {
 	if (!sc->vtblk_vq || lba >= sc->vtblk_mock_sectors) return -1;
 	if (!gpt_sector_buf) gpt_sector_buf = malloc_(512);
-	mtx_lock(&sc->vtblk_mtx);
-	struct vtblk_request *r = vtblk_request_dequeue(sc);
-	if (!r) { mtx_unlock(&sc->vtblk_mtx); return -1; }
 	memset(&gpt_bio, 0, sizeof(gpt_bio));
-	gpt_bio.bio_cmd = 1; /* BIO_READ */
-	gpt_bio.bio_data = gpt_sector_buf;
-	gpt_bio.bio_offset = (long)(lba * 512);
-	gpt_bio.bio_bcount = gpt_bio.bio_length = 512;
-	r->vbr_bp = &gpt_bio;
-	r->vbr_hdr.type = VIRTIO_BLK_T_IN;
-	r->vbr_hdr.ioprio = 1;
-	r->vbr_hdr.sector = lba;
-	if (vtblk_request_execute(sc, r, vtophys(gpt_sector_buf), 512)) {
-		vtblk_request_enqueue(sc, r);
-		mtx_unlock(&sc->vtblk_mtx);
-		return -1;
-	}
-	vtblk_vq_intr_pending++;
-	virtqueue_notify(sc, sc->vtblk_vq);
-	mtx_unlock(&sc->vtblk_mtx);
-	for (u64 spin = 0; vtblk_vq_intr_pending > 0; spin++) {
-		vtblk_vq_intr(sc);
-		__asm__ volatile("pause");
-		if (spin > (1UL << 34)) mock_fatal("vtblk: the device never completed a read");
-	}
+	if (vtblk_read_sectors(sc, &lba, 1, gpt_sector_buf, &gpt_bio)) return -1;
 	memcpy(out, gpt_sector_buf, 512);
 	return 0;
-}
-
-/* CRC-32 (IEEE 802.3, reflected 0xEDB88320), as the UEFI spec uses for GPT headers and entry arrays */
-static u32 gpt_crc32_update(u32 crc, const u8 *p, u64 n)
-{
-	crc = ~crc;
-	while (n--) {
-		crc ^= *p++;
-		for (int k = 0; k < 8; k++) crc = (crc >> 1) ^ (0xEDB88320U & (0U - (crc & 1)));
-	}
-	return ~crc;
 }
 
 static u32 gpt_le32(const u8 *p) { return (u32)p[0] | (u32)p[1] << 8 | (u32)p[2] << 16 | (u32)p[3] << 24; }
@@ -87,7 +53,7 @@ static int gpt_entry_from(struct vtblk_softc *sc, u64 hdr_lba, int index, u64 *o
 	u32 hsize = gpt_le32(hdr + 12), hcrc = gpt_le32(hdr + 16);
 	if (hsize < 92 || hsize > 512) return -1;
 	hdr[16] = hdr[17] = hdr[18] = hdr[19] = 0;
-	if (gpt_crc32_update(0, hdr, hsize) != hcrc) return -1;
+	if (crc32_update(0, hdr, hsize) != hcrc) return -1;
 	if (gpt_le64(hdr + 24) != hdr_lba) return -1;
 	u64 entries = gpt_le64(hdr + 72);
 	u32 count = gpt_le32(hdr + 80), esize = gpt_le32(hdr + 84), ecrc = gpt_le32(hdr + 88);
@@ -99,7 +65,7 @@ static int gpt_entry_from(struct vtblk_softc *sc, u64 hdr_lba, int index, u64 *o
 	for (u64 done = 0; done < bytes; done += 512) {
 		if (gpt_read_sector(sc, entries + done / 512, sec)) return -1;
 		u64 n = bytes - done < 512 ? bytes - done : 512;
-		crc = gpt_crc32_update(crc, sec, n);
+		crc = crc32_update(crc, sec, n);
 		if (index >= 1 && want >= done && want < done + n) { memcpy(entry, sec + (want - done), 128); have = 1; }
 	}
 	if (crc != ecrc || !have) return -1;
