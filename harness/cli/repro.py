@@ -115,12 +115,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--trigger",
         choices=TRIGGERS,
         default=None,
-        help="how to enter ddb (default nmi; sysctl/panic need a shell, i.e. an image)",
+        help="how to enter ddb (default nmi; sysctl/panic need a shell: an image, or --kernel with "
+        "--root-image)",
     )
     p.add_argument(
         "--dump-twice",
         action="store_true",
-        help="in one ddb session: a minidump, then `write/l do_minidump 0` and a full dump; both verified "
+        help="a minidump, then a full dump in the same boot (see --dump-twice-via); both verified "
         "(report.json, report-2.json)",
     )
     p.add_argument(
